@@ -1,0 +1,795 @@
+"""Settings for ``xlgate serve``: one table of option specs, four sources, one frozen result.
+
+Theory of operation: :data:`OPTION_SPECS` declares every option once (name, kind, default, help,
+validation). Everything else is derived from it: the argparse flags (:func:`add_serve_arguments`), the
+environment variable names (``XLGATE_<NAME>``), the keys of the TOML file's ``[serve]`` table, and
+``docs/configuration.md`` (:func:`render_markdown`). :func:`resolve_serve_settings` reads each option
+from flags, then the environment, then the file, then the default; the first source that sets it wins.
+Every value that is set anywhere is parsed and validated, even one a higher source overrides, so a
+broken file or environment fails today rather than on the day the override goes away.
+
+Durations are integer milliseconds at the boundary (``*_ms`` flags, variables and keys) and float
+seconds (``*_s``) in :class:`ServeSettings`.
+
+To add an option: append an :class:`OptionSpec` to :data:`OPTION_SPECS`, add the matching field to
+:class:`ServeSettings`, and regenerate the doc with ``python -m gateway.config > docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import enum
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
+
+from gateway.logging import LOG_FORMATS, LOG_LEVELS
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "CONFIG_ENV_VAR",
+    "DEFAULT_HOTWORD_BOOST",
+    "ENV_PREFIX",
+    "OPTION_SPECS",
+    "ConfigError",
+    "Hotword",
+    "Kind",
+    "OptionSpec",
+    "ServeSettings",
+    "add_serve_arguments",
+    "load_hotwords_file",
+    "render_markdown",
+    "resolve_serve_settings",
+    "unknown_environment_variables",
+]
+
+ENV_PREFIX: Final = "XLGATE_"
+CONFIG_ENV_VAR: Final = "XLGATE_CONFIG"
+FILE_SECTION: Final = "serve"
+BUNDLED_MODEL: Final = "bundled"
+DEFAULT_HOTWORD_BOOST: Final = 2.0
+MAX_PORT: Final = 65535
+
+_TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
+_INT_PATTERN: Final = re.compile(r"[+-]?[0-9]+")
+_DEVICE_PATTERN: Final = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range.
+
+    Attributes:
+        source: where the value came from, e.g. ``flag --ws-port`` or ``environment variable XLGATE_WS_PORT``.
+        expected: what would have been accepted.
+        actual: what was found, as shown in the message.
+    """
+
+    def __init__(self, *, source: str, expected: str, actual: str) -> None:
+        self.source = source
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{source}: expected {expected}, got {actual}")
+
+
+class Hotword(NamedTuple):
+    """A phrase the decoder should favour, and how much (added to its log-probability score)."""
+
+    phrase: str
+    boost: float
+
+
+class Kind(enum.Enum):
+    """How an option's value is spelled at the boundary and what it becomes in ServeSettings."""
+
+    STR = "string"
+    INT = "integer"
+    BOOL = "boolean"
+    DURATION_MS = "milliseconds"
+    PATH = "path"  # an existing file; becomes a Path (None when unset)
+    MODEL = "model"  # "bundled" or an existing .safetensors file; stays a str
+    HOTWORDS = "hotwords"  # config file only: [[serve.hotwords]] tables
+
+
+class _Origin(enum.Enum):
+    FLAG = "flag"
+    ENV = "environment"
+    FILE = "file"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    origin: _Origin
+    label: str
+    base_dir: Path | None = None  # relative paths in a config file are relative to the file
+
+
+_DEFAULT_SOURCE: Final = _Source(_Origin.DEFAULT, "default")
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One option of ``xlgate serve``; flag, env var and file key are all derived from ``name``.
+
+    Attributes:
+        name: boundary name, snake_case; durations end in ``_ms``.
+        kind: how the value is parsed.
+        default: the value when no source sets it, in boundary units.
+        help: one sentence for --help and the docs.
+        group: heading in --help and the docs.
+        choices: accepted values (matched case-insensitively) for STR options.
+        min_value: inclusive lower bound for INT and DURATION_MS options.
+        max_value: inclusive upper bound for INT and DURATION_MS options.
+        check: extra validation; returns a description of what is expected when the value is bad.
+        check_text: how the check reads in the docs, e.g. "cpu, cuda or cuda:N".
+        file_only: the option has no flag and no environment variable.
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    group: str
+    choices: tuple[str, ...] = ()
+    min_value: int | None = None
+    max_value: int | None = None
+    check: Callable[[str], str | None] | None = None
+    check_text: str = ""
+    file_only: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def file_key(self) -> str:
+        return self.name
+
+    @property
+    def field_name(self) -> str:
+        """The ServeSettings field: ``*_ms`` options are held in seconds as ``*_s``."""
+        if self.kind is Kind.DURATION_MS:
+            return self.name.removesuffix("_ms") + "_s"
+        return self.name
+
+    def constraint_text(self) -> str:
+        """Accepted values in words, for --help and the docs ("" when anything of the kind goes)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.check_text:
+            return self.check_text
+        if self.min_value is not None and self.max_value is not None:
+            return f"{self.min_value}..{self.max_value}"
+        if self.min_value is not None:
+            return f">= {self.min_value}"
+        return ""
+
+    def default_text(self) -> str:
+        """The default as a user would type it."""
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if self.kind is Kind.HOTWORDS:
+            return "none" if not self.default else ", ".join(h.phrase for h in self.default)
+        return str(self.default)
+
+
+def _check_host(value: str) -> str | None:
+    if value and not any(char.isspace() for char in value):
+        return None
+    return "a host name or IP address"
+
+
+def _check_device(value: str) -> str | None:
+    return None if _DEVICE_PATTERN.fullmatch(value) else "cpu, cuda or cuda:N"
+
+
+_NETWORK: Final = "Network"
+_MODEL: Final = "Model and compute"
+_BATCHING: Final = "Batching and flow control"
+_STREAMING: Final = "Streams and timeouts"
+_DECODING: Final = "Decoding"
+_LOGGING: Final = "Logging"
+_TLS: Final = "TLS"
+
+OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
+    OptionSpec("host", Kind.STR, "127.0.0.1", "Address the listeners bind to.", _NETWORK,
+               check=_check_host, check_text="a host name or IP address"),
+    OptionSpec("ws_port", Kind.INT, 8080, "WebSocket streaming port (0 = any free port).", _NETWORK,
+               min_value=0, max_value=MAX_PORT),
+    OptionSpec("metrics_port", Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
+               _NETWORK, min_value=0, max_value=MAX_PORT),
+    OptionSpec("grpc_port", Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK,
+               min_value=0, max_value=MAX_PORT),
+    OptionSpec("max_frame_bytes", Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
+               _NETWORK, min_value=1024, max_value=16 * 1024 * 1024),
+    OptionSpec("model", Kind.MODEL, BUNDLED_MODEL,
+               "Checkpoint to serve: a .safetensors file, or 'bundled' for the packaged model.", _MODEL,
+               check_text="bundled or an existing .safetensors file"),
+    OptionSpec("device", Kind.STR, "cpu", "Torch device the model runs on.", _MODEL,
+               check=_check_device, check_text="cpu, cuda or cuda:N"),
+    OptionSpec("torch_threads", Kind.INT, 0, "Torch intra-op threads (0 = all cores).", _MODEL,
+               min_value=0, max_value=1024),
+    OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
+               choices=("uvloop", "asyncio")),
+    OptionSpec("max_streams", Kind.INT, 64, "Concurrent streams; more are refused as overload.",
+               _BATCHING, min_value=1, max_value=100_000),
+    OptionSpec("max_batch_size", Kind.INT, 32, "Most streams advanced in one model step.", _BATCHING,
+               min_value=1, max_value=4096),
+    OptionSpec("max_wait_ms", Kind.DURATION_MS, 20,
+               "Batch window: longest a ready chunk waits for others to join its batch.", _BATCHING,
+               min_value=0, max_value=1000),
+    OptionSpec("max_pending_chunks", Kind.INT, 8,
+               "Per-stream bound on audio chunks queued for the model.", _BATCHING,
+               min_value=1, max_value=1024),
+    OptionSpec("endpoint_silence_ms", Kind.DURATION_MS, 1000,
+               "Trailing silence that ends an utterance.", _STREAMING, min_value=100, max_value=60_000),
+    OptionSpec("max_utterance_ms", Kind.DURATION_MS, 20_000,
+               "Longest utterance; a longer one is cut and finalized.", _STREAMING,
+               min_value=1000, max_value=3_600_000),
+    OptionSpec("idle_timeout_ms", Kind.DURATION_MS, 15_000,
+               "A stream that sends no audio for this long is closed.", _STREAMING,
+               min_value=1000, max_value=3_600_000),
+    OptionSpec("drain_timeout_ms", Kind.DURATION_MS, 30_000,
+               "On shutdown, how long open streams may finish before they are closed.", _STREAMING,
+               min_value=0, max_value=3_600_000),
+    OptionSpec("decoding", Kind.STR, "greedy", "CTC decoding strategy.", _DECODING,
+               choices=("greedy", "beam")),
+    OptionSpec("beam_size", Kind.INT, 8, "Beam width when decoding is beam.", _DECODING,
+               min_value=1, max_value=256),
+    OptionSpec("hotwords", Kind.HOTWORDS, (),
+               "Phrases to boost, as [[serve.hotwords]] tables with phrase and boost.", _DECODING,
+               file_only=True),
+    OptionSpec("hotwords_file", Kind.PATH, None,
+               "File of hotwords, one 'phrase<TAB>boost' per line; added to the inline ones.", _DECODING,
+               check_text="an existing file"),
+    OptionSpec("log_level", Kind.STR, "info", "Lowest level logged.", _LOGGING, choices=LOG_LEVELS),
+    OptionSpec("log_format", Kind.STR, "text", "Log line format.", _LOGGING, choices=LOG_FORMATS),
+    OptionSpec("log_transcripts", Kind.BOOL, False,
+               "Debug only: write transcripts to the logs (they are redacted otherwise; audio is never logged).",
+               _LOGGING),
+    OptionSpec("tls_cert", Kind.PATH, None, "PEM certificate chain; set together with tls_key.", _TLS,
+               check_text="an existing file"),
+    OptionSpec("tls_key", Kind.PATH, None, "PEM private key; set together with tls_cert.", _TLS,
+               check_text="an existing file"),
+)
+
+_SPECS_BY_NAME: Final[Mapping[str, OptionSpec]] = MappingProxyType({spec.name: spec for spec in OPTION_SPECS})
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """The resolved settings of ``xlgate serve``. Defaults live in OPTION_SPECS, not here."""
+
+    host: str
+    ws_port: int
+    metrics_port: int
+    grpc_port: int
+    max_frame_bytes: int
+    model: str
+    device: str
+    torch_threads: int
+    event_loop: str
+    max_streams: int
+    max_batch_size: int
+    max_wait_s: float
+    max_pending_chunks: int
+    endpoint_silence_s: float
+    max_utterance_s: float
+    idle_timeout_s: float
+    drain_timeout_s: float
+    decoding: str
+    beam_size: int
+    hotwords: tuple[Hotword, ...]
+    hotwords_file: Path | None
+    log_level: str
+    log_format: str
+    log_transcripts: bool
+    tls_cert: Path | None
+    tls_key: Path | None
+
+
+# --------------------------------------------------------------------------------------------- argparse
+
+
+def _metavar(spec: OptionSpec) -> str:
+    if spec.choices:
+        return "{" + ",".join(spec.choices) + "}"
+    return {Kind.INT: "N", Kind.DURATION_MS: "MS", Kind.PATH: "PATH", Kind.MODEL: "PATH|bundled"}.get(
+        spec.kind, spec.name.split("_")[-1].upper()
+    )
+
+
+def _help_text(spec: OptionSpec) -> str:
+    constraint = spec.constraint_text()
+    text = spec.help
+    if constraint and not spec.choices:  # argparse already shows choices in the metavar
+        text += f" Accepts {constraint}."
+    text += f" [env {spec.env_var}; default {spec.default_text()}]"
+    return text.replace("%", "%%")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per option to the ``xlgate serve`` parser.
+
+    Flags default to None so that :func:`resolve_serve_settings` can tell "not given" from a value;
+    parsing and validation happen there, so a bad flag raises ConfigError like a bad variable would.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=(
+            f"TOML file whose [{FILE_SECTION}] table sets any option below by its snake_case name; "
+            "hotwords can be listed there as [[serve.hotwords]] tables. Precedence: flags > environment "
+            f"> file > defaults. [env {CONFIG_ENV_VAR}]"
+        ),
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in OPTION_SPECS:
+        if spec.file_only:
+            continue
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(spec.group)
+        group = groups[spec.group]
+        if spec.kind is Kind.BOOL:
+            group.add_argument(
+                spec.flag, dest=spec.name, default=None, action=argparse.BooleanOptionalAction,
+                help=_help_text(spec),
+            )
+        else:
+            group.add_argument(
+                spec.flag, dest=spec.name, default=None, metavar=_metavar(spec), help=_help_text(spec)
+            )
+
+
+# ------------------------------------------------------------------------------------ parsing per value
+
+
+def _show(value: object) -> str:
+    return repr(value)
+
+
+def _from_text(spec: OptionSpec, raw: str, source: _Source) -> object:
+    """Parse a flag or environment string into the option's boundary type."""
+    if spec.kind is Kind.BOOL:
+        word = raw.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise ConfigError(
+            source=source.label, expected="a boolean (1/0, true/false, yes/no, on/off)", actual=_show(raw)
+        )
+    if spec.kind in (Kind.INT, Kind.DURATION_MS):
+        if not _INT_PATTERN.fullmatch(raw.strip()):
+            raise ConfigError(source=source.label, expected=_range_words(spec), actual=_show(raw))
+        return int(raw)
+    return raw
+
+
+def _from_toml(spec: OptionSpec, raw: object, source: _Source) -> object:
+    """Type-check a TOML value; TOML is typed, so no string coercion happens here."""
+    if spec.kind is Kind.BOOL:
+        if not isinstance(raw, bool):
+            raise ConfigError(source=source.label, expected="a boolean (true or false)", actual=_show(raw))
+        return raw
+    if spec.kind in (Kind.INT, Kind.DURATION_MS):
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(source=source.label, expected=_range_words(spec), actual=_show(raw))
+        return raw
+    if spec.kind is Kind.HOTWORDS:
+        return _hotwords_from_toml(raw, source)
+    if not isinstance(raw, str):
+        raise ConfigError(source=source.label, expected="a string", actual=_show(raw))
+    return raw
+
+
+def _range_words(spec: OptionSpec) -> str:
+    unit = " number of milliseconds" if spec.kind is Kind.DURATION_MS else ""
+    if spec.min_value is not None and spec.max_value is not None:
+        return f"an integer{unit} between {spec.min_value} and {spec.max_value}"
+    if spec.min_value is not None:
+        return f"an integer{unit} of at least {spec.min_value}"
+    return f"an integer{unit}"
+
+
+def _resolve_path(raw: str, source: _Source) -> Path:
+    path = Path(raw).expanduser()
+    if source.base_dir is not None and not path.is_absolute():
+        path = source.base_dir / path
+    return path
+
+
+def _validate(spec: OptionSpec, value: object, source: _Source) -> object:
+    """Check a typed boundary value against the spec; return it normalized."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if (spec.min_value is not None and value < spec.min_value) or (
+            spec.max_value is not None and value > spec.max_value
+        ):
+            raise ConfigError(source=source.label, expected=_range_words(spec), actual=_show(value))
+        return value
+    if spec.kind is Kind.PATH and isinstance(value, str):
+        path = _resolve_path(value, source)
+        if not path.is_file():
+            raise ConfigError(source=source.label, expected="an existing file", actual=_show(str(path)))
+        return path
+    if spec.kind is Kind.MODEL and isinstance(value, str):
+        if value == BUNDLED_MODEL:
+            return value
+        path = _resolve_path(value, source)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ConfigError(
+                source=source.label,
+                expected=f"{BUNDLED_MODEL!r} or an existing .safetensors file",
+                actual=_show(str(path)),
+            )
+        return str(path)
+    if isinstance(value, str):
+        if spec.choices:
+            folded = value.strip().lower()
+            if folded not in spec.choices:
+                raise ConfigError(
+                    source=source.label, expected="one of " + ", ".join(spec.choices), actual=_show(value)
+                )
+            return folded
+        if spec.check is not None:
+            expected = spec.check(value)
+            if expected is not None:
+                raise ConfigError(source=source.label, expected=expected, actual=_show(value))
+    return value
+
+
+def _parse(spec: OptionSpec, raw: object, source: _Source) -> object:
+    if source.origin is _Origin.FILE:
+        typed = _from_toml(spec, raw, source)
+    elif isinstance(raw, str):
+        typed = _from_text(spec, raw, source)
+    else:  # BooleanOptionalAction hands over a bool
+        typed = raw
+    return _validate(spec, typed, source)
+
+
+# -------------------------------------------------------------------------------------------- hotwords
+
+
+def _check_hotword(phrase: object, boost: object, *, source: str) -> Hotword:
+    if not isinstance(phrase, str) or not phrase.strip() or any(c in phrase for c in "\t\r\n"):
+        raise ConfigError(
+            source=source, expected="a non-empty phrase without tabs or line breaks", actual=_show(phrase)
+        )
+    if isinstance(boost, bool) or not isinstance(boost, int | float) or not math.isfinite(boost) or boost <= 0:
+        raise ConfigError(source=source, expected="a positive finite boost", actual=_show(boost))
+    return Hotword(phrase.strip(), float(boost))
+
+
+def _hotwords_from_toml(raw: object, source: _Source) -> tuple[Hotword, ...]:
+    expected_table = "an array of tables [[serve.hotwords]] with phrase and boost"
+    if not isinstance(raw, list):
+        raise ConfigError(source=source.label, expected=expected_table, actual=_show(raw))
+    hotwords: list[Hotword] = []
+    for index, entry in enumerate(raw):
+        where = f"{source.label}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(source=where, expected=expected_table, actual=_show(entry))
+        for key in entry:
+            if key not in ("phrase", "boost"):
+                raise ConfigError(source=where, expected="only the keys phrase and boost", actual=_show(key))
+        if "phrase" not in entry:
+            raise ConfigError(source=where, expected="a phrase key", actual="none")
+        hotwords.append(
+            _check_hotword(entry["phrase"], entry.get("boost", DEFAULT_HOTWORD_BOOST), source=where)
+        )
+    return tuple(hotwords)
+
+
+def load_hotwords_file(path: Path) -> tuple[Hotword, ...]:
+    """Read a hotwords file: UTF-8, one ``phrase[<TAB>boost]`` per line.
+
+    Blank lines and lines starting with ``#`` are skipped; a missing boost means DEFAULT_HOTWORD_BOOST.
+
+    Raises:
+        ConfigError: the file cannot be read, or a line is malformed (the message names file and line).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            source=f"hotwords file {path}", expected="a readable UTF-8 file", actual=str(exc)
+        ) from exc
+    hotwords: list[Hotword] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"hotwords file {path} line {number}"
+        fields = line.split("\t")
+        if len(fields) > 2:
+            raise ConfigError(source=where, expected="'phrase' or 'phrase<TAB>boost'", actual=_show(line))
+        boost: object = DEFAULT_HOTWORD_BOOST
+        if len(fields) == 2:
+            try:
+                boost = float(fields[1])
+            except ValueError:
+                raise ConfigError(source=where, expected="a positive finite boost", actual=_show(fields[1])) from None
+        hotwords.append(_check_hotword(fields[0], boost, source=where))
+    return tuple(hotwords)
+
+
+def _merge_hotwords(*lists: tuple[Hotword, ...]) -> tuple[Hotword, ...]:
+    """Concatenate, keeping first positions; a later duplicate phrase replaces the earlier boost."""
+    merged: dict[str, float] = {}
+    for hotwords in lists:
+        for hotword in hotwords:
+            merged[hotword.phrase] = hotword.boost
+    return tuple(Hotword(phrase, boost) for phrase, boost in merged.items())
+
+
+# ------------------------------------------------------------------------------------------ the file
+
+
+def _read_config_file(path: Path, source: _Source) -> tuple[dict[str, object], _Source]:
+    """Load the [serve] table; return it with the source that file values are reported under."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(
+            source=source.label, expected="a readable TOML file", actual=f"{str(path)!r} ({exc.strerror})"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source=f"config file {path}", expected="valid TOML", actual=str(exc)) from exc
+
+    for key in document:
+        if key != FILE_SECTION:
+            raise ConfigError(
+                source=f"config file {path}", expected=f"only a [{FILE_SECTION}] table", actual=f"key {key!r}"
+            )
+    section = document.get(FILE_SECTION, {})
+    if not isinstance(section, dict):
+        raise ConfigError(
+            source=f"config file {path} key {FILE_SECTION}", expected="a table", actual=_show(section)
+        )
+    for key in section:
+        if key not in _SPECS_BY_NAME:
+            close = difflib.get_close_matches(key, list(_SPECS_BY_NAME), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                source=f"config file {path}",
+                expected=f"a known key of [{FILE_SECTION}]{hint}",
+                actual=f"unknown key {FILE_SECTION}.{key}",
+            )
+    return dict(section), _Source(_Origin.FILE, f"config file {path}", base_dir=path.parent)
+
+
+# ------------------------------------------------------------------------------------------- resolve
+
+
+def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
+    cert, cert_source = chosen["tls_cert"]
+    key, key_source = chosen["tls_key"]
+    if (cert is None) != (key is None):
+        present, missing = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+        label = (cert_source if key is None else key_source).label
+        raise ConfigError(
+            source=label,
+            expected=f"{missing} to be set as well (TLS needs both tls_cert and tls_key, or neither)",
+            actual=f"{present} alone",
+        )
+
+    seen: dict[int, str] = {}
+    for name in ("ws_port", "metrics_port", "grpc_port"):
+        port, source = chosen[name]
+        assert isinstance(port, int)
+        if port == 0:
+            continue
+        if port in seen:
+            raise ConfigError(
+                source=source.label, expected=f"a port other than {seen[port]}'s", actual=_show(port)
+            )
+        seen[port] = name
+
+    silence, silence_source = chosen["endpoint_silence_ms"]
+    utterance, _ = chosen["max_utterance_ms"]
+    assert isinstance(silence, int) and isinstance(utterance, int)
+    if silence >= utterance:
+        raise ConfigError(
+            source=silence_source.label,
+            expected=f"less than max_utterance_ms ({utterance})",
+            actual=_show(silence),
+        )
+
+
+def _to_field(spec: OptionSpec, value: object) -> object:
+    if spec.kind is Kind.DURATION_MS:
+        assert isinstance(value, int)
+        return value / 1000.0
+    if spec.kind is Kind.PATH and isinstance(value, str):  # only a default can still be a str here
+        return Path(value)
+    return value
+
+
+def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
+    """Combine flags, environment, config file and defaults into ServeSettings.
+
+    Args:
+        args: the namespace from a parser set up by add_serve_arguments (missing attributes count as
+            flags not given, so a hand-made Namespace works in tests).
+        environ: usually ``os.environ``. An empty variable counts as unset.
+
+    Returns:
+        The settings, durations in seconds, hotwords from the file table and the hotwords file merged.
+
+    Raises:
+        ConfigError: any set value is malformed or out of range, the file has an unknown key, or two
+            options contradict each other. The message names the flag, variable or file key.
+    """
+    config_raw: str | None = getattr(args, "config", None)
+    config_source = _Source(_Origin.FLAG, "flag --config")
+    if config_raw is None and environ.get(CONFIG_ENV_VAR):
+        config_raw = environ[CONFIG_ENV_VAR]
+        config_source = _Source(_Origin.ENV, f"environment variable {CONFIG_ENV_VAR}")
+    file_values: dict[str, object] = {}
+    file_source = _DEFAULT_SOURCE
+    if config_raw is not None:
+        file_values, file_source = _read_config_file(Path(config_raw).expanduser(), config_source)
+
+    chosen: dict[str, tuple[object, _Source]] = {}
+    for spec in OPTION_SPECS:
+        candidates: list[tuple[object, _Source]] = []
+        if not spec.file_only:
+            flag_value = getattr(args, spec.name, None)
+            if flag_value is not None:
+                candidates.append((flag_value, _Source(_Origin.FLAG, f"flag {spec.flag}")))
+            env_value = environ.get(spec.env_var, "")
+            if env_value != "":
+                candidates.append((env_value, _Source(_Origin.ENV, f"environment variable {spec.env_var}")))
+        if spec.file_key in file_values:
+            file_key_source = _Source(
+                _Origin.FILE,
+                f"{file_source.label} key {FILE_SECTION}.{spec.file_key}",
+                base_dir=file_source.base_dir,
+            )
+            candidates.append((file_values[spec.file_key], file_key_source))
+        parsed = [(_parse(spec, raw, source), source) for raw, source in candidates]
+        chosen[spec.name] = parsed[0] if parsed else (spec.default, _DEFAULT_SOURCE)
+
+    _cross_check(chosen)
+
+    values: dict[str, Any] = {spec.field_name: _to_field(spec, chosen[spec.name][0]) for spec in OPTION_SPECS}
+    hotwords_file = values["hotwords_file"]
+    if hotwords_file is not None:
+        values["hotwords"] = _merge_hotwords(values["hotwords"], load_hotwords_file(hotwords_file))
+    else:
+        values["hotwords"] = _merge_hotwords(values["hotwords"])
+    return ServeSettings(**values)
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
+    """Names of ``XLGATE_*`` variables that match no option: likely typos, worth a warning at startup."""
+    known = {spec.env_var for spec in OPTION_SPECS if not spec.file_only} | {CONFIG_ENV_VAR}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown() -> str:
+    """Render docs/configuration.md from OPTION_SPECS (regenerate with ``python -m gateway.config``)."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from gateway/config.py by `python -m gateway.config > docs/configuration.md`.",
+        "     Do not edit by hand: tests/test_config.py fails when this file and the generator differ. -->",
+        "",
+        "`xlgate serve` reads each option from four places; the first that sets it wins:",
+        "",
+        "1. a command-line flag (`--ws-port 9000`);",
+        f"2. an environment variable (`{ENV_PREFIX}WS_PORT=9000`);",
+        f"3. the `[{FILE_SECTION}]` table of the TOML file named by `--config PATH` "
+        f"(or `{CONFIG_ENV_VAR}`), e.g. `ws_port = 9000`;",
+        "4. the built-in default.",
+        "",
+        "Rules that apply to every option:",
+        "",
+        "- Every value that is set is validated, even one a higher source overrides; an error names the",
+        "  flag, variable or file key, what was expected and what was found.",
+        "- An environment variable set to the empty string counts as unset.",
+        "- Booleans in environment variables accept `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`",
+        "  (any case); as flags they are `--name` / `--no-name`; in the file they are TOML booleans.",
+        "- Choices are matched case-insensitively.",
+        "- Durations are integer milliseconds and their names end in `_ms`.",
+        "- Relative paths in the file are relative to the file's directory; relative paths in flags and",
+        "  variables are relative to the working directory. `~` is expanded. Files must exist.",
+        f"- A key the `[{FILE_SECTION}]` table does not know, or a table other than `[{FILE_SECTION}]`, is an",
+        f"  error. Unknown `{ENV_PREFIX}*` variables are not an error.",
+        "",
+        "## Options",
+    ]
+    groups: dict[str, list[OptionSpec]] = {}
+    for spec in OPTION_SPECS:
+        groups.setdefault(spec.group, []).append(spec)
+    for group, specs in groups.items():
+        lines += [
+            "",
+            f"### {group}",
+            "",
+            "| File key | Flag | Environment variable | Default | Accepts | Description |",
+            "|---|---|---|---|---|---|",
+        ]
+        for spec in specs:
+            flag = "—" if spec.file_only else f"`{spec.flag}`"
+            if spec.kind is Kind.BOOL:
+                flag = f"`{spec.flag}`, `--no-{spec.flag[2:]}`"
+            env = "—" if spec.file_only else f"`{spec.env_var}`"
+            accepts = spec.constraint_text() or spec.kind.value
+            if spec.kind is Kind.BOOL:
+                accepts = "boolean"
+            elif spec.kind is Kind.HOTWORDS:
+                accepts = "array of tables"
+            lines.append(
+                f"| `{spec.file_key}` | {flag} | {env} | `{spec.default_text()}` | {_md_cell(accepts)} "
+                f"| {_md_cell(spec.help)} |"
+            )
+    lines += [
+        "",
+        "## Hotwords",
+        "",
+        "Hotwords come from two places, which are combined: `[[serve.hotwords]]` tables in the config file,",
+        "and the file named by `hotwords_file`. When both list a phrase, the hotwords file's boost wins.",
+        f"A missing boost is {DEFAULT_HOTWORD_BOOST}; boosts must be positive.",
+        "",
+        "```toml",
+        "[[serve.hotwords]]",
+        'phrase = "account number"',
+        "boost = 2.0",
+        "",
+        "[[serve.hotwords]]",
+        'phrase = "Xenon Mobile"',
+        "```",
+        "",
+        "A hotwords file is UTF-8 text with one `phrase` or `phrase<TAB>boost` per line; blank lines and",
+        "lines starting with `#` are skipped.",
+        "",
+        "## Example file with every default",
+        "",
+        "```toml",
+        f"[{FILE_SECTION}]",
+    ]
+    for spec in OPTION_SPECS:
+        if spec.kind is Kind.HOTWORDS:
+            continue
+        if spec.default is None:
+            lines.append(f'# {spec.file_key} = "..."')
+        else:
+            lines.append(f"{spec.file_key} = {_toml_value(spec.default)}")
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,0 +1,403 @@
+"""The engine: live streams, admission control, and the one loop that joins the scheduler and the runner.
+
+A protocol adapter (WebSocket, MRCP, gRPC, the offline ``transcribe`` command) opens one
+:class:`Stream` per audio channel with :meth:`Engine.open_streams`, feeds it PCM, and reads its events
+(partials, finals, speech start/end, end of stream). The engine loop asks the pure :class:`Scheduler`
+for the next step, runs it on the model runner's dedicated thread, and routes each stream's output back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.metrics import Metrics
+from gateway.runner import ChunkInput, DecoderParams, EndpointParams, ModelRunner, StreamOutput
+from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
+from protocols.audio.resample import StreamingResampler
+from protocols.errors import GatewayError, OverloadedError
+from streaming_model.decoding import Hypothesis
+from streaming_model.features import StreamingFbank
+
+log = logging.getLogger("xlgate.engine")
+
+MAX_EVENTS_PER_STREAM = 1024  # finals and events a slow reader may leave unread before we give up on it
+
+
+class DrainingError(OverloadedError):
+    """The gateway is draining (shutting down) and takes no new streams."""
+
+    code = "draining"
+
+
+class StreamClosedError(GatewayError):
+    """Audio or a control request arrived for a stream that has already been stopped or aborted."""
+
+    code = "stream_stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """Per-stream recognition parameters, set by the protocol from its start message or defaults."""
+
+    sample_rate_hz: int = 8000
+    endpoint: EndpointParams = field(default_factory=EndpointParams)
+    decoder: DecoderParams = field(default_factory=DecoderParams)
+    interim_results: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ResultEvent:
+    """A partial or final result. ``arrival_s`` is when the last audio it covers arrived (monotonic)."""
+
+    is_final: bool
+    hypothesis: Hypothesis
+    audio_end_s: float
+    arrival_s: float
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    start_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    outcome: str
+
+
+StreamEvent = ResultEvent | SpeechStarted | SpeechEnded | StreamEnded
+
+
+class Stream:
+    """One audio channel being recognised. Created by :meth:`Engine.open_streams`.
+
+    Audio goes in with :meth:`feed` (int16 or float32 PCM at ``params.sample_rate_hz``); results come out
+    of :meth:`events`. :meth:`stop` ends the audio (remaining finals follow, then :class:`StreamEnded`);
+    :meth:`abort` drops the stream at once. Pausing discards audio without touching the model's memory.
+    """
+
+    def __init__(self, engine: Engine, *, stream_id: int, slot: int, channel: int, params: StreamParams,
+                 protocol: str) -> None:
+        self.engine = engine
+        self.stream_id = stream_id
+        self.slot = slot
+        self.channel = channel
+        self.params = params
+        self.protocol = protocol
+        self._fbank = StreamingFbank(engine.runner.loaded.features)
+        self._model_rate_hz = engine.runner.loaded.features.sample_rate_hz
+        self._resampler = (StreamingResampler(params.sample_rate_hz, self._model_rate_hz)
+                           if params.sample_rate_hz != self._model_rate_hz else None)
+        self._first = True
+        self._stopped = False
+        self._ended = False
+        self.paused = False
+        self._last_audio_arrival_s = engine.clock()
+        self._events: deque[StreamEvent] = deque()
+        self._events_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._seq = 0
+        self.audio_received_s = 0.0  # seconds of audio received (input rate), for metrics and checks
+
+    # -- input -----------------------------------------------------------------------------------------
+    async def feed(self, pcm: np.ndarray) -> None:
+        """Append audio. Waits (backpressure) while the stream's work queue is full."""
+        if self._stopped:
+            raise StreamClosedError(f"stream {self.stream_id} is stopped; no more audio accepted")
+        if self.paused or pcm.size == 0:
+            return
+        samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
+        self.audio_received_s += samples.shape[0] / self.params.sample_rate_hz
+        self.engine.metrics.audio_seconds.labels(self.protocol).inc(samples.shape[0] / self.params.sample_rate_hz)
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+        self._fbank.accept(samples)
+        self._last_audio_arrival_s = self.engine.clock()
+        frames = self.engine.runner.chunk_frames
+        while self._fbank.can_take(frames):
+            while not self.engine.scheduler.has_room(self.stream_id):
+                self._room.clear()
+                await self._room.wait()
+                if self._stopped:
+                    return
+            window = self._fbank.take(frames)
+            self._submit(ItemKind.AUDIO, window, frames)
+
+    def _submit(self, kind: ItemKind, window: np.ndarray | None, num_frames: int, *, force: bool = False) -> None:
+        payload = ChunkInput(slot=self.slot, window=window, num_frames=num_frames, first=self._first,
+                             endpoint=self.params.endpoint, decoder=self.params.decoder,
+                             audio_end_s=self._fbank.samples_taken / self._model_rate_hz)
+        self._first = False
+        item = WorkItem(stream_id=self.stream_id, kind=kind, arrival_s=self._last_audio_arrival_s, payload=payload)
+        accepted = self.engine.scheduler.submit(item, force=force)
+        assert accepted, "a full queue is waited for before submitting"
+        self.engine.wake()
+
+    async def finalize(self) -> None:
+        """Close the current utterance now (audio not yet in a whole chunk belongs to the next one)."""
+        if self._stopped:
+            raise StreamClosedError(f"stream {self.stream_id} is stopped")
+        self._submit(ItemKind.FINALIZE, None, 0, force=True)
+
+    async def stop(self) -> None:
+        """End of audio: the buffered tail is recognised, finals follow, then :class:`StreamEnded`."""
+        if self._stopped:
+            return
+        if self._resampler is not None:
+            self._fbank.accept(self._resampler.flush())
+        window, frames = self._fbank.take_rest()
+        self._stopped = True
+        self._room.set()
+        self._submit(ItemKind.END, window if frames else None, frames, force=True)
+
+    def abort(self, outcome: str = "aborted") -> None:
+        """Drop the stream now; pending work is discarded and no more events are produced."""
+        if self._ended:
+            return
+        self._stopped = True
+        self._room.set()
+        self.engine._abort(self, outcome)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- output ----------------------------------------------------------------------------------------
+    def _push(self, event: StreamEvent) -> None:
+        if isinstance(event, ResultEvent) and not event.is_final and self._events:
+            last = self._events[-1]
+            if isinstance(last, ResultEvent) and not last.is_final:
+                self._events[-1] = event  # a newer partial supersedes an unsent one
+                return
+        if len(self._events) >= MAX_EVENTS_PER_STREAM:
+            log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
+            self.abort("error")
+            return
+        self._events.append(event)
+        self._events_ready.set()
+
+    def _deliver(self, out: StreamOutput, arrival_s: float) -> None:
+        if out.speech_started_s is not None:
+            self._push(SpeechStarted(out.speech_started_s))
+        if out.partial is not None and self.params.interim_results:
+            self._seq += 1
+            self._push(ResultEvent(False, out.partial, out.audio_end_s, arrival_s, self._seq))
+        for final in out.finals:
+            self._seq += 1
+            self._push(ResultEvent(True, final, out.audio_end_s, arrival_s, self._seq))
+        if out.speech_ended_s is not None:
+            self._push(SpeechEnded(out.speech_ended_s))
+
+    def _end(self, outcome: str) -> None:
+        self._ended = True
+        self._stopped = True
+        self._room.set()
+        self._events.append(StreamEnded(outcome))
+        self._events_ready.set()
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """Every event of the stream, ending with :class:`StreamEnded`."""
+        while True:
+            while not self._events:
+                self._events_ready.clear()
+                await self._events_ready.wait()
+            event = self._events.popleft()
+            yield event
+            if isinstance(event, StreamEnded):
+                return
+
+    def record_sent(self, event: ResultEvent) -> None:
+        """The protocol has written ``event`` to the wire: observe its end-to-end latency."""
+        latency_s = self.engine.clock() - event.arrival_s
+        m = self.engine.metrics
+        (m.final_latency if event.is_final else m.partial_latency).labels(self.protocol).observe(latency_s)
+        m.results.labels(self.protocol, "final" if event.is_final else "partial").inc()
+
+
+class Engine:
+    """Admission, stream bookkeeping and the step loop (see the module docstring)."""
+
+    def __init__(self, runner: ModelRunner, *, metrics: Metrics, max_streams: int, max_batch_size: int,
+                 max_wait_s: float, max_pending_chunks: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_streams > runner.store.max_slots:
+            raise ValueError(f"max_streams ({max_streams}) exceeds the runner's slots ({runner.store.max_slots})")
+        self.runner = runner
+        self.metrics = metrics
+        self.max_streams = max_streams
+        self.clock = clock
+        self.scheduler = Scheduler(max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+                                   max_pending_per_stream=max_pending_chunks)
+        self._streams: dict[int, Stream] = {}
+        self._free_slots = list(range(max_streams - 1, -1, -1))
+        self._slots_after_step: list[int] = []
+        self._next_id = 1
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self.draining = False
+        self.drain_requested = asyncio.Event()  # set when live streams must finish now
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.steps_run = 0
+
+    # -- admission -------------------------------------------------------------------------------------
+    @property
+    def live_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and not self._closing
+
+    def has_capacity(self, count: int = 1) -> bool:
+        return self.ready and len(self._streams) + count <= self.max_streams
+
+    def open_streams(self, count: int, params: StreamParams, *, protocol: str) -> list[Stream]:
+        """Admit ``count`` streams (one per channel) together, or none.
+
+        Raises:
+            DrainingError: the gateway is shutting down.
+            OverloadedError: admitting them would exceed ``max_streams``.
+        """
+        if not self.ready:
+            self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
+            raise DrainingError("the gateway is draining and accepts no new streams")
+        if len(self._streams) + count > self.max_streams:
+            self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)
+            raise OverloadedError(
+                f"at capacity: {len(self._streams)} live streams, max {self.max_streams}, asked for {count}")
+        streams = []
+        for channel in range(count):
+            stream = Stream(self, stream_id=self._next_id, slot=self._free_slots.pop(), channel=channel,
+                            params=params, protocol=protocol)
+            self._next_id += 1
+            self._streams[stream.stream_id] = stream
+            self.scheduler.add_stream(stream.stream_id)
+            self.metrics.streams_started.labels(protocol).inc()
+            self.metrics.live_streams.labels(protocol).inc()
+            streams.append(stream)
+        self._idle.clear()
+        return streams
+
+    def _forget(self, stream: Stream, outcome: str) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        self.scheduler.remove_stream(stream.stream_id)
+        in_flight = self.scheduler.in_flight
+        if in_flight is not None and any(i.stream_id == stream.stream_id for i in in_flight.items):
+            self._slots_after_step.append(stream.slot)
+        else:
+            self._free_slots.append(stream.slot)
+        self.metrics.live_streams.labels(stream.protocol).dec()
+        self.metrics.streams_ended.labels(stream.protocol, outcome).inc()
+        if not self._streams:
+            self._idle.set()
+
+    def _abort(self, stream: Stream, outcome: str) -> None:
+        self._forget(stream, outcome)
+        stream._end(outcome)
+
+    # -- drain -----------------------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        """Stop admitting streams; live ones go on until :meth:`request_finish` or they end."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def request_finish(self) -> None:
+        """Ask every protocol handler to stop its streams now (they get their finals)."""
+        self.drain_requested.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """The step loop. Runs until :meth:`close`; the model thread is shut down on exit."""
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
+        self.metrics.ready.set(1 if self.ready else 0)
+        try:
+            while not self._closing:
+                self._wakeup.clear()
+                now = self.clock()
+                plan = self.scheduler.schedule(now)
+                if plan is None:
+                    deadline = self.scheduler.next_deadline()
+                    timeout = None if deadline is None else max(0.0, deadline - now)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    continue
+                await self._run_plan(loop, executor, plan)
+        finally:
+            executor.shutdown(wait=True)
+
+    async def _run_plan(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, plan: StepPlan) -> None:
+        m = self.metrics
+        started = self.clock()
+        for item in plan.items:
+            m.queue_wait.observe(max(0.0, started - item.arrival_s))
+        m.batch_size.observe(plan.batch_size)
+        try:
+            outputs = await loop.run_in_executor(executor, self.runner.run_step, plan.items)
+        except Exception:
+            log.exception("model step %d failed; failing its %d streams", plan.step_id, plan.batch_size)
+            self.scheduler.complete(plan)
+            self._release_after_step()
+            for item in plan.items:
+                stream = self._streams.get(item.stream_id)
+                if stream is not None:
+                    m.errors.labels(stream.protocol, "internal").inc()
+                    self._abort(stream, "error")
+            return
+        finally:
+            m.step_duration.observe(self.clock() - started)
+        self.scheduler.complete(plan)
+        self.steps_run += 1
+        self._release_after_step()
+        for item, out in zip(plan.items, outputs, strict=True):
+            stream = self._streams.get(item.stream_id)
+            if stream is None:
+                continue  # aborted while its step ran
+            stream._deliver(out, item.arrival_s)
+            if item.kind is ItemKind.END:
+                self._forget(stream, "completed")
+                stream._end("completed")
+        for stream in self._streams.values():
+            stream._room.set()
+
+    def _release_after_step(self) -> None:
+        self._free_slots.extend(self._slots_after_step)
+        self._slots_after_step.clear()
+
+    def close(self) -> None:
+        """End the loop (after the step in flight); streams still live are aborted."""
+        self._closing = True
+        for stream in list(self._streams.values()):
+            stream.abort("aborted")
+        self.metrics.ready.set(0)
+        self.wake()

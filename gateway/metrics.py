@@ -1,0 +1,64 @@
+"""Prometheus metrics of the gateway, declared once with an injectable registry.
+
+Naming follows Prometheus conventions: one ``xlgate_`` prefix, base units (seconds), ``_total`` for
+counters, and labels only from closed sets (protocol, outcome, kind, codec), never a call or session id.
+Latency buckets resolve 1 ms to 2 s and beyond.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
+                     0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+OUTCOMES = ("completed", "client_closed", "idle_timeout", "drained", "error", "aborted")
+
+
+class Metrics:
+    """Every metric the gateway exports. Create one per process (tests pass their own registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.partial_latency = Histogram(
+            "xlgate_partial_result_latency_seconds",
+            "Partial result sent minus arrival of the last audio it covers.",
+            ["protocol"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.final_latency = Histogram(
+            "xlgate_final_result_latency_seconds",
+            "Final result sent minus arrival of the last audio it covers.",
+            ["protocol"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.step_duration = Histogram(
+            "xlgate_model_step_duration_seconds",
+            "Wall time of one batched model step (features, encoder, decoding).",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_wait = Histogram(
+            "xlgate_queue_wait_seconds",
+            "Time a chunk waited for its model step after its audio arrived.",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram(
+            "xlgate_batch_size", "Streams in one model step.", buckets=BATCH_BUCKETS, registry=r)
+        self.live_streams = Gauge(
+            "xlgate_live_streams", "Streams (audio channels) being recognised now.", ["protocol"], registry=r)
+        self.streams_started = Counter(
+            "xlgate_streams_started_total", "Streams admitted.", ["protocol"], registry=r)
+        self.streams_ended = Counter(
+            "xlgate_streams_ended_total", "Streams ended, by outcome.", ["protocol", "outcome"], registry=r)
+        self.streams_rejected = Counter(
+            "xlgate_streams_rejected_total", "Streams refused at admission.", ["protocol", "reason"], registry=r)
+        self.audio_seconds = Counter(
+            "xlgate_audio_seconds_total", "Seconds of audio recognised.", ["protocol"], registry=r)
+        self.errors = Counter(
+            "xlgate_errors_total", "Errors by kind (wire error code).", ["protocol", "kind"], registry=r)
+        self.results = Counter(
+            "xlgate_results_total", "Results sent.", ["protocol", "type"], registry=r)
+        self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        for p in PROTOCOLS:
+            self.live_streams.labels(p)
+            self.streams_started.labels(p)
+            self.audio_seconds.labels(p)
+            self.partial_latency.labels(p)
+            self.final_latency.labels(p)

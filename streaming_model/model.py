@@ -1,0 +1,433 @@
+"""Streaming Transformer-XL CTC encoder with one implementation for full utterances and chunk steps.
+
+Theory of operation
+-------------------
+Audio is cut into chunks of ``L = chunk_frames`` encoder frames (40 ms each). A frame in chunk ``c`` may
+attend to every frame of its own chunk (both directions) and to the ``M = mem_frames`` frames before the
+chunk, at every layer (segment-level recurrence, Dai et al. 2019 §3.2). Streaming caches, per layer, the
+projected keys and values of the last ``M`` frames instead of the hidden states: that is exact and skips
+re-projecting the memory at every step (research note model-and-kernels.md §1.4, §6.1).
+
+Both entry points run :meth:`StreamingTransformerXL._encode` with a different *context* object:
+
+* ``forward(features, lengths)`` (training, whole files) computes keys/values for all frames at once and
+  gives every chunk its window ``[chunk_start - M, chunk_end)`` by unfolding, so all chunks of all
+  utterances form one batch of attention problems;
+* ``step(chunk, lengths, state)`` (streaming) prepends the cached memory to the chunk's keys/values.
+
+In both cases each attention problem is ``L`` queries over ``M + L`` keys, with a validity mask, computed by
+the same :meth:`RelPositionAttention.attend`, so the two paths agree to float rounding.
+
+Relative positions: query ``i`` (0..L-1) sits at key coordinate ``M + i``; key ``j`` in 0..M+L-1. Because a
+frame sees its whole chunk, distances ``M + i - j`` are two-sided, ranging over ``-(L-1) .. M+L-1``: we embed
+all ``M + 2L - 1`` of them and gather, rather than using Transformer-XL's causal-only rel-shift (its
+upper-right entries are garbage for non-causal keys; research note §1.2 caveat).
+
+The depthwise convolution and the subsampling front end are causal and carry their left context in the
+state, so they too are exact across chunk boundaries.
+
+A chunk shorter than ``L`` (``lengths < chunk``) is allowed only as the last chunk of a stream: its padded
+frames are masked as keys, and the state it returns is not meant to be stepped again.
+
+Dimension legend: B batch (streams), C chunks, T frames, D features/model width, H heads, E head width,
+L chunk frames, M memory frames, K kernel, V vocabulary, N layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streaming_model.config import ModelConfig
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Per-stream recurrent state, batched along dim 0 (B). Addressed by slot in :class:`StateStore`.
+
+    Keys and values live in a ring of ``R = M + L`` frames per layer: a step writes its chunk's ``L`` frames
+    at ring positions ``(frames + i) mod R`` and attends over the whole ring, whose other ``M`` positions
+    hold the memory. Nothing is shifted or concatenated per step; relative distances are derived from
+    ``frames`` (see :func:`ring_geometry`).
+    """
+
+    fe1: torch.Tensor  # (B, 2, n_mels) left context of the first stride-2 convolution
+    fe2: torch.Tensor  # (B, 2, frontend_channels) left context of the second one
+    ring_k: list[torch.Tensor]  # N x (B, H, R, E) keys of the last R frames
+    ring_v: list[torch.Tensor]  # N x (B, H, R, E) values
+    conv: list[torch.Tensor]  # N x (B, D, K-1) left context of each layer's depthwise convolution
+    frames: torch.Tensor  # (B,) int64 encoder frames already processed (the stream's position)
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, *, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> StreamState:
+        c = config
+        ring = c.mem_frames + c.chunk_frames
+
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        return cls(
+            fe1=z(batch, 2, c.n_mels),
+            fe2=z(batch, 2, c.frontend_channels),
+            ring_k=[z(batch, c.n_heads, ring, c.d_head) for _ in range(c.n_layers)],
+            ring_v=[z(batch, c.n_heads, ring, c.d_head) for _ in range(c.n_layers)],
+            conv=[z(batch, c.d_model, max(c.conv_kernel - 1, 0)) for _ in range(c.n_layers)],
+            frames=torch.zeros(batch, dtype=torch.int64, device=device),
+        )
+
+    def flat(self) -> list[torch.Tensor]:
+        """Every tensor of the state, in a fixed order (dim 0 is the batch)."""
+        return [self.fe1, self.fe2, *self.ring_k, *self.ring_v, *self.conv, self.frames]
+
+    @classmethod
+    def from_flat(cls, tensors: list[torch.Tensor], n_layers: int) -> StreamState:
+        n = n_layers
+        return cls(fe1=tensors[0], fe2=tensors[1], ring_k=tensors[2:2 + n], ring_v=tensors[2 + n:2 + 2 * n],
+                   conv=tensors[2 + 2 * n:2 + 3 * n], frames=tensors[2 + 3 * n])
+
+
+class StateStore:
+    """Slot-addressed store of stream states: a stream owns a slot for its life.
+
+    On CPU a step gathers the batch's slots into contiguous tensors and scatters the new state back (each
+    slot's rows are contiguous, so both are plain row copies). A device-resident implementation may
+    instead hand kernels the slab and the slot indices directly; callers only use :meth:`allocate`,
+    :meth:`release`, :meth:`gather` and :meth:`scatter`.
+    """
+
+    def __init__(self, config: ModelConfig, max_slots: int, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be >= 1, got {max_slots}")
+        self.config = config
+        self.max_slots = max_slots
+        self._slab = StreamState.zeros(config, max_slots, device=device, dtype=dtype).flat()
+        self._free = list(range(max_slots - 1, -1, -1))
+        self._allocated: set[int] = set()
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int:
+        """Take a free slot and reset it to the initial (empty-memory) state."""
+        if not self._free:
+            raise RuntimeError(f"all {self.max_slots} state slots are in use")
+        slot = self._free.pop()
+        for tensor in self._slab:
+            tensor[slot].zero_()
+        self._allocated.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot not in self._allocated:
+            raise ValueError(f"slot {slot} is not allocated")
+        self._allocated.remove(slot)
+        self._free.append(slot)
+
+    def gather(self, slots: torch.Tensor) -> StreamState:
+        """Contiguous state of the given slots (B,), in the order given."""
+        out = [t.view(t.shape[0], -1).index_select(0, slots).view(slots.shape[0], *t.shape[1:])
+               for t in self._slab]
+        return StreamState.from_flat(out, self.config.n_layers)
+
+    def scatter(self, slots: torch.Tensor, state: StreamState) -> None:
+        """Write a batch's new state back into its slots."""
+        for t, new in zip(self._slab, state.flat(), strict=True):
+            t.view(t.shape[0], -1).index_copy_(0, slots, new.reshape(slots.shape[0], -1).to(t.dtype))
+
+
+def ring_geometry(frames: torch.Tensor, lengths: torch.Tensor, *, mem_frames: int,
+                  chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a chunk goes in the ring, which ring slots are real, and each (query, slot) distance row.
+
+    Args:
+        frames: (B,) stream positions (encoder frames processed before this chunk).
+        lengths: (B,) real frames in this chunk.
+    Returns:
+        write_pos (B, L) ring slots of the chunk's frames; key_valid (B, R) bool; rel_index (B, L, R) rows
+        of the distance table (distance + L - 1).
+    """
+    m, l_ = mem_frames, chunk_frames
+    r = m + l_
+    i = torch.arange(l_, device=frames.device)
+    write_pos = (frames[:, None] + i[None, :]) % r  # (B, L)
+    slot = torch.arange(r, device=frames.device)
+    age_rank = (slot[None, :] - frames[:, None] + m) % r  # (B, R): 0 = oldest memory frame
+    absolute = frames[:, None] - m + age_rank  # (B, R) absolute frame held by each slot
+    key_valid = (absolute >= 0) & (absolute < frames[:, None] + lengths[:, None])
+    rel_index = i[None, :, None] + m - age_rank[:, None, :] + (l_ - 1)  # (B, L, R)
+    return write_pos, key_valid, rel_index
+
+
+def sinusoid_table(distances: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer-XL's sinusoid embedding of (possibly negative) distances: (P,) -> (P, dim)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    angles = distances.to(torch.float32)[:, None] * inv_freq[None, :]  # (P, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class CausalStridedConv(nn.Module):
+    """Kernel-3 stride-2 convolution over time whose output ``j`` sees inputs ``2j-2 .. 2j``."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(d_in, d_out, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: (B, T, D) with T even; cache: (B, 2, D)
+        xx = torch.cat([cache, x], dim=1)  # (B, T+2, D)
+        y = self.conv(xx.transpose(1, 2)).transpose(1, 2)  # (B, T/2, D_out)
+        return F.gelu(y), xx[:, -2:]
+
+
+class RelPositionAttention(nn.Module):
+    """Multi-head attention with Transformer-XL relative positions and the u/v biases."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.d_head = c.n_heads, c.d_head
+        self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
+        self.pos = nn.Linear(c.d_model, c.d_model, bias=False)  # W_{k,R}
+        self.u = nn.Parameter(torch.zeros(c.n_heads, c.d_head))  # global content bias
+        self.v = nn.Parameter(torch.zeros(c.n_heads, c.d_head))  # global position bias
+        self.out = nn.Linear(c.d_model, c.d_model)
+        self.dropout = c.dropout
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q, k, v each (B, H, T, E)."""
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head)  # (B, T, 3, H, E)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, E)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_valid: torch.Tensor,
+               pos_emb: torch.Tensor, rel_index: torch.Tensor) -> torch.Tensor:
+        """One chunk's attention: q (B', H, L, E) over k, v (B', H, M+L, E) -> (B', L, D).
+
+        key_valid: (B', M+L) bool; pos_emb: (M+2L-1, D) sinusoids of distances -(L-1)..M+L-1;
+        rel_index: (B' or 1, L, M+L) int64 mapping each (query, key) pair to a row of pos_emb.
+        """
+        bq, h, lq, e = q.shape
+        r = self.pos(pos_emb).view(-1, h, e).transpose(0, 1)  # (H, P, E)
+        bd_table = (q + self.v[None, :, None, :]) @ r.transpose(-1, -2)[None]  # (B', H, L, P)
+        index = rel_index[:, None].expand(bq, h, -1, -1)  # (B', H, L, M+L)
+        bd = bd_table.gather(-1, index)  # (B', H, L, M+L)
+        scale = 1.0 / math.sqrt(e)
+        neg = torch.finfo(bd.dtype).min / 2
+        bias = (bd * scale).masked_fill(~key_valid[:, None, None, :], neg)
+        out = F.scaled_dot_product_attention(
+            q + self.u[None, :, None, :], k, v, attn_mask=bias,
+            dropout_p=self.dropout if self.training else 0.0, scale=scale)  # (B', H, L, E)
+        return self.out(out.transpose(1, 2).reshape(bq, lq, h * e))
+
+
+class ConvModule(nn.Module):
+    """Pointwise-GLU, causal depthwise convolution, SiLU, pointwise (a streaming Conformer conv)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.kernel = config.conv_kernel
+        self.pointwise_in = nn.Linear(d, 2 * d)
+        self.depthwise = nn.Conv1d(d, d, kernel_size=config.conv_kernel, groups=d)
+        self.norm = nn.LayerNorm(d)
+        self.pointwise_out = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: (B, T, D); cache: (B, D, K-1)
+        y = F.glu(self.pointwise_in(x), dim=-1).transpose(1, 2)  # (B, D, T)
+        yy = torch.cat([cache, y], dim=2)  # (B, D, K-1+T)
+        z = self.depthwise(yy).transpose(1, 2)  # (B, T, D)
+        z = self.pointwise_out(F.silu(self.norm(z)))
+        return z, yy[:, :, -(self.kernel - 1):]
+
+
+class _Context(Protocol):
+    """How a layer obtains the keys/values its chunks attend to, and its convolution cache."""
+
+    def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor: ...
+
+    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...
+
+    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None: ...
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN block: relative attention, causal convolution, feed-forward; residual around each."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = RelPositionAttention(config)
+        self.norm_conv = nn.LayerNorm(d) if config.conv_kernel else None
+        self.conv = ConvModule(config) if config.conv_kernel else None
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, config.d_ff), nn.GELU(), nn.Dropout(config.dropout),
+                                nn.Linear(config.d_ff, d))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, layer: int, ctx: _Context) -> torch.Tensor:
+        x = x + self.drop(ctx.attention(layer, self.attn, self.norm_attn(x)))
+        if self.conv is not None and self.norm_conv is not None:
+            h = self.norm_conv(x)
+            y, cache = self.conv(h, ctx.conv_cache(layer, h))
+            ctx.set_conv_cache(layer, cache)
+            x = x + self.drop(y)
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
+class _FullContext:
+    """Whole utterances: every chunk attends to its window of frames computed in the same pass."""
+
+    def __init__(self, model: StreamingTransformerXL, lengths: torch.Tensor, num_frames: int) -> None:
+        c = model.config
+        self.c = c
+        self.num_chunks = num_frames // c.chunk_frames
+        self.model = model
+        # Key validity per chunk window: position p = chunk*L - M + s is real iff 0 <= p < length.
+        starts = torch.arange(self.num_chunks, device=lengths.device) * c.chunk_frames - c.mem_frames
+        pos = starts[:, None] + torch.arange(c.mem_frames + c.chunk_frames, device=lengths.device)  # (C, M+L)
+        self.key_valid = ((pos >= 0)[None] & (pos[None] < lengths[:, None, None])).reshape(
+            -1, c.mem_frames + c.chunk_frames)  # (B*C, M+L)
+
+    def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
+        c = self.c
+        b, t, d = h.shape
+        q, k, v = attn.project(h)  # (B, H, T, E)
+        h_, e = q.shape[1], q.shape[3]
+        q = q.reshape(b, h_, self.num_chunks, c.chunk_frames, e).transpose(1, 2).reshape(
+            b * self.num_chunks, h_, c.chunk_frames, e)  # (B*C, H, L, E)
+
+        def windows(x: torch.Tensor) -> torch.Tensor:
+            xp = F.pad(x, (0, 0, c.mem_frames, 0))  # (B, H, M+T, E)
+            w = xp.unfold(2, c.mem_frames + c.chunk_frames, c.chunk_frames)  # (B, H, C, E, M+L)
+            return w.permute(0, 2, 1, 4, 3).reshape(b * self.num_chunks, h_, -1, e)  # (B*C, H, M+L, E)
+
+        out = attn.attend(q, windows(k), windows(v), key_valid=self.key_valid,
+                          pos_emb=self.model.pos_emb, rel_index=self.model.rel_index)  # (B*C, L, D)
+        return out.reshape(b, t, d)
+
+    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return h.new_zeros(h.shape[0], h.shape[2], self.c.conv_kernel - 1)
+
+    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None:
+        pass
+
+
+class _StepContext:
+    """One chunk per stream: the chunk's keys/values are written into the state's rings, which are then
+    attended to whole. The state passed in is updated in place (it is the caller's gathered copy)."""
+
+    def __init__(self, model: StreamingTransformerXL, state: StreamState, lengths: torch.Tensor) -> None:
+        c = model.config
+        self.model = model
+        self.state = state
+        self.write_pos, self.key_valid, self.rel_index = ring_geometry(
+            state.frames, lengths, mem_frames=c.mem_frames, chunk_frames=c.chunk_frames)
+        self.rows = torch.arange(state.frames.shape[0], device=state.frames.device)[:, None]  # (B, 1)
+
+    def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
+        q, k, v = attn.project(h)  # (B, H, L, E)
+        ring_k, ring_v = self.state.ring_k[layer], self.state.ring_v[layer]  # (B, H, R, E)
+        ring_k[self.rows, :, self.write_pos] = k.transpose(1, 2)  # indexed view is (B, L, H, E)
+        ring_v[self.rows, :, self.write_pos] = v.transpose(1, 2)
+        return attn.attend(q, ring_k, ring_v, key_valid=self.key_valid,
+                           pos_emb=self.model.pos_emb, rel_index=self.rel_index)
+
+    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return self.state.conv[layer]
+
+    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None:
+        self.state.conv[layer] = cache
+
+
+class StreamingTransformerXL(nn.Module):
+    """Streaming Transformer-XL CTC acoustic model (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.register_buffer("feat_mean", torch.zeros(c.n_mels))
+        self.register_buffer("feat_std", torch.ones(c.n_mels))
+        self.fe1 = CausalStridedConv(c.n_mels, c.frontend_channels)
+        self.fe2 = CausalStridedConv(c.frontend_channels, c.d_model)
+        self.fe_proj = nn.Linear(c.d_model, c.d_model)
+        self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
+        self.norm = nn.LayerNorm(c.d_model)
+        self.ctc = nn.Linear(c.d_model, c.vocab_size)
+        distances = torch.arange(-(c.chunk_frames - 1), c.mem_frames + c.chunk_frames)  # (M+2L-1,)
+        self.register_buffer("pos_emb", sinusoid_table(distances, c.d_model), persistent=False)
+        i = torch.arange(c.chunk_frames)[:, None]
+        j = torch.arange(c.mem_frames + c.chunk_frames)[None, :]
+        self.register_buffer("rel_index", ((c.mem_frames + i - j) + (c.chunk_frames - 1))[None],
+                             persistent=False)  # (1, L, M+L): in a full pass slot s of a window is its age
+
+    def _encode(self, features: torch.Tensor, fe1: torch.Tensor, fe2: torch.Tensor,
+                ctx: _Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = (features - self.feat_mean) / self.feat_std  # (B, 4T, n_mels)
+        x, fe1_new = self.fe1(x, fe1)  # (B, 2T, C)
+        x, fe2_new = self.fe2(x, fe2)  # (B, T, D)
+        x = self.fe_proj(x)
+        for n, layer in enumerate(self.layers):
+            x = layer(x, n, ctx)
+        return self.ctc(self.norm(x)), fe1_new, fe2_new  # (B, T, V)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole utterances, exactly as streaming would see them.
+
+        Args:
+            features: (B, T, n_mels) log-mel frames; frames at or beyond ``lengths`` are ignored.
+            lengths: (B,) number of real feature frames per utterance.
+        Returns:
+            CTC logits (B, T', V) with T' = ceil(T_padded / 4), and (B,) output lengths ceil(lengths / 4).
+        """
+        c = self.config
+        step = c.chunk_feature_frames
+        t = features.shape[1]
+        padded = -(-t // step) * step if t else step
+        features = F.pad(features, (0, 0, 0, padded - t))  # (B, T_pad, n_mels)
+        out_lengths = (lengths + c.subsampling - 1) // c.subsampling
+        b = features.shape[0]
+        ctx = _FullContext(self, out_lengths, padded // c.subsampling)
+        zeros1 = features.new_zeros(b, 2, c.n_mels)
+        zeros2 = features.new_zeros(b, 2, c.frontend_channels)
+        logits, _, _ = self._encode(features, zeros1, zeros2, ctx)
+        return logits, out_lengths
+
+    def step(self, chunk: torch.Tensor, lengths: torch.Tensor,
+             state: StreamState) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """One streaming step for a batch of streams, each possibly at a different position.
+
+        Args:
+            chunk: (B, chunk_feature_frames, n_mels) log-mel frames (a short last chunk zero-padded).
+            lengths: (B,) real feature frames in the chunk (1..chunk_feature_frames).
+            state: the streams' states, batched in the same order; consumed (updated in place).
+        Returns:
+            logits (B, L, V), output lengths (B,), and the new state.
+        """
+        c = self.config
+        if chunk.shape[1] != c.chunk_feature_frames:
+            raise ValueError(f"chunk must have {c.chunk_feature_frames} frames, got {chunk.shape[1]}")
+        out_lengths = (lengths + c.subsampling - 1) // c.subsampling
+        ctx = _StepContext(self, state, out_lengths)
+        logits, fe1, fe2 = self._encode(chunk, state.fe1, state.fe2, ctx)
+        state.fe1, state.fe2 = fe1, fe2
+        state.frames = state.frames + c.chunk_frames
+        return logits, out_lengths, state
+
+    def initial_state(self, batch: int) -> StreamState:
+        p = next(self.parameters())
+        return StreamState.zeros(self.config, batch, device=p.device, dtype=p.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
