@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -114,6 +114,10 @@ class Stream:
         self._room.set()
         self._seq = 0
         self.audio_received_s = 0.0  # seconds of audio received (input rate), for metrics and checks
+        self._model_samples = 0  # samples handed to the feature chunker, at the model's rate
+        # Skipped (paused) audio is part of the stream's timeline but not of the model's: each entry is
+        # (model time of the skip, total skipped seconds from then on), used to map result times back.
+        self._skips: list[tuple[float, float]] = []
 
     # -- input -----------------------------------------------------------------------------------------
     async def feed(self, pcm: np.ndarray) -> None:
@@ -128,6 +132,7 @@ class Stream:
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._fbank.accept(samples)
+        self._model_samples += samples.shape[0]
         self._last_audio_arrival_s = self.engine.clock()
         frames = self.engine.runner.chunk_frames
         while self._fbank.can_take(frames):
@@ -180,6 +185,31 @@ class Stream:
     def resume(self) -> None:
         self.paused = False
 
+    def skip_samples(self, num_samples: int) -> None:
+        """``num_samples`` (input rate) of the stream's audio were not recognised (paused): later result
+        times are shifted so they stay on the stream's own timeline."""
+        if num_samples <= 0:
+            return
+        skipped_s = (self._skips[-1][1] if self._skips else 0.0) + num_samples / self.params.sample_rate_hz
+        self._skips.append((self._model_samples / self._model_rate_hz, skipped_s))
+        self.audio_received_s += num_samples / self.params.sample_rate_hz
+
+    def _stream_time(self, model_s: float) -> float:
+        offset = 0.0
+        for at_s, skipped_s in self._skips:
+            if at_s > model_s:
+                break
+            offset = skipped_s
+        return model_s + offset
+
+    def _on_stream_timeline(self, hyp: Hypothesis, audio_end_s: float) -> Hypothesis:
+        """Result times on the stream's own timeline (skips added back), never past the audio heard."""
+        def f(t: float) -> float:
+            return min(self._stream_time(t), audio_end_s)
+
+        return replace(hyp, start_s=f(hyp.start_s), end_s=f(hyp.end_s),
+                       words=tuple(replace(w, start_s=f(w.start_s), end_s=f(w.end_s)) for w in hyp.words))
+
     @property
     def ended(self) -> bool:
         return self._ended
@@ -199,16 +229,23 @@ class Stream:
         self._events_ready.set()
 
     def _deliver(self, out: StreamOutput, arrival_s: float) -> None:
+        audio_end_s = self._stream_time(out.audio_end_s)
+
+        def f(t: float) -> float:
+            return min(self._stream_time(t), audio_end_s)
+
         if out.speech_started_s is not None:
-            self._push(SpeechStarted(out.speech_started_s))
+            self._push(SpeechStarted(f(out.speech_started_s)))
         if out.partial is not None and self.params.interim_results:
             self._seq += 1
-            self._push(ResultEvent(False, out.partial, out.audio_end_s, arrival_s, self._seq))
+            hyp = self._on_stream_timeline(out.partial, audio_end_s)
+            self._push(ResultEvent(False, hyp, audio_end_s, arrival_s, self._seq))
         for final in out.finals:
             self._seq += 1
-            self._push(ResultEvent(True, final, out.audio_end_s, arrival_s, self._seq))
+            self._push(ResultEvent(True, self._on_stream_timeline(final, audio_end_s), audio_end_s, arrival_s,
+                                   self._seq))
         if out.speech_ended_s is not None:
-            self._push(SpeechEnded(out.speech_ended_s))
+            self._push(SpeechEnded(f(out.speech_ended_s)))
 
     def _end(self, outcome: str) -> None:
         self._ended = True

@@ -287,8 +287,8 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
             return ERROR_BACKOFF_S
         tally.counts["sessions_started"] += 1
 
-        receiver = asyncio.create_task(_receive(ws, sess, tally))
-        try:
+        async with asyncio.TaskGroup() as tg:
+            receiver = tg.create_task(_receive(ws, sess, tally))
             try:
                 complete = await _send_audio(ws, sess, receiver, cfg=cfg, deadline=deadline, tally=tally)
                 sess.stop_at = time.monotonic()
@@ -300,13 +300,7 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
             except TimeoutError:
                 tally.errors["client.end_timeout"] += 1
                 sess.failed = True
-        finally:
-            if not receiver.done():
                 receiver.cancel()
-                try:
-                    await receiver
-                except asyncio.CancelledError:
-                    pass
 
     tally.audio_sent_s += sess.utterance.frame_end_s[sess.frames_sent - 1] if sess.frames_sent else 0.0
     if sess.stop_at is not None and sess.end_at is not None:
@@ -353,7 +347,7 @@ def budget_s(cfg: ClientConfig, utts: list[Utterance], *, num_streams: int) -> f
     if cfg.duration_s is not None:
         return cfg.stagger_s + cfg.duration_s + per_session_s + MAX_RETRY_AFTER_S + 5.0
     longest = 0.0
-    for i in range(min(num_streams, len(utts) * 2 + num_streams)):
+    for i in range(num_streams):
         order = plan_files(i, num_streams=num_streams, num_files=len(utts), one_pass=True) or []
         longest = max(longest, sum(utts[j].duration_s + per_session_s + MAX_RETRY_AFTER_S for j in order))
     return cfg.stagger_s + longest + 5.0

@@ -60,7 +60,9 @@ class OverloadedError(GatewayError):
     grpc_status: ClassVar[str] = "RESOURCE_EXHAUSTED"
     retry_after_s: float = 5.0  # class default; an instance may carry its own estimate
 
-    def __init__(self, message: str = "the gateway is at capacity", *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str = "the gateway is at capacity", *, retry_after_s: float | None = None
+    ) -> None:
         """Args:
         message: human-readable reason, safe to show the peer.
         retry_after_s: how long the peer should wait; the class default when None.

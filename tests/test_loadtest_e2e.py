@@ -38,6 +38,7 @@ class FakeBehaviour:
     lie_ms: float = 0.0
     reject: bool = False
     drop_word_of: int | None = None
+    never_end: bool = False
 
 
 class FakeServer:
@@ -106,6 +107,9 @@ class FakeServer:
                             "end_ms": received_s * 1000, "audio_end_ms": received_s * 1000 + b.lie_ms}))
                 elif json.loads(message)["type"] == "stop":
                     break
+        if b.never_end:
+            await ws.wait_closed()
+            return
         words = TEXTS.get(file_k, "").split()
         if b.drop_word_of == file_k:
             words = words[1:]
@@ -193,6 +197,14 @@ def test_wer_against_refs_and_baseline(server: FakeServer, audio_dir: Path) -> N
     assert wer["load"]["wer"] == pytest.approx(1 / ref_words)
     assert wer["baseline"]["wer"] == 0.0
     assert wer["delta"] == pytest.approx(1 / ref_words)
+
+
+@pytest.mark.parametrize("server", [FakeBehaviour(never_end=True)], indirect=True)
+def test_missing_end_is_a_bounded_error(server: FakeServer, audio_dir: Path) -> None:
+    r = run_load(_opts(server, audio_dir, stop_timeout_s=0.3)).report
+    assert r["errors"]["by_code"] == {"client.end_timeout": 2}
+    assert r["counts"]["sessions_failed"] == 2
+    assert r["wall_s"] < 5.0
 
 
 def test_duration_mode_over_two_processes_and_cdf_plot(server: FakeServer, audio_dir: Path,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +76,16 @@ START_SAMPLES: list[tuple[dict[str, Any], str | None]] = [
     ({"type": "start"}, None),
     (
         {
-            "type": "start", "sample_rate_hz": 16000, "encoding": "pcm_s16le", "channels": 2,
-            "interim_results": False, "endpointing": {"silence_ms": 500, "max_utterance_ms": 15000, "enabled": True},
+            "type": "start",
+            "sample_rate_hz": 16000,
+            "encoding": "pcm_s16le",
+            "channels": 2,
+            "interim_results": False,
+            "endpointing": {"silence_ms": 500, "max_utterance_ms": 15000, "enabled": True},
             "hotwords": [{"phrase": "Acme Bank", "boost": 3}, {"phrase": "IBAN"}],
-            "decoding": {"method": "beam", "beam_size": 4}, "word_timings": False, "client_ref": "call-42",
+            "decoding": {"method": "beam", "beam_size": 4},
+            "word_timings": False,
+            "client_ref": "call-42",
         },
         None,
     ),
@@ -347,7 +352,11 @@ def test_every_error_code_validates(cls: type[WebSocketError]) -> None:
     text = conn.send_error(cls("why"))
     assert schema_valid(text)
     reply = decode_server_message(text)
-    assert isinstance(reply, ErrorReply) and reply.code == cls.code and reply.fatal == (cls.close_code is not None)
+    assert (
+        isinstance(reply, ErrorReply)
+        and reply.code == cls.code
+        and reply.fatal == (cls.close_code is not None)
+    )
     assert cls.code in SCHEMAS["error"]["properties"]["code"]["enum"]
     assert cls.close_code in (None, 1007, 1008, 1009, 1011, 1013)
 
@@ -370,7 +379,3 @@ def test_decoder_rejects_what_schema_rejects(text: str) -> None:
     assert not schema_valid(text)
     with pytest.raises(WebSocketError):
         decode_server_message(text)
-
-
-def test_confidence_is_finite() -> None:
-    assert math.isfinite(json.loads(Connection().send_error(InvalidJson("x")))["fatal"] is False)

@@ -372,7 +372,9 @@ def test_command_misuse_raises_local_error(call: Callable[[Connection], str], ma
 def test_commands_follow_the_client_config() -> None:
     conn = streaming('{"type": "start", "interim_results": false, "word_timings": false}')
     with pytest.raises(WebSocketLocalError, match="interim_results"):
-        conn.send_result(ResultMessage(is_final=False, channel=0, text="a", start_ms=0, end_ms=1, audio_end_ms=1))
+        conn.send_result(
+            ResultMessage(is_final=False, channel=0, text="a", start_ms=0, end_ms=1, audio_end_ms=1)
+        )
     with pytest.raises(WebSocketLocalError, match="word_timings"):
         conn.send_result(final())
     conn.send_result(final(words=()))
@@ -383,7 +385,11 @@ def test_commands_before_ready_raise() -> None:
     with pytest.raises(WebSocketLocalError):
         conn.send_ready("s")
     conn.receive_text('{"type": "start"}')
-    for call in (lambda: conn.send_result(final()), conn.send_end, lambda: conn.send_speech_started(channel=0, start_ms=0)):
+    for call in (
+        lambda: conn.send_result(final()),
+        conn.send_end,
+        lambda: conn.send_speech_started(channel=0, start_ms=0),
+    ):
         with pytest.raises(WebSocketLocalError):
             call()
 
@@ -440,7 +446,7 @@ def test_bad_limits_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((ROOT / "protocols" / "websocket").glob("*.py")) + [ROOT / "protocols" / "errors.py"]
+    "path", [*sorted((ROOT / "protocols" / "websocket").glob("*.py")), ROOT / "protocols" / "errors.py"]
 )
 def test_no_io_imports(path: Path) -> None:
     banned = {"asyncio", "socket", "time", "websockets", "grpc", "threading", "selectors"}

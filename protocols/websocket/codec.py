@@ -223,12 +223,14 @@ def parse_json_object(text: str) -> JsonObject:
             text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
         )
     except json.JSONDecodeError as exc:
-        raise InvalidJson(f"expected JSON, got a syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise InvalidJson(
+            f"expected JSON, got a syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except (ValueError, RecursionError):
         # int() digit limit (CPython's int_max_str_digits) or nesting deeper than the parser's stack.
         raise InvalidJson("expected JSON of reasonable depth and number length") from None
     if not isinstance(value, dict):
-        raise UnknownMessage(f"expected a JSON object with a \"type\" field, {_got(value)}")
+        raise UnknownMessage(f'expected a JSON object with a "type" field, {_got(value)}')
     return value
 
 
@@ -239,7 +241,7 @@ def message_type(obj: Mapping[str, object]) -> str:
         UnknownMessage: ``type`` is missing, not a string, or not a client message type.
     """
     if "type" not in obj:
-        raise UnknownMessage("expected a \"type\" field, got none")
+        raise UnknownMessage('expected a "type" field, got none')
     kind = obj["type"]
     if not isinstance(kind, str) or kind not in CLIENT_MESSAGE_TYPES:
         expected = ", ".join(sorted(CLIENT_MESSAGE_TYPES))
@@ -298,7 +300,9 @@ def _parse_hotwords(value: object) -> tuple[Hotword, ...]:
         if "boost" in obj:
             boost = _as_number(obj["boost"], where=f"{where}.boost")
             if not 0.0 < boost <= MAX_BOOST:
-                raise InvalidValue(f"{where}.boost: expected a number in (0, {MAX_BOOST:g}], got {_show(boost)}")
+                raise InvalidValue(
+                    f"{where}.boost: expected a number in (0, {MAX_BOOST:g}], got {_show(boost)}"
+                )
         hotwords.append(Hotword(phrase, boost))
     return tuple(hotwords)
 
@@ -433,7 +437,9 @@ def check_audio_length(num_bytes: int, config: StreamConfig) -> int:
         InvalidAudioLength: an odd byte count for 16-bit audio, or not a multiple of the frame size.
     """
     if config.encoding is AudioEncoding.PCM_S16LE and num_bytes % 2:
-        raise InvalidAudioLength(f"expected an even number of bytes for 16-bit {config.encoding}, got {num_bytes}")
+        raise InvalidAudioLength(
+            f"expected an even number of bytes for 16-bit {config.encoding}, got {num_bytes}"
+        )
     if num_bytes % config.bytes_per_frame:
         raise InvalidAudioLength(
             f"expected a multiple of {config.bytes_per_frame} bytes ({config.channels} interleaved channels "
@@ -528,7 +534,9 @@ def _decode_confidence(value: object, *, where: str) -> float:
 def _decode_result(obj: Mapping[str, object], kind: str) -> Result:
     is_final = kind == "final"
     base = ("type", "channel", "text", "start_ms", "end_ms", "audio_end_ms", "seq")
-    _check_fields(obj, where=kind, allowed=base + (("confidence", "words", "alternatives") if is_final else ()))
+    _check_fields(
+        obj, where=kind, allowed=base + (("confidence", "words", "alternatives") if is_final else ())
+    )
     ints = {
         name: _as_ranged_int(_require(obj, name, where=kind), where=f"{kind}.{name}", low=0, high=2**63 - 1)
         for name in ("channel", "start_ms", "end_ms", "audio_end_ms", "seq")
@@ -549,7 +557,9 @@ def _decode_result(obj: Mapping[str, object], kind: str) -> Result:
                 word=_as_str(_require(word, "word", where=where), where=f"{where}.word"),
                 start_ms=_as_int(_require(word, "start_ms", where=where), where=f"{where}.start_ms"),
                 end_ms=_as_int(_require(word, "end_ms", where=where), where=f"{where}.end_ms"),
-                confidence=_decode_confidence(_require(word, "confidence", where=where), where=f"{where}.confidence"),
+                confidence=_decode_confidence(
+                    _require(word, "confidence", where=where), where=f"{where}.confidence"
+                ),
             )
         )
     alternatives = []
@@ -594,18 +604,32 @@ def decode_server_message(text: str) -> ServerMessage:
         _check_fields(
             obj,
             where="ready",
-            allowed=("type", "session_id", "sample_rate_hz", "encoding", "channels", "max_frame_bytes", "client_ref"),
+            allowed=(
+                "type",
+                "session_id",
+                "sample_rate_hz",
+                "encoding",
+                "channels",
+                "max_frame_bytes",
+                "client_ref",
+            ),
         )
         encoding = _as_str(_require(obj, "encoding", where="ready"), where="ready.encoding")
         if encoding not in _ENCODINGS:
-            raise InvalidValue(f"ready.encoding: expected one of {', '.join(AudioEncoding)}, got {_show(encoding)}")
+            raise InvalidValue(
+                f"ready.encoding: expected one of {', '.join(AudioEncoding)}, got {_show(encoding)}"
+            )
         client_ref = _require(obj, "client_ref", where="ready")
         return Ready(
             session_id=_as_str(_require(obj, "session_id", where="ready"), where="ready.session_id"),
-            sample_rate_hz=_as_int(_require(obj, "sample_rate_hz", where="ready"), where="ready.sample_rate_hz"),
+            sample_rate_hz=_as_int(
+                _require(obj, "sample_rate_hz", where="ready"), where="ready.sample_rate_hz"
+            ),
             encoding=AudioEncoding(encoding),
             channels=_as_int(_require(obj, "channels", where="ready"), where="ready.channels"),
-            max_frame_bytes=_as_int(_require(obj, "max_frame_bytes", where="ready"), where="ready.max_frame_bytes"),
+            max_frame_bytes=_as_int(
+                _require(obj, "max_frame_bytes", where="ready"), where="ready.max_frame_bytes"
+            ),
             client_ref=None if client_ref is None else _as_str(client_ref, where="ready.client_ref"),
         )
     if kind in ("partial", "final"):
@@ -629,7 +653,9 @@ def decode_server_message(text: str) -> ServerMessage:
             code=_as_str(_require(obj, "code", where=kind), where="error.code"),
             message=_as_str(_require(obj, "message", where=kind), where="error.message"),
             fatal=_as_bool(_require(obj, "fatal", where=kind), where="error.fatal"),
-            retry_after_ms=None if retry_after_ms is None else _as_int(retry_after_ms, where="error.retry_after_ms"),
+            retry_after_ms=None
+            if retry_after_ms is None
+            else _as_int(retry_after_ms, where="error.retry_after_ms"),
         )
     if kind == "end":
         _check_fields(obj, where=kind, allowed=("type",))

@@ -102,7 +102,9 @@ class Connection:
         self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     ) -> None:
         if max_frame_bytes < 4:
-            raise ValueError(f"max_frame_bytes: expected at least 4 (one stereo 16-bit frame), got {max_frame_bytes}")
+            raise ValueError(
+                f"max_frame_bytes: expected at least 4 (one stereo 16-bit frame), got {max_frame_bytes}"
+            )
         if max_text_bytes < 1024:
             raise ValueError(f"max_text_bytes: expected at least 1024, got {max_text_bytes}")
         self.max_frame_bytes = max_frame_bytes
@@ -176,10 +178,14 @@ class Connection:
             and len(text.encode("utf-8", "surrogatepass")) > self.max_text_bytes
         ):
             return self._violation(
-                MessageTooLarge(f"expected a text message of at most {self.max_text_bytes} bytes, got a larger one")
+                MessageTooLarge(
+                    f"expected a text message of at most {self.max_text_bytes} bytes, got a larger one"
+                )
             )
         if self._state is ConnectionState.STOPPING:
-            return self._violation(StreamStopped("expected nothing after stop, got a text message; it was ignored"))
+            return self._violation(
+                StreamStopped("expected nothing after stop, got a text message; it was ignored")
+            )
         try:
             obj = codec.parse_json_object(text)
             kind = codec.message_type(obj)
@@ -231,12 +237,16 @@ class Connection:
             return []
         if len(data) > self.max_frame_bytes:
             return self._violation(
-                FrameTooLarge(f"expected a binary frame of at most {self.max_frame_bytes} bytes, got {len(data)}")
+                FrameTooLarge(
+                    f"expected a binary frame of at most {self.max_frame_bytes} bytes, got {len(data)}"
+                )
             )
         if self._state is ConnectionState.STOPPING:
             return self._violation(StreamStopped("expected nothing after stop, got audio; it was discarded"))
         if self._state is ConnectionState.AWAITING_START or self._config is None:
-            return self._violation(AudioBeforeStart("expected a start message before audio; the frame was discarded"))
+            return self._violation(
+                AudioBeforeStart("expected a start message before audio; the frame was discarded")
+            )
         try:
             num_samples = codec.check_audio_length(len(data), self._config)
         except WebSocketError as error:
@@ -357,7 +367,9 @@ class Connection:
         if isinstance(error, WebSocketError) and not isinstance(error, WebSocketLocalError | InternalError):
             wire = error
         elif isinstance(error, OverloadedError):
-            wire = WebSocketOverloaded(str(error) or "the gateway is at capacity", retry_after_s=error.retry_after_s)
+            wire = WebSocketOverloaded(
+                str(error) or "the gateway is at capacity", retry_after_s=error.retry_after_s
+            )
         else:
             wire = InternalError(_GENERIC_INTERNAL_MESSAGE)
         if isinstance(wire, OverloadedError):
@@ -367,7 +379,9 @@ class Connection:
             if self._state is not ConnectionState.CLOSED:
                 self._close(wire.close_code, wire.code)
         return codec.encode_server_message(
-            ErrorReply(code=wire.code, message=wire.message, fatal=wire.is_fatal, retry_after_ms=retry_after_ms)
+            ErrorReply(
+                code=wire.code, message=wire.message, fatal=wire.is_fatal, retry_after_ms=retry_after_ms
+            )
         )
 
     def send_end(self) -> str:
@@ -378,7 +392,9 @@ class Connection:
         """
         self._check_streaming_output("end")
         if self._state is ConnectionState.CLOSED:
-            raise WebSocketLocalError(f"cannot send end: closing with {self._close_code} ({self._close_reason})")
+            raise WebSocketLocalError(
+                f"cannot send end: closing with {self._close_code} ({self._close_reason})"
+            )
         self._closing_sent = True
         self._close(CLOSE_NORMAL, "")
         return codec.encode_server_message(End())

@@ -1,0 +1,192 @@
+"""``xlgate serve``: load the model, start the engine, the WebSocket server and the metrics endpoint.
+
+Lifecycle: start-up loads the model (loudly warning if it is untrained), then serves until SIGTERM or
+SIGINT. Drain: ``/readyz`` turns false and new streams are refused at once; live streams go on until they
+end or ``drain_timeout_s`` passes, then each is finalised (its last results are sent) and its connection
+closed with 1001; then the engine stops and every task has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import serve
+
+from gateway.config import BUNDLED_MODEL, ServeSettings
+from gateway.engine import Engine
+from gateway.logging import LogPolicy
+from gateway.metrics import Metrics
+from gateway.runner import ModelRunner
+from gateway.ws_transport import WebSocketHandler, WebSocketSettings
+from streaming_model.checkpoint import LoadedModel, bundled_checkpoint_path, load_checkpoint
+
+log = logging.getLogger("xlgate.server")
+
+MAX_TEXT_BYTES = 65_536
+FINISH_GRACE_S = 10.0  # after asking streams to finish, how long their finals may take
+
+
+def load_model(model: str, device: str) -> LoadedModel:
+    """The checkpoint named by ``--model``; the bundled one for ``bundled``.
+
+    Falls back to a seeded untrained model when no bundled checkpoint exists in this build, and says so
+    loudly: such a model serves the protocol but transcribes nothing useful.
+    """
+    if model == BUNDLED_MODEL:
+        path = bundled_checkpoint_path()
+        if path is None:
+            return untrained_model(device)
+        loaded = load_checkpoint(path, device=device)
+    else:
+        loaded = load_checkpoint(model, device=device)
+    if not loaded.trained:
+        _warn_untrained(loaded.path)
+    return loaded
+
+
+def untrained_model(device: str) -> LoadedModel:
+    from streaming_model.config import ModelConfig
+    from streaming_model.features import FbankConfig
+    from streaming_model.model import StreamingTransformerXL
+    from streaming_model.tokenizer import CharTokenizer
+
+    torch.manual_seed(0)
+    model = StreamingTransformerXL(ModelConfig()).to(device).eval()
+    _warn_untrained("(no bundled checkpoint in this build)")
+    return LoadedModel(model=model, features=FbankConfig(), tokenizer=CharTokenizer(), trained=False,
+                       path="untrained")
+
+
+def _warn_untrained(path: str) -> None:
+    bar = "!" * 78
+    log.warning("%s", bar)
+    log.warning("UNTRAINED MODEL %s: transcripts will be meaningless.", path)
+    log.warning("This build serves a randomly initialised model until a trained checkpoint ships.")
+    log.warning("%s", bar)
+
+
+class _HealthAndMetrics(BaseHTTPRequestHandler):
+    """``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz`` on the metrics port."""
+
+    server: Any
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, ctype, status = generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST, 200
+        elif path == "/healthz":
+            body, ctype, status = b"ok\n", "text/plain", 200
+        elif path == "/readyz":
+            ok = self.server.is_ready()
+            body, ctype, status = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
+        else:
+            body, ctype, status = b"not found\n", "text/plain", 404
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the log
+
+
+class MetricsServer:
+    """The metrics/health HTTP endpoint on its own thread (owned here, joined on :meth:`close`)."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, is_ready: Any) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), _HealthAndMetrics)
+        self.httpd.daemon_threads = True
+        self.httpd.metrics = metrics  # type: ignore[attr-defined]
+        self.httpd.is_ready = is_ready  # type: ignore[attr-defined]
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="xlgate-metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def _ssl_context(settings: ServeSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return ctx
+
+
+async def run_server(settings: ServeSettings, *, ready: asyncio.Event | None = None,
+                     stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    loaded = load_model(settings.model, settings.device)
+    c = loaded.model.config
+    log.info("model %s: %.2fM parameters, chunk %d ms, memory %d ms, %d layers, vocab %d, device %s",
+             loaded.path, loaded.model.num_parameters() / 1e6, c.chunk_ms, c.mem_ms, c.n_layers,
+             c.vocab_size, settings.device)
+    metrics = Metrics()
+    runner = ModelRunner(loaded, max_streams=settings.max_streams, device=settings.device)
+    engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
+                    max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
+                    max_pending_chunks=settings.max_pending_chunks)
+    handler = WebSocketHandler(engine, WebSocketSettings(
+        max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
+        default_hotwords=tuple((h.phrase, h.boost) for h in settings.hotwords),
+        default_decoding=settings.decoding, default_beam_size=settings.beam_size),
+        LogPolicy(log_transcripts=settings.log_transcripts))
+    stop_event = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop_event.set)
+    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready)
+                      if settings.metrics_port else None)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            engine_task = tg.create_task(engine.run(), name="engine")
+            async with serve(handler, settings.host, settings.ws_port, process_request=handler.process_request,
+                             compression=None, max_size=max(settings.max_frame_bytes, MAX_TEXT_BYTES) * 4,
+                             max_queue=64, write_limit=2**16, ping_interval=20, ping_timeout=20,
+                             close_timeout=5, ssl=_ssl_context(settings)) as server:
+                ws_port = next(iter(server.sockets)).getsockname()[1]
+                log.info("serving ws%s://%s:%d/v1/stream; metrics on %s", "s" if settings.tls_cert else "",
+                         settings.host, ws_port,
+                         f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
+                if ready is not None:
+                    ready.set()
+                await stop_event.wait()
+                await _drain(engine, settings.drain_timeout_s)
+            engine.close()
+            await engine_task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.close()
+        log.info("stopped")
+
+
+async def _drain(engine: Engine, drain_timeout_s: float) -> None:
+    log.info("draining: %d live streams, up to %.1f s", engine.live_streams, drain_timeout_s)
+    engine.start_drain()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(engine.wait_idle(), drain_timeout_s)
+    if engine.live_streams:
+        log.info("drain timeout: finishing %d live streams", engine.live_streams)
+        engine.request_finish()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.wait_idle(), FINISH_GRACE_S)

@@ -1,0 +1,33 @@
+"""Shared fixtures: a small random model (until a test needs the shipped checkpoint)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streaming_model.checkpoint import LoadedModel
+from streaming_model.config import ModelConfig
+from streaming_model.features import FbankConfig
+from streaming_model.model import StreamingTransformerXL
+from streaming_model.tokenizer import CharTokenizer
+
+TINY = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_ff=128, frontend_channels=64, conv_kernel=5,
+                   chunk_frames=4, mem_frames=8, dropout=0.0)
+
+
+def make_tiny_model(config: ModelConfig = TINY, seed: int = 0) -> StreamingTransformerXL:
+    torch.manual_seed(seed)
+    model = StreamingTransformerXL(config).eval()
+    # Non-trivial u/v biases and feature normalisation so the tests exercise every term.
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.u.normal_(0, 0.5)
+            layer.attn.v.normal_(0, 0.5)
+        model.feat_mean.normal_(0, 1)
+        model.feat_std.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture
+def tiny_loaded() -> LoadedModel:
+    return LoadedModel(make_tiny_model(), FbankConfig(), CharTokenizer(), trained=False)

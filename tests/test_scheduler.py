@@ -1,0 +1,93 @@
+"""The pure scheduler, driven by a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.scheduler import ItemKind, Scheduler, SchedulerError, WorkItem
+
+
+def item(sid: int, t: float, kind: ItemKind = ItemKind.AUDIO) -> WorkItem:
+    return WorkItem(stream_id=sid, kind=kind, arrival_s=t)
+
+
+def make(batch: int = 3, wait: float = 0.010, pending: int = 2, streams: int = 5) -> Scheduler:
+    s = Scheduler(max_batch_size=batch, max_wait_s=wait, max_pending_per_stream=pending)
+    for sid in range(streams):
+        s.add_stream(sid)
+    return s
+
+
+def test_waits_for_window_then_runs_partial_batch() -> None:
+    s = make()
+    s.submit(item(0, 1.000))
+    s.submit(item(1, 1.004))
+    assert s.schedule(1.005) is None
+    assert s.next_deadline() == pytest.approx(1.010)
+    plan = s.schedule(1.010)
+    assert plan is not None and [i.stream_id for i in plan.items] == [0, 1]
+
+
+def test_full_batch_runs_at_once_oldest_first() -> None:
+    s = make(batch=3)
+    for sid, t in [(3, 1.003), (0, 1.000), (4, 1.004), (1, 1.001)]:
+        s.submit(item(sid, t))
+    plan = s.schedule(1.004)
+    assert plan is not None and [i.stream_id for i in plan.items] == [0, 1, 3]
+    s.complete(plan)
+    # Stream 4 is left; it waits for its own window.
+    assert s.schedule(1.005) is None
+    plan2 = s.schedule(1.014)
+    assert plan2 is not None and [i.stream_id for i in plan2.items] == [4]
+
+
+def test_one_item_per_stream_per_step_in_order() -> None:
+    s = make(batch=4)
+    s.submit(item(0, 1.0))
+    s.submit(item(0, 1.1))
+    plan = s.schedule(2.0)
+    assert plan is not None and len(plan.items) == 1 and plan.items[0].arrival_s == 1.0
+    assert s.schedule(3.0) is None  # one step in flight at a time
+    s.complete(plan)
+    plan2 = s.schedule(3.0)
+    assert plan2 is not None and plan2.items[0].arrival_s == 1.1
+
+
+def test_end_items_do_not_wait_for_window() -> None:
+    s = make()
+    s.submit(item(2, 5.0, ItemKind.END), force=True)
+    assert s.next_deadline() == 5.0
+    assert s.schedule(5.0) is not None
+
+
+def test_bounded_queue_and_force() -> None:
+    s = make(pending=2)
+    assert s.submit(item(0, 1.0)) and s.submit(item(0, 1.1))
+    assert not s.has_room(0)
+    assert not s.submit(item(0, 1.2))
+    assert s.submit(item(0, 1.3, ItemKind.END), force=True)
+    assert s.pending(0) == 3
+
+
+def test_in_flight_stream_not_planned_twice_and_removal() -> None:
+    s = make(batch=1)
+    s.submit(item(0, 1.0))
+    plan = s.schedule(1.0)
+    assert plan is not None
+    s.submit(item(1, 1.0))
+    assert s.schedule(9.0) is None
+    assert s.remove_stream(1) == [item(1, 1.0)]
+    s.complete(plan)
+    assert s.next_deadline() is None
+    with pytest.raises(SchedulerError):
+        s.complete(plan)
+    with pytest.raises(SchedulerError):
+        s.submit(item(1, 2.0))
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Scheduler(max_batch_size=0, max_wait_s=0.0, max_pending_per_stream=1)
+    s = make()
+    with pytest.raises(SchedulerError):
+        s.add_stream(0)
