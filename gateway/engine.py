@@ -104,6 +104,7 @@ class Stream:
         self._resampler = (StreamingResampler(params.sample_rate_hz, self._model_rate_hz)
                            if params.sample_rate_hz != self._model_rate_hz else None)
         self._first = True
+        self.outcome = "completed"
         self._stopped = False
         self._ended = False
         self.paused = False
@@ -160,10 +161,14 @@ class Stream:
             raise StreamClosedError(f"stream {self.stream_id} is stopped")
         self._submit(ItemKind.FINALIZE, None, 0, force=True)
 
-    async def stop(self) -> None:
-        """End of audio: the buffered tail is recognised, finals follow, then :class:`StreamEnded`."""
+    async def stop(self, outcome: str = "completed") -> None:
+        """End of audio: the buffered tail is recognised, finals follow, then :class:`StreamEnded`.
+
+        ``outcome`` is what the stream's end is counted as (completed, idle_timeout, drained).
+        """
         if self._stopped:
             return
+        self.outcome = outcome
         if self._resampler is not None:
             self._fbank.accept(self._resampler.flush())
         window, frames = self._fbank.take_rest()
@@ -422,8 +427,8 @@ class Engine:
                 continue  # aborted while its step ran
             stream._deliver(out, item.arrival_s)
             if item.kind is ItemKind.END:
-                self._forget(stream, "completed")
-                stream._end("completed")
+                self._forget(stream, stream.outcome)
+                stream._end(stream.outcome)
         for stream in self._streams.values():
             stream._room.set()
 

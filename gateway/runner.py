@@ -77,10 +77,13 @@ class ModelRunner:
     """
 
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
+                 compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
                  decoder_factory: DecoderFactory | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
+        self.compute_dtype = compute_dtype
+        self.num_threads = num_threads
         self.model = loaded.model.to(self.device).eval()
         self.fbank = Fbank(loaded.features).to(self.device)
         self.store = StateStore(self.config, max_streams, device=self.device)
@@ -99,6 +102,8 @@ class ModelRunner:
         ident = threading.get_ident()
         if self._thread is None:
             self._thread = ident
+            if self.num_threads:
+                torch.set_num_threads(self.num_threads)  # OpenMP settings are per thread
         assert self._thread == ident, "ModelRunner used from two threads"
 
     @torch.inference_mode()
@@ -127,14 +132,16 @@ class ModelRunner:
         feats = feats * real[..., None]  # short last chunks: zero padding, as forward() pads
         slots = torch.tensor([inp.slot for inp in inputs], device=self.device)
         fresh = [b for b, inp in enumerate(inputs) if inp.first]
-        state = self.store.gather(slots)
+        state = self.store.view(slots)
         if fresh:
-            # A new stream's slot may hold a previous owner's state: start from zeros.
+            # A new stream's slot may hold a previous owner's state: its position and caches start from
+            # zero. Its rings need no reset: at position 0 every ring slot is masked until written.
             rows = torch.tensor(fresh, device=self.device)
-            for t in state.flat():
+            for t in [state.fe1, state.fe2, *state.conv, state.frames]:
                 t.index_fill_(0, rows, 0)
-        logits, out_lengths, state = self.model.step(feats, num_frames, state)
-        self.store.scatter(slots, state)
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            logits, out_lengths, state = self.model.step(feats, num_frames, state)
+        self.store.commit(slots, state)
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()  # (B, L, V)
         lengths = out_lengths.cpu().numpy()
         for b, inp in enumerate(inputs):

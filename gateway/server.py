@@ -9,12 +9,16 @@ closed with 1001; then the engine stops and every task has ended.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import contextlib
 import logging
 import signal
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +36,8 @@ from streaming_model.checkpoint import LoadedModel, bundled_checkpoint_path, loa
 log = logging.getLogger("xlgate.server")
 
 MAX_TEXT_BYTES = 65_536
-FINISH_GRACE_S = 10.0  # after asking streams to finish, how long their finals may take
+FINISH_GRACE_S = 10.0
+GIL_SWITCH_INTERVAL_S = 0.0005  # after asking streams to finish, how long their finals may take
 
 
 def load_model(model: str, device: str) -> LoadedModel:
@@ -127,18 +132,33 @@ def _ssl_context(settings: ServeSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def run_server(settings: ServeSettings, *, ready: asyncio.Event | None = None,
+@dataclass(frozen=True, slots=True)
+class BoundPorts:
+    ws_port: int
+    metrics_port: int | None
+
+
+async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts], None] | None = None,
                      stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return.
+
+    ``on_ready`` is called once listening, with the ports actually bound (ports may be given as 0).
+    """
+    # The model thread's intra-op pool; the event loop keeps a core of its own, or network I/O and the
+    # model fight over the same cores and both slow down (measured: 2 threads on 2 busy cores was several
+    # times slower per step than 1).
+    # The model thread drops and retakes the GIL at every torch op (hundreds per step); with the default
+    # 5 ms switch interval a busy event loop can hold it for 5 ms at each of those hand-overs.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
     loaded = load_model(settings.model, settings.device)
     c = loaded.model.config
     log.info("model %s: %.2fM parameters, chunk %d ms, memory %d ms, %d layers, vocab %d, device %s",
              loaded.path, loaded.model.num_parameters() / 1e6, c.chunk_ms, c.mem_ms, c.n_layers,
              c.vocab_size, settings.device)
     metrics = Metrics()
-    runner = ModelRunner(loaded, max_streams=settings.max_streams, device=settings.device)
+    runner = ModelRunner(loaded, max_streams=settings.max_streams, device=settings.device, num_threads=threads)
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks)
@@ -165,8 +185,8 @@ async def run_server(settings: ServeSettings, *, ready: asyncio.Event | None = N
                 log.info("serving ws%s://%s:%d/v1/stream; metrics on %s", "s" if settings.tls_cert else "",
                          settings.host, ws_port,
                          f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
-                if ready is not None:
-                    ready.set()
+                if on_ready is not None:
+                    on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None))
                 await stop_event.wait()
                 await _drain(engine, settings.drain_timeout_s)
             engine.close()

@@ -131,6 +131,8 @@ class _Session:
         self.outcome = "completed"
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
+        self.fatal: Exception | None = None  # the error that ends the session, sent after pending results
+        self.fatal_close_code = 1011
 
     async def send(self, text: str) -> None:
         await self.ws.send(text)
@@ -140,17 +142,25 @@ class _Session:
         try:
             async with asyncio.TaskGroup() as tg:
                 await self._read_loop(tg)
-                if self.streams and self.conn.state is not ConnectionState.CLOSED:
+                if self.fatal is not None:
+                    # Stop recognising, but let the forwarders send the results already produced.
                     for stream in self.streams:
-                        await stream.stop()
-            # Every forwarder has finished: all finals are out.
-            if self.streams and self.conn.state is not ConnectionState.CLOSED:
+                        stream.abort("error")
+                else:
+                    for stream in self.streams:
+                        await stream.stop(self.outcome)
+            # Every forwarder has finished: all results are out. Exactly one closing message follows.
+            if self.fatal is not None:
+                async with self.send_lock:
+                    await self.send(self.conn.send_error(self.fatal))
+                code = self.conn.close_code_to_send or self.fatal_close_code
+            elif self.streams:
                 async with self.send_lock:
                     await self.send(self.conn.send_end())
-            code = self.conn.close_code_to_send or self.close_code
-            if self.close_code != CLOSE_NORMAL:
                 code = self.close_code
-            await self.ws.close(code, self.close_reason or self.conn.close_reason_to_send)
+            else:
+                code = self.close_code
+            await self.ws.close(code, self.close_reason)
         except ConnectionClosed:
             self.outcome = "client_closed"
         except Exception:
@@ -189,8 +199,8 @@ class _Session:
         while self.conn.state in (ConnectionState.AWAITING_START, ConnectionState.STREAMING):
             message = await self._recv()
             if message is None:
-                if not self.streams:
-                    self.close_code = CLOSE_GOING_AWAY if self.outcome == "drained" else CLOSE_POLICY
+                if not self.streams and self.outcome != "drained":
+                    self.close_code = CLOSE_POLICY  # no start within the idle timeout
                 return
             events = (self.conn.receive_text(message) if isinstance(message, str)
                       else self.conn.receive_bytes(message))
@@ -218,11 +228,12 @@ class _Session:
                 pass  # pause is the Connection's job (audio arrives as AudioDiscarded)
             case ProtocolViolation(error=error):
                 self.h.engine.metrics.errors.labels(PROTOCOL, error.code).inc()
+                if error.close_code is not None:
+                    self.outcome, self.fatal, self.fatal_close_code = "error", error, error.close_code
+                    self.close_reason = error.code
+                    return False
                 async with self.send_lock:
                     await self.send(self.conn.send_error(error))
-                if error.close_code is not None:
-                    self.outcome, self.close_code, self.close_reason = "error", error.close_code, error.code
-                    return False
         return True
 
     async def _start(self, config: StreamConfig, tg: asyncio.TaskGroup) -> bool:
@@ -230,9 +241,8 @@ class _Session:
         try:
             self.streams = self.h.engine.open_streams(config.channels, params, protocol=PROTOCOL)
         except OverloadedError as exc:
-            async with self.send_lock:
-                await self.send(self.conn.send_error(exc))
-            self.outcome, self.close_code, self.close_reason = "error", exc.ws_close_code, exc.code
+            self.outcome, self.fatal, self.fatal_close_code = "rejected", exc, exc.ws_close_code
+            self.close_reason = exc.code
             return False
         async with self.send_lock:
             await self.send(self.conn.send_ready(self.session_id))
@@ -248,8 +258,6 @@ class _Session:
             async for event in stream.events():
                 if isinstance(event, StreamEnded):
                     return
-                if self.conn.state is ConnectionState.CLOSED and not isinstance(event, ResultEvent):
-                    continue
                 async with self.send_lock:
                     if isinstance(event, ResultEvent):
                         text = self.conn.send_result(self._result(event, stream, config))

@@ -177,6 +177,8 @@ async def _receive(ws: ClientConnection, sess: _Session, tally: Tally) -> None:
             elif kind == "end":
                 sess.end_at = now
                 return
+            elif kind in ("speech_started", "speech_ended"):
+                pass  # voice-activity events carry no transcript
             else:
                 tally.errors["client.unknown_message_type"] += 1
     except ConnectionClosed as exc:

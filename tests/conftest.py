@@ -31,3 +31,20 @@ def make_tiny_model(config: ModelConfig = TINY, seed: int = 0) -> StreamingTrans
 @pytest.fixture
 def tiny_loaded() -> LoadedModel:
     return LoadedModel(make_tiny_model(), FbankConfig(), CharTokenizer(), trained=False)
+
+
+def make_chatty_model(config: ModelConfig = TINY, seed: int = 0) -> StreamingTransformerXL:
+    """A random model that rarely predicts blank, so protocol tests always see partials and finals."""
+    model = make_tiny_model(config, seed)
+    with torch.no_grad():
+        model.ctc.bias[0] = -4.0
+    return model
+
+
+@pytest.fixture(scope="session")
+def chatty_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from streaming_model.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "chatty.safetensors"
+    save_checkpoint(path, make_chatty_model(), features=FbankConfig(), tokenizer=CharTokenizer(), trained=False)
+    return str(path)

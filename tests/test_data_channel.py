@@ -18,8 +18,9 @@ def _speechlike(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def test_apply_channel_keeps_length_and_dtype() -> None:
     rng = np.random.default_rng(0)
-    resources = ch.ChannelResources(babble_bank=[_speechlike(rng, 12000) for _ in range(4)],
-                                    music=(_tone(440, 5.0),))
+    resources = ch.ChannelResources(
+        babble_bank=[_speechlike(rng, 12000) for _ in range(4)], music=(_tone(440, 5.0),)
+    )
     tags = set()
     for i in range(40):
         n = int(rng.integers(2000, 30000))

@@ -2,12 +2,25 @@ from pathlib import Path
 
 import pytest
 
-from streaming_model.data.manifest import ManifestError, Utterance, read_manifest, resolve_audio, write_manifest
+from streaming_model.data.manifest import (
+    ManifestError,
+    Utterance,
+    read_manifest,
+    resolve_audio,
+    write_manifest,
+)
 
 
 def test_round_trip(tmp_path: Path) -> None:
     utts = [
-        Utterance("wav/a.wav", "hello there", 1.25, voice="espeak:en-us+m3", subset="banking", channel="mulaw+white20"),
+        Utterance(
+            "wav/a.wav",
+            "hello there",
+            1.25,
+            voice="espeak:en-us+m3",
+            subset="banking",
+            channel="mulaw+white20",
+        ),
         Utterance("/abs/b.wav", "it's two thirty", 0.5),
     ]
     path = tmp_path / "m.jsonl"

@@ -13,7 +13,9 @@ TEXT = "thank you for calling how can i help"
     "voice",
     [
         VoiceSpec("espeak", "en-us+m3", rate=170, pitch=50, word_gap=0, alpha=1.0, eq=()),
-        VoiceSpec("espeak", "en-gb-scotland+f2", rate=150, pitch=60, word_gap=2, alpha=0.92, eq=((1000.0, 6.0),)),
+        VoiceSpec(
+            "espeak", "en-gb-scotland+f2", rate=150, pitch=60, word_gap=2, alpha=0.92, eq=((1000.0, 6.0),)
+        ),
         VoiceSpec("flite", "awb", rate=1.0, pitch=110, word_gap=0, alpha=1.05, eq=()),
         VoiceSpec("flite", "rms", rate=1.1, pitch=100, word_gap=0, alpha=1.0, eq=()),
         VoiceSpec("hibari", "heart", rate=1.0, pitch=0, word_gap=0, alpha=0.96, eq=((2000.0, -4.0),)),
@@ -57,7 +59,10 @@ def test_dev_espeak_voices_are_held_out() -> None:
 def test_dev_pitch_tempo_settings_are_held_out() -> None:
     def settings(split: str) -> set[tuple[str, float, float, float]]:
         rng = np.random.default_rng(1)
-        return {(v.engine, v.rate, v.pitch, v.alpha) for v in (voices.sample_voice(rng, split) for _ in range(400))}
+        return {
+            (v.engine, v.rate, v.pitch, v.alpha)
+            for v in (voices.sample_voice(rng, split) for _ in range(400))
+        }
 
     train, dev = settings("train"), settings("dev")
     for engine in ("flite", "hibari"):

@@ -23,9 +23,15 @@ _NORMALISED = re.compile(r"^[a-z']+( [a-z']+)*$")
 
 @pytest.mark.parametrize(
     ("n", "words"),
-    [(0, "zero"), (13, "thirteen"), (40, "forty"), (105, "one hundred five"),
-     (2405, "two thousand four hundred five"), (1_000_000, "one million"),
-     (12_345_678, "twelve million three hundred forty five thousand six hundred seventy eight")],
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (105, "one hundred five"),
+        (2405, "two thousand four hundred five"),
+        (1_000_000, "one million"),
+        (12_345_678, "twelve million three hundred forty five thousand six hundred seventy eight"),
+    ],
 )
 def test_number_to_words(n: int, words: str) -> None:
     assert number_to_words(n) == words
@@ -42,7 +48,10 @@ def test_ordinals_years_digits() -> None:
 
 
 def test_normalize_writes_numbers_as_words() -> None:
-    assert normalize_text("I paid $15 at 7:30, 100% SURE!") == "i paid fifteen at seven thirty one hundred percent sure"
+    assert (
+        normalize_text("I paid $15 at 7:30, 100% SURE!")
+        == "i paid fifteen at seven thirty one hundred percent sure"
+    )
     assert normalize_text("Rock 'n' roll -- it's 'quoted'") == "rock n roll it's quoted"
 
 
@@ -54,7 +63,14 @@ def test_sampler_is_deterministic_and_normalised() -> None:
     for text, _ in a:
         assert _NORMALISED.match(text), text
         assert not re.search(r"\d", text)
-    assert {subset for _, subset in a} >= {"banking", "insurance", "real_estate", "car_sales", "telecom", "general"}
+    assert {subset for _, subset in a} >= {
+        "banking",
+        "insurance",
+        "real_estate",
+        "car_sales",
+        "telecom",
+        "general",
+    }
 
 
 def _template_pattern(template: str) -> re.Pattern[str] | None:

@@ -82,11 +82,14 @@ def sox_codec_roundtrip(x: FloatArray, *, codec: str) -> FloatArray:
         RuntimeError: if sox fails.
     """
     raw = ["-t", "raw", "-r", str(SAMPLE_RATE_HZ), "-e", "signed", "-b", "16", "-c", "1"]
-    enc = subprocess.run(["sox", *raw, "-", "-t", codec, "-"], input=to_int16(x).tobytes(),
-                         capture_output=True, check=False)
+    enc = subprocess.run(
+        ["sox", *raw, "-", "-t", codec, "-"], input=to_int16(x).tobytes(), capture_output=True, check=False
+    )
     if enc.returncode != 0:
         raise RuntimeError(f"sox {codec} encode failed: {enc.stderr.decode(errors='replace')[:200]}")
-    dec = subprocess.run(["sox", "-t", codec, "-", *raw, "-"], input=enc.stdout, capture_output=True, check=False)
+    dec = subprocess.run(
+        ["sox", "-t", codec, "-", *raw, "-"], input=enc.stdout, capture_output=True, check=False
+    )
     if dec.returncode != 0:
         raise RuntimeError(f"sox {codec} decode failed: {dec.stderr.decode(errors='replace')[:200]}")
     out = np.frombuffer(dec.stdout[: len(dec.stdout) // 2 * 2], "<i2").astype(np.float32) / 32768.0
@@ -143,7 +146,7 @@ def segment(rng: np.random.Generator, source: FloatArray, n: int) -> FloatArray:
     if len(source) < n:
         source = np.tile(source, n // max(len(source), 1) + 1)
     start = int(rng.integers(0, len(source) - n + 1))
-    return source[start:start + n]
+    return source[start : start + n]
 
 
 def babble(rng: np.random.Generator, bank: list[FloatArray], n: int) -> FloatArray:
@@ -181,13 +184,13 @@ def packet_loss(x: FloatArray, rng: np.random.Generator, *, max_gaps: int = 3) -
         gap = int(rng.choice([160, 320, 480]))
         if len(y) > gap:
             start = int(rng.integers(0, len(y) - gap))
-            y[start:start + gap] = 0.0
+            y[start : start + gap] = 0.0
     return y
 
 
 def speed_perturb(x: FloatArray, factor: float) -> FloatArray:
     """Play ``factor`` times faster by resampling (pitch and tempo together); changes the length."""
-    declared_hz = int(round(SAMPLE_RATE_HZ * factor / 100.0)) * 100
+    declared_hz = round(SAMPLE_RATE_HZ * factor / 100.0) * 100
     return resample(x, from_hz=declared_hz, to_hz=SAMPLE_RATE_HZ)
 
 
@@ -204,7 +207,9 @@ def hold_music() -> tuple[FloatArray, ...]:
             audio = resample(audio, from_hz=rate, to_hz=SAMPLE_RATE_HZ)
         tracks.append(audio)
     if not tracks:
-        _LOG.warning("no hold music in %s (apt-get install asterisk-moh-opsound-wav): music noise skipped", MOH_DIR)
+        _LOG.warning(
+            "no hold music in %s (apt-get install asterisk-moh-opsound-wav): music noise skipped", MOH_DIR
+        )
     return tuple(tracks)
 
 
@@ -216,7 +221,9 @@ class ChannelResources:
     music: tuple[FloatArray, ...] = ()
 
 
-def apply_channel(x: FloatArray, rng: np.random.Generator, resources: ChannelResources) -> tuple[FloatArray, str]:
+def apply_channel(
+    x: FloatArray, rng: np.random.Generator, resources: ChannelResources
+) -> tuple[FloatArray, str]:
     """Pass 8 kHz audio through a random telephone channel; returns (audio of the same length, tag)."""
     n = len(x)
     tags = []
@@ -225,7 +232,11 @@ def apply_channel(x: FloatArray, rng: np.random.Generator, resources: ChannelRes
         y = reverberate(y, synthetic_rir(rng, rt60_s=float(rng.uniform(0.1, 0.5))))
         tags.append("reverb")
     if rng.random() < 0.7:
-        kinds = ["white", "pink"] + (["babble"] * 2 if resources.babble_bank else []) + (["music"] if resources.music else [])
+        kinds = (
+            ["white", "pink"]
+            + (["babble"] * 2 if resources.babble_bank else [])
+            + (["music"] if resources.music else [])
+        )
         kind = kinds[int(rng.integers(len(kinds)))]
         snr = float(SNRS_DB[int(rng.integers(len(SNRS_DB)))])
         if kind == "white":

@@ -57,8 +57,9 @@ class Plan:
 
     def rng(self, stream: int) -> np.random.Generator:
         """An independent generator for one processing stage of this utterance."""
-        return np.random.default_rng([self.seed, _SPLIT_CODE[self.split], _SUBSET_CODE[self.subset_kind],
-                                      self.index, stream])
+        return np.random.default_rng(
+            [self.seed, _SPLIT_CODE[self.split], _SUBSET_CODE[self.subset_kind], self.index, stream]
+        )
 
 
 @functools.cache
@@ -66,8 +67,9 @@ def _sampler(split: str) -> TextSampler:
     return TextSampler(split)
 
 
-def make_plan(*, seed: int, split: str, index: int, subset_kind: str = "main",
-              channel_fraction: float | None = None) -> Plan:
+def make_plan(
+    *, seed: int, split: str, index: int, subset_kind: str = "main", channel_fraction: float | None = None
+) -> Plan:
     """Plan utterance ``index`` of a split (``subset_kind`` "main" or "hotwords")."""
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], _SUBSET_CODE[subset_kind], index])
     if subset_kind == "hotwords":
@@ -97,7 +99,10 @@ def render(plan: Plan) -> tuple[np.ndarray, str]:
     """Synthesise and (maybe) pass through the telephone channel; returns (float32 8 kHz audio, channel tag)."""
     audio = synthesize(plan.text, plan.voice, seed=plan.index)
     rng = plan.rng(1)
-    pad = np.zeros(int(rng.integers(400, 2400)), np.float32), np.zeros(int(rng.integers(400, 2400)), np.float32)
+    pad = (
+        np.zeros(int(rng.integers(400, 2400)), np.float32),
+        np.zeros(int(rng.integers(400, 2400)), np.float32),
+    )
     audio = np.concatenate([pad[0], audio, pad[1]])
     peak = float(np.max(np.abs(audio))) or 1.0
     audio = (audio * (10 ** (rng.uniform(-12, -1) / 20) / peak)).astype(np.float32)
@@ -127,14 +132,23 @@ def _work(args: tuple[Plan, str]) -> Utterance:
         path.with_suffix(".tag").write_text(tag)
         os.replace(tmp, path)
         duration = len(audio) / SAMPLE_RATE_HZ
-    return Utterance(audio=plan.rel_path, text=plan.text, duration_s=duration, voice=plan.voice.label,
-                     subset=plan.subset, channel=tag)
+    return Utterance(
+        audio=plan.rel_path,
+        text=plan.text,
+        duration_s=duration,
+        voice=plan.voice.label,
+        subset=plan.subset,
+        channel=tag,
+    )
 
 
-def _plans(seed: int, split: str, subset_kind: str, start: int, stop: int,
-           channel_fraction: float | None) -> list[Plan]:
-    return [make_plan(seed=seed, split=split, index=i, subset_kind=subset_kind, channel_fraction=channel_fraction)
-            for i in range(start, stop)]
+def _plans(
+    seed: int, split: str, subset_kind: str, start: int, stop: int, channel_fraction: float | None
+) -> list[Plan]:
+    return [
+        make_plan(seed=seed, split=split, index=i, subset_kind=subset_kind, channel_fraction=channel_fraction)
+        for i in range(start, stop)
+    ]
 
 
 def _init_worker() -> None:
@@ -142,9 +156,17 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def run_generation(*, out_dir: Path, split: str, seed: int, workers: int, hours: float | None = None,
-                   count: int | None = None, subset_kind: str = "main",
-                   channel_fraction: float | None = None) -> list[Utterance]:
+def run_generation(
+    *,
+    out_dir: Path,
+    split: str,
+    seed: int,
+    workers: int,
+    hours: float | None = None,
+    count: int | None = None,
+    subset_kind: str = "main",
+    channel_fraction: float | None = None,
+) -> list[Utterance]:
     """Generate until ``hours`` of audio (or ``count`` utterances); returns the manifest entries in order."""
     if (hours is None) == (count is None):
         raise ValueError("give exactly one of hours and count")
@@ -153,12 +175,16 @@ def run_generation(*, out_dir: Path, split: str, seed: int, workers: int, hours:
     total_s = 0.0
     ctx = multiprocessing.get_context("fork")
     desc = f"{split}/{subset_kind}"
-    with ctx.Pool(workers, initializer=_init_worker) as pool, \
-            tqdm(total=round(target_s) if target_s else count, unit="s" if target_s else "utt", desc=desc) as bar:
+    with (
+        ctx.Pool(workers, initializer=_init_worker) as pool,
+        tqdm(total=round(target_s) if target_s else count, unit="s" if target_s else "utt", desc=desc) as bar,
+    ):
         start = 0
         while True:
             stop = start + _CHUNK if count is None else min(start + _CHUNK, count)
-            jobs = [(p, str(out_dir)) for p in _plans(seed, split, subset_kind, start, stop, channel_fraction)]
+            jobs = [
+                (p, str(out_dir)) for p in _plans(seed, split, subset_kind, start, stop, channel_fraction)
+            ]
             for utt in pool.imap(_work, jobs, chunksize=4):
                 out.append(utt)
                 total_s += utt.duration_s
@@ -174,12 +200,32 @@ def run_generation(*, out_dir: Path, split: str, seed: int, workers: int, hours:
 def _export(manifest: list[Utterance], out_dir: Path, export_path: Path) -> None:
     """Write a copy of a manifest whose audio paths are relative to ``export_path``'s folder."""
     rel = os.path.relpath(out_dir.resolve(), export_path.parent.resolve())
-    write_manifest(export_path, [Utterance(audio=f"{rel}/{u.audio}", text=u.text, duration_s=u.duration_s,
-                                           voice=u.voice, subset=u.subset, channel=u.channel) for u in manifest])
+    write_manifest(
+        export_path,
+        [
+            Utterance(
+                audio=f"{rel}/{u.audio}",
+                text=u.text,
+                duration_s=u.duration_s,
+                voice=u.voice,
+                subset=u.subset,
+                channel=u.channel,
+            )
+            for u in manifest
+        ],
+    )
 
 
-def generate(*, out_dir: Path, split: str, seed: int, workers: int, hours: float | None,
-             export_dir: Path | None = None, channel_fraction: float | None = None) -> None:
+def generate(
+    *,
+    out_dir: Path,
+    split: str,
+    seed: int,
+    workers: int,
+    hours: float | None,
+    export_dir: Path | None = None,
+    channel_fraction: float | None = None,
+) -> None:
     """The ``generate`` command: a split's audio and manifest(s) under ``out_dir``.
 
     For ``dev`` this also makes the hotword subset (``manifest_hotwords.jsonl``); with ``export_dir``
@@ -189,15 +235,33 @@ def generate(*, out_dir: Path, split: str, seed: int, workers: int, hours: float
     out_dir.mkdir(parents=True, exist_ok=True)
     if hours is None:
         hours = DEV_HOURS if split == "dev" else 10.0
-    manifest = run_generation(out_dir=out_dir, split=split, seed=seed, workers=workers, hours=hours,
-                              channel_fraction=channel_fraction)
+    manifest = run_generation(
+        out_dir=out_dir,
+        split=split,
+        seed=seed,
+        workers=workers,
+        hours=hours,
+        channel_fraction=channel_fraction,
+    )
     write_manifest(out_dir / "manifest.jsonl", manifest)
-    _LOG.info("%s: %d utterances, %.2f h -> %s", split, len(manifest), sum(u.duration_s for u in manifest) / 3600,
-              out_dir / "manifest.jsonl")
+    _LOG.info(
+        "%s: %d utterances, %.2f h -> %s",
+        split,
+        len(manifest),
+        sum(u.duration_s for u in manifest) / 3600,
+        out_dir / "manifest.jsonl",
+    )
     if split != "dev":
         return
-    hot = run_generation(out_dir=out_dir, split=split, seed=seed, workers=workers, count=HOTWORD_UTTERANCES,
-                         subset_kind="hotwords", channel_fraction=channel_fraction)
+    hot = run_generation(
+        out_dir=out_dir,
+        split=split,
+        seed=seed,
+        workers=workers,
+        count=HOTWORD_UTTERANCES,
+        subset_kind="hotwords",
+        channel_fraction=channel_fraction,
+    )
     write_manifest(out_dir / "manifest_hotwords.jsonl", hot)
     if export_dir is not None:
         _export(manifest, out_dir, export_dir / "dev.jsonl")

@@ -40,7 +40,11 @@ class Utterance:
 
     def to_json(self) -> str:
         """One manifest line (no newline); optional fields that are None are left out."""
-        record: dict[str, object] = {"audio": self.audio, "text": self.text, "duration_s": round(self.duration_s, 3)}
+        record: dict[str, object] = {
+            "audio": self.audio,
+            "text": self.text,
+            "duration_s": round(self.duration_s, 3),
+        }
         for key in _OPTIONAL:
             value = getattr(self, key)
             if value is not None:

@@ -25,10 +25,12 @@ class OovReport:
 
     def __str__(self) -> str:
         top = ", ".join(f"{w} ({c})" for w, c in self.top_oov)
-        return (f"training vocabulary: {self.vocabulary_size} words\n"
-                f"token OOV rate: {self.oov_tokens}/{self.tokens} = {100 * self.oov_tokens / max(self.tokens, 1):.2f}%\n"
-                f"type OOV rate: {self.oov_types}/{self.types} = {100 * self.oov_types / max(self.types, 1):.2f}%\n"
-                f"most frequent OOV words: {top}")
+        return (
+            f"training vocabulary: {self.vocabulary_size} words\n"
+            f"token OOV rate: {self.oov_tokens}/{self.tokens} = {100 * self.oov_tokens / max(self.tokens, 1):.2f}%\n"
+            f"type OOV rate: {self.oov_types}/{self.types} = {100 * self.oov_types / max(self.types, 1):.2f}%\n"
+            f"most frequent OOV words: {top}"
+        )
 
 
 def training_vocabulary(*, train_manifest: Path | None, samples: int, seed: int) -> set[str]:
@@ -43,5 +45,11 @@ def oov_report(manifest: Path, vocabulary: set[str], *, top: int = 15) -> OovRep
     """OOV statistics of ``manifest``'s texts against ``vocabulary``."""
     counts = Counter(w for u in read_manifest(manifest) for w in u.text.split())
     oov = Counter({w: c for w, c in counts.items() if w not in vocabulary})
-    return OovReport(tokens=sum(counts.values()), oov_tokens=sum(oov.values()), types=len(counts),
-                     oov_types=len(oov), vocabulary_size=len(vocabulary), top_oov=tuple(oov.most_common(top)))
+    return OovReport(
+        tokens=sum(counts.values()),
+        oov_tokens=sum(oov.values()),
+        types=len(counts),
+        oov_types=len(oov),
+        vocabulary_size=len(vocabulary),
+        top_oov=tuple(oov.most_common(top)),
+    )

@@ -23,9 +23,30 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDLIST = Path("/usr/share/dict/american-english")
 # fortune files with plain prose; the offensive, ASCII-art and code-heavy ones are left out.
 FORTUNE_FILES = (
-    "fortunes", "literature", "people", "wisdom", "food", "education", "humorists", "science", "work",
-    "platitudes", "men-women", "love", "politics", "pets", "miscellaneous", "sports", "kids", "law",
-    "medicine", "news", "riddles", "magic", "paradoxum", "goedel",
+    "fortunes",
+    "literature",
+    "people",
+    "wisdom",
+    "food",
+    "education",
+    "humorists",
+    "science",
+    "work",
+    "platitudes",
+    "men-women",
+    "love",
+    "politics",
+    "pets",
+    "miscellaneous",
+    "sports",
+    "kids",
+    "law",
+    "medicine",
+    "news",
+    "riddles",
+    "magic",
+    "paradoxum",
+    "goedel",
 )
 DOMAINS = ("banking", "insurance", "real_estate", "car_sales", "telecom")
 SPLITS = ("train", "dev")
@@ -48,12 +69,21 @@ def is_dev_item(text: str, percent: int = _DEV_PERCENT) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # Numbers as words
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL_IRREGULAR = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-                      "nine": "ninth", "twelve": "twelfth"}
+_ORDINAL_IRREGULAR = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
 
 
 def number_to_words(n: int) -> str:
@@ -74,7 +104,9 @@ def number_to_words(n: int) -> str:
     for scale, name in _SCALES:
         if n >= scale:
             rest = n % scale
-            return number_to_words(n // scale) + " " + name + ("" if rest == 0 else " " + number_to_words(rest))
+            return (
+                number_to_words(n // scale) + " " + name + ("" if rest == 0 else " " + number_to_words(rest))
+            )
     raise AssertionError("unreachable")
 
 
@@ -125,7 +157,11 @@ def normalize_text(text: str) -> str:
 
     def spell(m: re.Match[str]) -> str:
         s = m.group(0)
-        return " " + (number_to_words(int(s)) if len(s) <= 9 and not s.startswith("0") else digits_to_words(s)) + " "
+        return (
+            " "
+            + (number_to_words(int(s)) if len(s) <= 9 and not s.startswith("0") else digits_to_words(s))
+            + " "
+        )
 
     text = _NUMBER.sub(spell, text)
     text = re.sub(r"[^a-z' ]+", " ", text)
@@ -188,34 +224,176 @@ louisiana maine maryland massachusetts michigan minnesota missouri nevada ohio o
 tennessee texas utah vermont virginia washington wisconsin""".split()
 _MONTHS = "january february march april may june july august september october november december".split()
 _WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
-_BANKS = ("first harbor bank", "northfield credit union", "summit savings", "bluewater bank", "cedar trust",
-          "granite federal", "meridian bank", "oakline financial")
-_INSURERS = ("safeguard mutual", "evergreen insurance", "liberty shield", "harborview assurance",
-             "keystone life", "pioneer casualty")
+_BANKS = (
+    "first harbor bank",
+    "northfield credit union",
+    "summit savings",
+    "bluewater bank",
+    "cedar trust",
+    "granite federal",
+    "meridian bank",
+    "oakline financial",
+)
+_INSURERS = (
+    "safeguard mutual",
+    "evergreen insurance",
+    "liberty shield",
+    "harborview assurance",
+    "keystone life",
+    "pioneer casualty",
+)
 _TELCOS = ("skylink mobile", "nova telecom", "brightwave", "horizon wireless", "pulse connect", "fibernet")
-_DEALERS = ("riverside motors", "autohaus central", "sunrise auto group", "metro ford", "valley honda",
-            "coastline toyota")
-_AGENCIES = ("keller properties", "greenway realty", "cornerstone homes", "blue door real estate",
-             "hillside realty")
-_CAR_MODELS = ("civic", "corolla", "camry", "accord", "mustang", "explorer", "outback", "forester", "rav four",
-               "cr v", "f one fifty", "model three", "silverado", "wrangler", "tacoma", "altima", "sentra",
-               "elantra", "sonata", "tucson", "highlander", "pilot", "odyssey", "sienna", "jetta", "golf")
-_CAR_MAKES = ("toyota", "honda", "ford", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda",
-              "volkswagen", "jeep", "tesla", "bmw", "audi")
-_PLANS = ("unlimited plus", "basic talk and text", "family share", "premium unlimited", "prepaid starter",
-          "business pro", "five gig data plan", "international roaming pack", "fiber one gig",
-          "home internet essentials", "streaming bundle", "senior saver")
-_BANK_PRODUCTS = ("checking account", "savings account", "credit card", "debit card", "mortgage", "home equity line",
-                  "personal loan", "auto loan", "certificate of deposit", "money market account", "overdraft protection",
-                  "travel rewards card", "cash back card", "student loan", "wire transfer", "direct deposit")
-_INSURANCE_PRODUCTS = ("auto policy", "home policy", "renters insurance", "life insurance", "term life policy",
-                       "umbrella policy", "flood coverage", "comprehensive coverage", "collision coverage",
-                       "liability coverage", "roadside assistance", "dental plan", "health plan", "pet insurance")
-_PROPERTY_TYPES = ("condo", "townhouse", "two bedroom apartment", "three bedroom house", "studio", "duplex",
-                   "single family home", "ranch house", "loft", "four bedroom colonial")
-_PHONE_FEATURES = ("voicemail", "call forwarding", "hotspot", "roaming", "data", "caller id", "eSIM", "wifi calling")
-_FILLERS_ALL = ("um", "uh", "you know", "i mean", "well", "so", "okay", "like", "actually", "basically",
-                "right", "alright", "erm", "hmm", "you see", "kind of", "honestly", "listen", "look", "oh")
+_DEALERS = (
+    "riverside motors",
+    "autohaus central",
+    "sunrise auto group",
+    "metro ford",
+    "valley honda",
+    "coastline toyota",
+)
+_AGENCIES = (
+    "keller properties",
+    "greenway realty",
+    "cornerstone homes",
+    "blue door real estate",
+    "hillside realty",
+)
+_CAR_MODELS = (
+    "civic",
+    "corolla",
+    "camry",
+    "accord",
+    "mustang",
+    "explorer",
+    "outback",
+    "forester",
+    "rav four",
+    "cr v",
+    "f one fifty",
+    "model three",
+    "silverado",
+    "wrangler",
+    "tacoma",
+    "altima",
+    "sentra",
+    "elantra",
+    "sonata",
+    "tucson",
+    "highlander",
+    "pilot",
+    "odyssey",
+    "sienna",
+    "jetta",
+    "golf",
+)
+_CAR_MAKES = (
+    "toyota",
+    "honda",
+    "ford",
+    "chevrolet",
+    "nissan",
+    "hyundai",
+    "kia",
+    "subaru",
+    "mazda",
+    "volkswagen",
+    "jeep",
+    "tesla",
+    "bmw",
+    "audi",
+)
+_PLANS = (
+    "unlimited plus",
+    "basic talk and text",
+    "family share",
+    "premium unlimited",
+    "prepaid starter",
+    "business pro",
+    "five gig data plan",
+    "international roaming pack",
+    "fiber one gig",
+    "home internet essentials",
+    "streaming bundle",
+    "senior saver",
+)
+_BANK_PRODUCTS = (
+    "checking account",
+    "savings account",
+    "credit card",
+    "debit card",
+    "mortgage",
+    "home equity line",
+    "personal loan",
+    "auto loan",
+    "certificate of deposit",
+    "money market account",
+    "overdraft protection",
+    "travel rewards card",
+    "cash back card",
+    "student loan",
+    "wire transfer",
+    "direct deposit",
+)
+_INSURANCE_PRODUCTS = (
+    "auto policy",
+    "home policy",
+    "renters insurance",
+    "life insurance",
+    "term life policy",
+    "umbrella policy",
+    "flood coverage",
+    "comprehensive coverage",
+    "collision coverage",
+    "liability coverage",
+    "roadside assistance",
+    "dental plan",
+    "health plan",
+    "pet insurance",
+)
+_PROPERTY_TYPES = (
+    "condo",
+    "townhouse",
+    "two bedroom apartment",
+    "three bedroom house",
+    "studio",
+    "duplex",
+    "single family home",
+    "ranch house",
+    "loft",
+    "four bedroom colonial",
+)
+_PHONE_FEATURES = (
+    "voicemail",
+    "call forwarding",
+    "hotspot",
+    "roaming",
+    "data",
+    "caller id",
+    "eSIM",
+    "wifi calling",
+)
+_FILLERS_ALL = (
+    "um",
+    "uh",
+    "you know",
+    "i mean",
+    "well",
+    "so",
+    "okay",
+    "like",
+    "actually",
+    "basically",
+    "right",
+    "alright",
+    "erm",
+    "hmm",
+    "you see",
+    "kind of",
+    "honestly",
+    "listen",
+    "look",
+    "oh",
+)
 _FILLERS_DEV = frozenset({"erm", "hmm", "you see", "kind of"})
 
 
@@ -288,7 +466,9 @@ def _phone(rng: np.random.Generator) -> str:
 
 def _address(rng: np.random.Generator, split: str) -> str:
     number = int(rng.integers(1, 9999))
-    spoken = number_to_words(number) if number < 100 or rng.random() < 0.4 else digits_to_words(str(number), rng)
+    spoken = (
+        number_to_words(number) if number < 100 or rng.random() < 0.4 else digits_to_words(str(number), rng)
+    )
     direction = _pick(rng, _DIRECTIONS)
     street = f"{direction} {_pick(rng, _pool('street', split))} {_pick(rng, _STREET_TYPES)}".strip()
     text = f"{spoken} {street}"
@@ -328,20 +508,41 @@ def _duration(rng: np.random.Generator) -> str:
 
 
 def _slot_values(rng: np.random.Generator, split: str, domain: str) -> dict[str, str]:
-    org = {"banking": _BANKS, "insurance": _INSURERS, "telecom": _TELCOS, "car_sales": _DEALERS,
-           "real_estate": _AGENCIES}[domain]
+    org = {
+        "banking": _BANKS,
+        "insurance": _INSURERS,
+        "telecom": _TELCOS,
+        "car_sales": _DEALERS,
+        "real_estate": _AGENCIES,
+    }[domain]
     return {
-        "name": _name(rng, split), "agent": _pick(rng, _pool("first", split)), "org": _pick(rng, org),
-        "amount": _amount(rng), "amount2": _amount(rng), "date": _date(rng), "time": _time(rng),
-        "last4": digits_to_words(_digits(rng, 4), rng), "account": digits_to_words(_digits(rng, 8), rng),
-        "zip": digits_to_words(_digits(rng, 5), rng), "phone": _phone(rng), "address": _address(rng, split),
-        "spelled": _spelled(rng, split), "percent": _percent(rng), "duration": _duration(rng),
-        "number": number_to_words(int(rng.integers(2, 40))), "ordinal": ordinal_to_words(int(rng.integers(1, 32))),
-        "year": year_to_words(int(rng.integers(1990, 2027))), "plan": _pick(rng, _PLANS),
-        "bank_product": _pick(rng, _BANK_PRODUCTS), "ins_product": _pick(rng, _INSURANCE_PRODUCTS),
-        "car": f"{_pick(rng, _CAR_MAKES)} {_pick(rng, _CAR_MODELS)}", "property": _pick(rng, _PROPERTY_TYPES),
-        "feature": _pick(rng, _PHONE_FEATURES).lower(), "weekday": _pick(rng, _WEEKDAYS),
-        "state": _pick(rng, _STATES), "digit": _ONES[int(rng.integers(0, 10))],
+        "name": _name(rng, split),
+        "agent": _pick(rng, _pool("first", split)),
+        "org": _pick(rng, org),
+        "amount": _amount(rng),
+        "amount2": _amount(rng),
+        "date": _date(rng),
+        "time": _time(rng),
+        "last4": digits_to_words(_digits(rng, 4), rng),
+        "account": digits_to_words(_digits(rng, 8), rng),
+        "zip": digits_to_words(_digits(rng, 5), rng),
+        "phone": _phone(rng),
+        "address": _address(rng, split),
+        "spelled": _spelled(rng, split),
+        "percent": _percent(rng),
+        "duration": _duration(rng),
+        "number": number_to_words(int(rng.integers(2, 40))),
+        "ordinal": ordinal_to_words(int(rng.integers(1, 32))),
+        "year": year_to_words(int(rng.integers(1990, 2027))),
+        "plan": _pick(rng, _PLANS),
+        "bank_product": _pick(rng, _BANK_PRODUCTS),
+        "ins_product": _pick(rng, _INSURANCE_PRODUCTS),
+        "car": f"{_pick(rng, _CAR_MAKES)} {_pick(rng, _CAR_MODELS)}",
+        "property": _pick(rng, _PROPERTY_TYPES),
+        "feature": _pick(rng, _PHONE_FEATURES).lower(),
+        "weekday": _pick(rng, _WEEKDAYS),
+        "state": _pick(rng, _STATES),
+        "digit": _ONES[int(rng.integers(0, 10))],
         "street": _pick(rng, _pool("street", split)),
     }
 
@@ -578,8 +779,12 @@ def templates(split: str) -> tuple[Template, ...]:
     """Templates of one split; a template is in exactly one split."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return tuple(Template(domain, text) for domain, texts in TEMPLATES.items() for text in texts
-                 if Template(domain, text).split == split)
+    return tuple(
+        Template(domain, text)
+        for domain, texts in TEMPLATES.items()
+        for text in texts
+        if Template(domain, text).split == split
+    )
 
 
 def fill_template(template: str, rng: np.random.Generator, split: str, domain: str) -> str:
@@ -642,7 +847,9 @@ HOTWORDS: tuple[str, ...] = tuple(
     quickclaim express|safeharbor flood plus|brightpath student refinance|ironclad fraud alert|
     mosaic rewards visa|paragon jumbo loan|fairway escrow services|bellwether appraisal|
     northstar title company|evergreen relocation package|crescent lease assist|topaz trade in bonus|
-    cobalt protection package|zephyr data boost|echo voicemail pro|prism family locator""".replace("\n", "").split("|")
+    cobalt protection package|zephyr data boost|echo voicemail pro|prism family locator""".replace(
+        "\n", ""
+    ).split("|")
 )
 HOTWORDS = tuple(h.strip() for h in HOTWORDS)
 SPOKEN_HOTWORD_COUNT = 12

@@ -32,8 +32,16 @@ from protocols.audio.resample import resample
 from streaming_model.data.text import is_dev_item
 
 SAMPLE_RATE_HZ = 8000
-ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
-                  "en-029", "en-us-nyc")
+ESPEAK_ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 FLITE_VOICES = ("awb", "rms")
 HIBARI_VOICES = ("heart",)
 RESERVED_FLITE_VOICES = frozenset({"kal", "kal16", "slt", "awb_time"})
@@ -112,17 +120,39 @@ def sample_voice(rng: np.random.Generator, split: str) -> VoiceSpec:
     engines = list(ENGINE_WEIGHTS)
     engine = engines[int(rng.choice(len(engines), p=list(ENGINE_WEIGHTS.values())))]
     alpha = round(_grid(rng, 0.88, 1.12, 25, split), 3)
-    eq = tuple((float(rng.uniform(200, 3500)), float(rng.uniform(-8, 8))) for _ in range(int(rng.integers(0, 4))))
+    eq = tuple(
+        (float(rng.uniform(200, 3500)), float(rng.uniform(-8, 8))) for _ in range(int(rng.integers(0, 4)))
+    )
     if engine == "espeak":
         voices = espeak_voices(split)
-        return VoiceSpec(engine, voices[int(rng.integers(len(voices)))], rate=round(_grid(rng, 120, 230, 23, split)),
-                         pitch=round(_grid(rng, 15, 85, 15, split)), word_gap=int(rng.choice([0, 0, 0, 1, 2, 4, 7])),
-                         alpha=alpha, eq=eq)
+        return VoiceSpec(
+            engine,
+            voices[int(rng.integers(len(voices)))],
+            rate=round(_grid(rng, 120, 230, 23, split)),
+            pitch=round(_grid(rng, 15, 85, 15, split)),
+            word_gap=int(rng.choice([0, 0, 0, 1, 2, 4, 7])),
+            alpha=alpha,
+            eq=eq,
+        )
     if engine == "flite":
-        return VoiceSpec(engine, FLITE_VOICES[int(rng.integers(2))], rate=round(_grid(rng, 0.8, 1.3, 11, split), 3),
-                         pitch=round(_grid(rng, 80, 160, 17, split)), word_gap=0, alpha=alpha, eq=eq)
-    return VoiceSpec(engine, "heart", rate=round(_grid(rng, 0.8, 1.3, 11, split), 3), pitch=0.0, word_gap=0,
-                     alpha=alpha, eq=eq)
+        return VoiceSpec(
+            engine,
+            FLITE_VOICES[int(rng.integers(2))],
+            rate=round(_grid(rng, 0.8, 1.3, 11, split), 3),
+            pitch=round(_grid(rng, 80, 160, 17, split)),
+            word_gap=0,
+            alpha=alpha,
+            eq=eq,
+        )
+    return VoiceSpec(
+        engine,
+        "heart",
+        rate=round(_grid(rng, 0.8, 1.3, 11, split), 3),
+        pitch=0.0,
+        word_gap=0,
+        alpha=alpha,
+        eq=eq,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,14 +162,14 @@ def _parse_wav(data: bytes) -> tuple[FloatArray, int]:
         raise SynthesisError(f"synthesiser did not return a WAV ({len(data)} bytes)")
     pos, rate = 12, 0
     while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         if chunk == b"fmt ":
-            channels, rate = struct.unpack("<HI", data[pos + 10:pos + 16])
-            bits = struct.unpack("<H", data[pos + 22:pos + 24])[0]
+            channels, rate = struct.unpack("<HI", data[pos + 10 : pos + 16])
+            bits = struct.unpack("<H", data[pos + 22 : pos + 24])[0]
             if channels != 1 or bits != 16:
                 raise SynthesisError(f"expected mono 16-bit WAV, got {channels} channels, {bits} bits")
         elif chunk == b"data":
-            pcm = data[pos + 8:]
+            pcm = data[pos + 8 :]
             pcm = pcm[: len(pcm) // 2 * 2]
             return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0, rate
         pos += 8 + size
@@ -149,11 +179,24 @@ def _parse_wav(data: bytes) -> tuple[FloatArray, int]:
 def synth_espeak(text: str, voice: VoiceSpec) -> tuple[FloatArray, int]:
     """espeak-ng at its native rate (22050 Hz)."""
     espeak = _require("espeak-ng", "espeak-ng")
-    cmd = [espeak, "-v", voice.name, "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)),
-           "-g", str(voice.word_gap), "--stdout", text]
+    cmd = [
+        espeak,
+        "-v",
+        voice.name,
+        "-s",
+        str(int(voice.rate)),
+        "-p",
+        str(int(voice.pitch)),
+        "-g",
+        str(voice.word_gap),
+        "--stdout",
+        text,
+    ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
-        raise SynthesisError(f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}")
+        raise SynthesisError(
+            f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}"
+        )
     return _parse_wav(proc.stdout)
 
 
@@ -165,11 +208,24 @@ def synth_flite(text: str, voice: VoiceSpec) -> tuple[FloatArray, int]:
     fd, path = tempfile.mkstemp(suffix=".wav")
     os.close(fd)
     try:
-        cmd = [flite, "-voice", voice.name, "--setf", f"duration_stretch={1.0 / voice.rate:.3f}",
-               "--setf", f"int_f0_target_mean={voice.pitch:.0f}", "-t", text, "-o", path]
+        cmd = [
+            flite,
+            "-voice",
+            voice.name,
+            "--setf",
+            f"duration_stretch={1.0 / voice.rate:.3f}",
+            "--setf",
+            f"int_f0_target_mean={voice.pitch:.0f}",
+            "-t",
+            text,
+            "-o",
+            path,
+        ]
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise SynthesisError(f"flite failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}")
+            raise SynthesisError(
+                f"flite failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}"
+            )
         with open(path, "rb") as f:
             return _parse_wav(f.read())
     finally:
@@ -206,7 +262,9 @@ def _peaking_sos(freq_hz: float, gain_db: float, q: float, rate_hz: int) -> npt.
     return np.concatenate([b / a[0], a / a[0]])[None, :]
 
 
-def random_eq(x: FloatArray, bands: tuple[tuple[float, float], ...], rate_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
+def random_eq(
+    x: FloatArray, bands: tuple[tuple[float, float], ...], rate_hz: int = SAMPLE_RATE_HZ
+) -> FloatArray:
     """Apply peaking filters (freq_hz, gain_db), Q 1; keeps the length."""
     if not bands:
         return x
@@ -230,7 +288,6 @@ def synthesize(text: str, voice: VoiceSpec, *, seed: int) -> FloatArray:
         audio, rate = synth_hibari(text, voice, seed=seed)
     else:
         raise ValueError(f"unknown engine {voice.engine!r}")
-    declared_hz = int(round(rate * voice.alpha / 400.0)) * 400
+    declared_hz = round(rate * voice.alpha / 400.0) * 400
     audio = resample(audio, from_hz=declared_hz, to_hz=SAMPLE_RATE_HZ)
     return random_eq(audio, voice.eq)
-

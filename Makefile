@@ -1,0 +1,65 @@
+# xlgate: `make run` starts the gateway on the bundled model; `make test` passes the test suite.
+# Both install what they need first (a local virtual environment, and Debian tools for the tests) and are
+# idempotent: a second run installs nothing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists).
+APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes
+APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/american-english \
+	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh
+PYTEST_ARGS ?= -q
+
+.PHONY: run test bench lint train data install install-apt clean help
+
+help:
+	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
+	@echo "make test    install (Python and Debian tools), then run the test suite"
+	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
+	@echo "make lint    ruff and mypy --strict"
+	@echo "make data    generate the synthetic training and dev data (data/)"
+	@echo "make train   train the model on data/ (runs/), see docs/training.md"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[test,train,bench,dev]'
+	@touch $@
+
+install: $(STAMP)
+
+install-apt:
+	@missing=0; for f in $(APT_PROBES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		echo "installing Debian packages: $(APT_PACKAGES)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(VENV)/bin/xlgate serve $(ARGS)
+
+test: $(STAMP) install-apt
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway protocols streaming_model loadtest tests
+	$(PY) -m mypy --strict protocols gateway
+
+BENCH_DIR ?= bench-results
+BENCH_URL ?= ws://127.0.0.1:18080/v1/stream
+bench: $(STAMP) install-apt
+	bash loadtest/bench.sh $(BENCH_DIR)
+
+data: $(STAMP) install-apt
+	$(PY) -m streaming_model.data generate --out data/dev --split dev --seed 1234 --workers 2
+	$(PY) -m streaming_model.data generate --out data/train --hours 10 --seed 0 --workers 2
+
+train: $(STAMP)
+	$(PY) -m streaming_model.train --config configs/train-cpu.toml --resume
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

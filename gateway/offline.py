@@ -1,0 +1,655 @@
+"""``xlgate transcribe`` and ``xlgate eval``: offline transcription through the streaming engine, and scoring.
+
+Transcription does not have an offline code path of its own: it builds the same :class:`ModelRunner` and
+:class:`Engine` the server runs, opens one :class:`Stream` per channel of each file (protocol ``local``),
+feeds the audio as fast as backpressure allows and keeps the finals. What ``transcribe`` prints is
+therefore what a live caller would have received for the same audio and parameters. Up to
+``--max-parallel`` streams are live at once, so several files share every batched model step.
+
+Files are read one ahead of the streams that are running (memory stays bounded by ``--max-parallel``
+files); results are printed in the order the files were given, as soon as every earlier file is done.
+stdout carries only results; warnings, progress and per-file errors go to stderr.
+
+Scoring normalises references and hypotheses alike with
+:func:`streaming_model.textnorm.normalise_for_scoring` and counts word and character edits with jiwer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from gateway.config import BUNDLED_MODEL, DEFAULT_HOTWORD_BOOST, OPTION_SPECS, ConfigError, load_hotwords_file
+from protocols.errors import GatewayError
+from streaming_model.textnorm import normalise_for_scoring
+
+# The engine, torch and the audio stack are imported where they are used: the CLI builds every
+# subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
+if TYPE_CHECKING:
+    from gateway.engine import Engine, Stream, StreamParams
+    from protocols.audio.files import AudioClip
+    from streaming_model.checkpoint import LoadedModel
+    from streaming_model.decoding import Hypothesis
+
+__all__ = [
+    "ChannelTranscript",
+    "ErrorCounts",
+    "EvalReport",
+    "FileTranscript",
+    "ReadOptions",
+    "TranscriptionFailedError",
+    "TsvError",
+    "add_eval_arguments",
+    "add_transcribe_arguments",
+    "cmd_eval",
+    "cmd_transcribe",
+    "evaluate",
+    "parse_hotword",
+    "read_transcripts_tsv",
+    "run_transcription",
+    "score_utterance",
+    "subset_of",
+    "transcribe_clip",
+    "transcribe_files",
+]
+
+log = logging.getLogger("xlgate.offline")
+
+FEED_PIECE_S = 0.5  # audio handed to Stream.feed at a time; the stream cuts its own model chunks
+DEFAULT_MAX_PARALLEL = 16
+# No caller is waiting on a partial here: a short batching window only covers the feeders' turnaround.
+OFFLINE_MAX_WAIT_S = 0.005
+OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyond this
+SUBSET_WITHOUT_SLASH = "-"
+# protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
+RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
+_SERVE_DEFAULTS: Final = {spec.name: spec.default for spec in OPTION_SPECS}
+
+
+class TranscriptionFailedError(GatewayError):
+    """A stream of a file ended without completing (aborted by the engine, or a model step failed)."""
+
+    code = "transcription_failed"
+
+
+# ------------------------------------------------------------------------------------------ transcription
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTranscript:
+    """The finals of one channel of one file, in order."""
+
+    channel: int
+    utterances: tuple[Hypothesis, ...]
+
+    @property
+    def text(self) -> str:
+        """The utterances' texts joined by single spaces."""
+        return " ".join(u.text for u in self.utterances if u.text)
+
+
+@dataclass(frozen=True, slots=True)
+class FileTranscript:
+    """The outcome for the ``index``-th file given: its channels' transcripts, or why it failed."""
+
+    index: int
+    path: str
+    channels: tuple[ChannelTranscript, ...] = ()
+    error: str | None = None
+
+    def channel_id(self, channel: int) -> str:
+        """The TSV id of a channel: the path itself for a mono file, ``path#N`` otherwise."""
+        return self.path if len(self.channels) == 1 else f"{self.path}#{channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How headerless files are decoded (see :func:`protocols.audio.files.read_audio_file`)."""
+
+    raw_encoding: str | None = None
+    raw_sample_rate_hz: int = 8000
+    raw_channels: int = 1
+
+
+class _StreamBudget:
+    """Counts the engine's free streams so that a file's channels are admitted together, never refused."""
+
+    def __init__(self, total: int) -> None:
+        self._free = total
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._free >= count)
+            self._free -= count
+
+    async def release(self, count: int) -> None:
+        async with self._changed:
+            self._free += count
+            self._changed.notify_all()
+
+
+async def _collect_finals(stream: Stream) -> tuple[Hypothesis, ...]:
+    from gateway.engine import ResultEvent, StreamEnded
+
+    finals: list[Hypothesis] = []
+    async for event in stream.events():
+        if isinstance(event, ResultEvent) and event.is_final:
+            finals.append(event.hypothesis)
+        elif isinstance(event, StreamEnded) and event.outcome != "completed":
+            raise TranscriptionFailedError(f"channel {stream.channel}: recognition ended as {event.outcome!r}")
+    return tuple(finals)
+
+
+async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamParams, *,
+                          piece_s: float = FEED_PIECE_S) -> tuple[ChannelTranscript, ...]:
+    """Recognise every channel of ``clip`` through ``engine``, as fast as backpressure allows.
+
+    The caller makes sure the engine has room for ``clip.num_channels`` streams.
+
+    Args:
+        engine: A running engine.
+        clip: The audio; each channel becomes one stream at the clip's own sample rate.
+        params: Stream parameters; ``sample_rate_hz`` is replaced by the clip's rate.
+        piece_s: Seconds of audio handed to :meth:`Stream.feed` at a time.
+
+    Returns:
+        One transcript per channel, in channel order.
+
+    Raises:
+        TranscriptionFailedError: A stream did not complete (inside an ExceptionGroup).
+    """
+    stream_params = replace(params, sample_rate_hz=clip.sample_rate_hz)
+    streams = engine.open_streams(clip.num_channels, stream_params, protocol="local")
+    piece = max(1, round(piece_s * clip.sample_rate_hz))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            readers = [tg.create_task(_collect_finals(s), name=f"finals-{s.stream_id}") for s in streams]
+            for start in range(0, clip.num_frames, piece):
+                for stream, samples in zip(streams, clip.channels, strict=True):
+                    await stream.feed(samples[start:start + piece])
+            for stream in streams:
+                await stream.stop()
+    finally:
+        for stream in streams:
+            stream.abort()  # no-op for streams that ended; frees the rest if we were cancelled
+    return tuple(ChannelTranscript(s.channel, r.result()) for s, r in zip(streams, readers, strict=True))
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """The most telling message inside a (possibly grouped) exception."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_failure_reason(e) for e in exc.exceptions]
+        failed = [e for e in exc.exceptions if isinstance(e, TranscriptionFailedError)]
+        return _failure_reason(failed[0]) if failed else "; ".join(leaves)
+    from protocols.audio.errors import AudioFileError
+
+    if isinstance(exc, AudioFileError):
+        return exc.reason  # the path is printed beside it already
+    return str(exc) or type(exc).__name__
+
+
+def _is_expected(exc: BaseException) -> bool:
+    """Our own errors (a stream aborted, a failed step already logged by the engine), not a bug here."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_expected(e) for e in exc.exceptions)
+    return isinstance(exc, GatewayError)
+
+
+async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: StreamParams,
+                           read_options: ReadOptions, on_result: Callable[[FileTranscript], None]) -> None:
+    """Transcribe ``paths`` through ``engine``, with up to ``engine.max_streams`` channels live at once.
+
+    ``on_result`` is called once per file, in completion order, with its transcript or its error; one
+    file's failure does not stop the others.
+    """
+    from protocols.audio.errors import AudioError, AudioFileError
+    from protocols.audio.files import read_audio_file
+    from protocols.audio.resample import StreamingResampler
+
+    budget = _StreamBudget(engine.max_streams)
+    model_rate_hz = engine.runner.loaded.features.sample_rate_hz
+
+    async def run_one(index: int, path: str, clip: AudioClip) -> None:
+        try:
+            channels = await transcribe_clip(engine, clip, params)
+        except Exception as exc:  # one file's failure must not stop the others
+            if not _is_expected(exc):  # a bug: say so with a traceback
+                log.error("%s: transcription failed", path, exc_info=exc)
+            on_result(FileTranscript(index, path, error=f"transcription failed: {_failure_reason(exc)}"))
+        else:
+            on_result(FileTranscript(index, path, channels=channels))
+        finally:
+            await budget.release(clip.num_channels)
+
+    async with asyncio.TaskGroup() as tg:
+        for index, path in enumerate(paths):
+            try:
+                clip = await asyncio.to_thread(
+                    read_audio_file, path, raw_encoding=read_options.raw_encoding,
+                    raw_sample_rate_hz=read_options.raw_sample_rate_hz, raw_channels=read_options.raw_channels)
+                if clip.num_channels > engine.max_streams:
+                    raise AudioFileError(path, f"has {clip.num_channels} channels, more than --max-parallel "
+                                               f"({engine.max_streams}) streams")
+                if clip.sample_rate_hz != model_rate_hz:
+                    StreamingResampler(clip.sample_rate_hz, model_rate_hz)  # unsupported ratios fail here
+            except AudioError as exc:
+                on_result(FileTranscript(index, path, error=_failure_reason(exc)))
+                continue
+            await budget.acquire(clip.num_channels)
+            tg.create_task(run_one(index, path, clip), name=f"transcribe-{index}")
+
+
+async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params: StreamParams,
+                            read_options: ReadOptions, max_parallel: int, device: str,
+                            on_result: Callable[[FileTranscript], None]) -> None:
+    """Build a runner and an engine for ``loaded``, transcribe ``paths`` (see :func:`transcribe_files`),
+    and shut the engine down."""
+    from gateway.engine import Engine
+    from gateway.metrics import Metrics
+    from gateway.runner import ModelRunner
+
+    runner = ModelRunner(loaded, max_streams=max_parallel, device=device)
+    engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
+                    max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(engine.run(), name="engine")
+        try:
+            await transcribe_files(engine, paths, params=params, read_options=read_options, on_result=on_result)
+        finally:
+            engine.close()
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def utterance_json(hyp: Hypothesis) -> dict[str, Any]:
+    """One final as a JSON-able dict (times in milliseconds from the start of the file)."""
+    return {
+        "text": hyp.text,
+        "start_ms": _ms(hyp.start_s),
+        "end_ms": _ms(hyp.end_s),
+        "confidence": round(hyp.confidence, 4),
+        "words": [{"word": w.text, "start_ms": _ms(w.start_s), "end_ms": _ms(w.end_s),
+                   "confidence": round(w.confidence, 4)} for w in hyp.words],
+    }
+
+
+class _Reporter:
+    """Writes results to stdout in the order the files were given, errors and progress to stderr."""
+
+    def __init__(self, *, fmt: str, total: int, out: TextIO, err: TextIO) -> None:
+        self.fmt = fmt
+        self.out = out
+        self.err = err
+        self.failed = 0
+        self._pending: dict[int, FileTranscript] = {}
+        self._next = 0
+        self._bar: Any = None
+        if err.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=err, unit="file", desc="transcribe", leave=False)
+
+    def message(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.err)
+        else:
+            print(line, file=self.err, flush=True)
+
+    def error(self, path: str, reason: str) -> None:
+        self.failed += 1
+        self.message(f"xlgate transcribe: error: {path}: {reason}")
+
+    def __call__(self, result: FileTranscript) -> None:
+        if result.error is not None:
+            self.error(result.path, result.error)
+        if self._bar is not None:
+            self._bar.update(1)
+        self._pending[result.index] = result
+        while self._next in self._pending:
+            self._write(self._pending.pop(self._next))
+            self._next += 1
+
+    def _write(self, result: FileTranscript) -> None:
+        if result.error is not None:
+            return
+        if self.fmt == "tsv" and any(c in result.path for c in "\t\r\n"):
+            self.error(result.path, "the path contains a tab or line break and cannot be written as TSV; "
+                                    "use --format json")
+            return
+        for ch in result.channels:
+            if self.fmt == "tsv":
+                line = f"{result.channel_id(ch.channel)}\t{ch.text}"
+            else:
+                line = json.dumps({"id": result.channel_id(ch.channel), "path": result.path,
+                                   "channel": ch.channel, "text": ch.text,
+                                   "utterances": [utterance_json(u) for u in ch.utterances]},
+                                  ensure_ascii=False)
+            print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# --------------------------------------------------------------------------------------- transcribe CLI
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_hotword(text: str) -> tuple[str, float]:
+    """``PHRASE[:BOOST]`` -> (phrase, boost). A suffix after the last ``:`` that is not a number belongs to
+    the phrase ("re:invent"); without a boost the default one applies.
+
+    Raises:
+        ValueError: an empty phrase, or a boost that is not positive and finite.
+    """
+    phrase, boost = text, DEFAULT_HOTWORD_BOOST
+    head, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            boost = float(tail)
+        except ValueError:
+            pass
+        else:
+            phrase = head
+    phrase = phrase.strip()
+    if not phrase or any(c in phrase for c in "\t\r\n"):
+        raise ValueError(f"expected PHRASE[:BOOST] with a non-empty phrase without tabs, got {text!r}")
+    if not math.isfinite(boost) or boost <= 0:
+        raise ValueError(f"expected a positive finite boost in {text!r}, got {boost}")
+    return phrase, boost
+
+
+def _hotwords(args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
+    """The hotwords file first, then the flags; a repeated phrase keeps the last boost given."""
+    merged: dict[str, float] = {}
+    if args.hotwords_file is not None:
+        merged.update(load_hotwords_file(Path(args.hotwords_file)))
+    for item in args.hotword:
+        phrase, boost = parse_hotword(item)
+        merged[phrase] = boost
+    return tuple(merged.items())
+
+
+def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate transcribe`` flags; sets ``func`` to :func:`cmd_transcribe`."""
+    beam_size, silence_ms = _SERVE_DEFAULTS["beam_size"], _SERVE_DEFAULTS["endpoint_silence_ms"]
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="audio files (WAV, FLAC, OGG, MP3, ...; headerless .ul/.al/.raw by extension)")
+    parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
+                        help="tsv: 'path<TAB>text' a line ('path#N' per channel of a multi-channel file); "
+                             "json: one object a line with utterances, word times and confidences "
+                             "(default tsv)")
+    parser.add_argument("--model", default=BUNDLED_MODEL, metavar="PATH",
+                        help=f"a .safetensors checkpoint, or {BUNDLED_MODEL!r} (default)")
+    parser.add_argument("--device", default=_SERVE_DEFAULTS["device"],
+                        help=f"torch device (default {_SERVE_DEFAULTS['device']})")
+    parser.add_argument("--raw-encoding", choices=RAW_ENCODINGS, default=None,
+                        help="decode every file as headerless audio in this encoding, whatever its extension")
+    parser.add_argument("--raw-sample-rate-hz", type=_positive_int, default=8000, metavar="N",
+                        help="sample rate of headerless files (default 8000)")
+    parser.add_argument("--raw-channels", type=_positive_int, default=1, metavar="N",
+                        help="interleaved channels of headerless files (default 1)")
+    parser.add_argument("--decoding", choices=("greedy", "beam"), default=_SERVE_DEFAULTS["decoding"],
+                        help=f"CTC decoding (default {_SERVE_DEFAULTS['decoding']})")
+    parser.add_argument("--beam-size", type=_positive_int, default=beam_size, metavar="N",
+                        help=f"beam width for --decoding beam (default {beam_size})")
+    parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
+                        help="favour a phrase (repeatable; boost defaults to the serve default)")
+    parser.add_argument("--hotwords-file", default=None, metavar="F",
+                        help="hotwords, one 'phrase[<TAB>boost]' a line; --hotword flags win on repeats")
+    parser.add_argument("--max-parallel", type=_positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
+                        help=f"streams (channels) recognised at once, batched together "
+                             f"(default {DEFAULT_MAX_PARALLEL})")
+    parser.add_argument("--endpoint-silence-ms", type=_positive_int, default=silence_ms, metavar="N",
+                        help=f"trailing silence that ends an utterance (default {silence_ms})")
+    parser.set_defaults(func=cmd_transcribe)
+
+
+def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``xlgate transcribe``. Returns 0, 1 when any file failed, 2 for a bad model or settings."""
+    from gateway.cli import run_async
+    from gateway.engine import StreamParams
+    from gateway.logging import configure_logging
+    from gateway.runner import DecoderParams, EndpointParams
+    from gateway.server import load_model
+    from streaming_model.checkpoint import CheckpointError
+
+    configure_logging(level="warning", fmt="text")
+    try:
+        hotwords = _hotwords(args)
+    except (ValueError, ConfigError) as exc:
+        parser.error(str(exc))
+    params = StreamParams(
+        endpoint=EndpointParams(silence_s=args.endpoint_silence_ms / 1000),
+        decoder=DecoderParams(method=args.decoding, beam_size=args.beam_size, hotwords=hotwords),
+        interim_results=False)
+    read_options = ReadOptions(raw_encoding=args.raw_encoding, raw_sample_rate_hz=args.raw_sample_rate_hz,
+                               raw_channels=args.raw_channels)
+    try:
+        loaded = load_model(args.model, args.device)
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        print(f"xlgate transcribe: error: cannot load model {args.model!r} on {args.device}: {exc}",
+              file=sys.stderr)
+        return 2
+    reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
+    try:
+        run_async(run_transcription(loaded, args.files, params=params, read_options=read_options,
+                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter),
+                  "uvloop")
+    except KeyboardInterrupt:
+        reporter.close()
+        print("xlgate transcribe: interrupted", file=sys.stderr)
+        return 130
+    reporter.close()
+    return 1 if reporter.failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+class TsvError(ValueError):
+    """A references or hypotheses file is unreadable or has a malformed line."""
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{path}" + (f" line {line}" if line is not None else "") + f": {reason}")
+
+
+def read_transcripts_tsv(path: str) -> dict[str, str]:
+    """Read ``id<TAB>text`` lines (UTF-8; blank lines skipped; text may be empty), ids in file order.
+
+    Raises:
+        TsvError: the file cannot be read, or a line has no tab, an empty id, or an id seen before.
+    """
+    try:
+        content = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TsvError(path, None, f"cannot read: {exc}") from exc
+    rows: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(content.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        if not line.strip():
+            continue
+        utt_id, sep, text = line.partition("\t")
+        if not sep:
+            raise TsvError(path, number, f"expected 'id<TAB>text', got {line[:80]!r} (no tab)")
+        if not utt_id.strip():
+            raise TsvError(path, number, "empty id before the tab")
+        if utt_id in rows:
+            raise TsvError(path, number, f"duplicate id {utt_id!r} (first on line {first_line[utt_id]})")
+        rows[utt_id] = text
+        first_line[utt_id] = number
+    return rows
+
+
+def subset_of(utt_id: str) -> str:
+    """The part of an id before its first ``/``; ids without one belong to subset ``-``."""
+    head, sep, _ = utt_id.partition("/")
+    return head if sep else SUBSET_WITHOUT_SLASH
+
+
+@dataclass(slots=True)
+class ErrorCounts:
+    """Edit counts of a set of utterances, words and characters (spaces count as characters)."""
+
+    utterances: int = 0
+    ref_words: int = 0
+    hits: int = 0
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    ref_chars: int = 0
+    char_substitutions: int = 0
+    char_deletions: int = 0
+    char_insertions: int = 0
+
+    def add(self, other: ErrorCounts) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def wer(self) -> float | None:
+        """Word error rate; None when there are no reference words."""
+        errors = self.substitutions + self.deletions + self.insertions
+        return errors / self.ref_words if self.ref_words else None
+
+    @property
+    def cer(self) -> float | None:
+        """Character error rate; None when there are no reference characters."""
+        errors = self.char_substitutions + self.char_deletions + self.char_insertions
+        return errors / self.ref_chars if self.ref_chars else None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        data["wer"] = self.wer
+        data["cer"] = self.cer
+        return data
+
+
+def score_utterance(reference: str, hypothesis: str) -> ErrorCounts:
+    """Counts for one utterance, both sides normalised with :func:`normalise_for_scoring`."""
+    import jiwer
+
+    ref = normalise_for_scoring(reference)
+    hyp = normalise_for_scoring(hypothesis)
+    counts = ErrorCounts(utterances=1, ref_words=len(ref.split()), ref_chars=len(ref))
+    if not ref and not hyp:
+        return counts
+    words = jiwer.process_words(ref, hyp)
+    chars = jiwer.process_characters(ref, hyp)
+    counts.hits = words.hits
+    counts.substitutions, counts.deletions, counts.insertions = (
+        words.substitutions, words.deletions, words.insertions)
+    counts.char_substitutions, counts.char_deletions, counts.char_insertions = (
+        chars.substitutions, chars.deletions, chars.insertions)
+    return counts
+
+
+@dataclass(slots=True)
+class EvalReport:
+    """Overall and per-subset counts, and the ids found on one side only."""
+
+    overall: ErrorCounts = field(default_factory=ErrorCounts)
+    subsets: dict[str, ErrorCounts] = field(default_factory=dict)
+    missing_ids: list[str] = field(default_factory=list)  # in refs, not in hyps: scored as all deletions
+    extra_ids: list[str] = field(default_factory=list)  # in hyps, not in refs: ignored
+
+    def to_json(self) -> dict[str, Any]:
+        return {"overall": self.overall.to_json(),
+                "subsets": {name: c.to_json() for name, c in sorted(self.subsets.items())},
+                "missing_ids": self.missing_ids, "extra_ids": self.extra_ids}
+
+
+def evaluate(refs: dict[str, str], hyps: dict[str, str]) -> EvalReport:
+    """Score ``hyps`` against ``refs`` (id -> text); a missing hypothesis counts as empty."""
+    report = EvalReport()
+    for utt_id, reference in refs.items():
+        if utt_id not in hyps:
+            report.missing_ids.append(utt_id)
+        counts = score_utterance(reference, hyps.get(utt_id, ""))
+        report.overall.add(counts)
+        report.subsets.setdefault(subset_of(utt_id), ErrorCounts()).add(counts)
+    report.extra_ids = [utt_id for utt_id in hyps if utt_id not in refs]
+    return report
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def format_report(report: EvalReport, *, refs_path: str, hyps_path: str) -> str:
+    """The human-readable table ``xlgate eval`` prints."""
+    lines = [f"references: {refs_path}", f"hypotheses: {hyps_path}", ""]
+    header = f"{'subset':<24} {'utts':>7} {'words':>8} {'WER':>8} {'CER':>8} {'sub':>7} {'del':>7} {'ins':>7}"
+    lines += [header, "-" * len(header)]
+    rows = [*sorted(report.subsets.items()), ("ALL", report.overall)]
+    for name, c in rows:
+        lines.append(f"{name:<24} {c.utterances:>7} {c.ref_words:>8} {_rate(c.wer):>8} {_rate(c.cer):>8} "
+                     f"{c.substitutions:>7} {c.deletions:>7} {c.insertions:>7}")
+    if report.missing_ids:
+        lines += ["", f"missing from hypotheses ({len(report.missing_ids)}, scored as all deletions):",
+                  *(f"  {i}" for i in report.missing_ids)]
+    if report.extra_ids:
+        lines += ["", f"in hypotheses but not in references ({len(report.extra_ids)}, ignored):",
+                  *(f"  {i}" for i in report.extra_ids)]
+    return "\n".join(lines)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate eval`` flags; sets ``func`` to :func:`cmd_eval`."""
+    parser.add_argument("--refs", required=True, metavar="REFS.tsv", help="references, 'id<TAB>text' a line")
+    parser.add_argument("hyps", metavar="HYPS.tsv", help="hypotheses, 'id<TAB>text' a line "
+                                                         "(e.g. the output of xlgate transcribe)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the scores as JSON to OUT")
+    parser.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``xlgate eval``. Returns 0, or 2 when an input is unreadable or malformed."""
+    try:
+        refs = read_transcripts_tsv(args.refs)
+        hyps = read_transcripts_tsv(args.hyps)
+    except TsvError as exc:
+        print(f"xlgate eval: error: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate(refs, hyps)
+    print(format_report(report, refs_path=args.refs, hyps_path=args.hyps))
+    if report.missing_ids:
+        print(f"xlgate eval: warning: {len(report.missing_ids)} reference ids have no hypothesis",
+              file=sys.stderr)
+    if args.json is not None:
+        data = {"refs": args.refs, "hyps": args.hyps, **report.to_json()}
+        try:
+            Path(args.json).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"xlgate eval: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
