@@ -225,6 +225,9 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
                min_value=0, max_value=1024),
     OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
                choices=("uvloop", "asyncio")),
+    OptionSpec("runner", Kind.STR, "process",
+               "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
+               _MODEL, choices=("process", "thread")),
     OptionSpec("max_streams", Kind.INT, 64, "Concurrent streams; more are refused as overload.",
                _BATCHING, min_value=1, max_value=100_000),
     OptionSpec("max_batch_size", Kind.INT, 32, "Most streams advanced in one model step.", _BATCHING,
@@ -283,6 +286,7 @@ class ServeSettings:
     device: str
     torch_threads: int
     event_loop: str
+    runner: str
     max_streams: int
     max_batch_size: int
     max_wait_s: float

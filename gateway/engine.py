@@ -14,13 +14,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.runner import ChunkInput, DecoderParams, EndpointParams, ModelRunner, StreamOutput
+from gateway.runner import AsyncRunner, ChunkInput, DecoderParams, EndpointParams, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
 from protocols.audio.resample import StreamingResampler
 from protocols.errors import GatewayError, OverloadedError
@@ -99,8 +98,8 @@ class Stream:
         self.channel = channel
         self.params = params
         self.protocol = protocol
-        self._fbank = StreamingFbank(engine.runner.loaded.features)
-        self._model_rate_hz = engine.runner.loaded.features.sample_rate_hz
+        self._fbank = StreamingFbank(engine.runner.info.features)
+        self._model_rate_hz = engine.runner.info.features.sample_rate_hz
         self._resampler = (StreamingResampler(params.sample_rate_hz, self._model_rate_hz)
                            if params.sample_rate_hz != self._model_rate_hz else None)
         self._first = True
@@ -135,7 +134,7 @@ class Stream:
         self._fbank.accept(samples)
         self._model_samples += samples.shape[0]
         self._last_audio_arrival_s = self.engine.clock()
-        frames = self.engine.runner.chunk_frames
+        frames = self.engine.runner.info.chunk_frames
         while self._fbank.can_take(frames):
             while not self.engine.scheduler.has_room(self.stream_id):
                 self._room.clear()
@@ -281,11 +280,11 @@ class Stream:
 class Engine:
     """Admission, stream bookkeeping and the step loop (see the module docstring)."""
 
-    def __init__(self, runner: ModelRunner, *, metrics: Metrics, max_streams: int, max_batch_size: int,
+    def __init__(self, runner: AsyncRunner, *, metrics: Metrics, max_streams: int, max_batch_size: int,
                  max_wait_s: float, max_pending_chunks: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if max_streams > runner.store.max_slots:
-            raise ValueError(f"max_streams ({max_streams}) exceeds the runner's slots ({runner.store.max_slots})")
+        if max_streams > runner.info.max_streams:
+            raise ValueError(f"max_streams ({max_streams}) exceeds the runner's slots ({runner.info.max_streams})")
         self.runner = runner
         self.metrics = metrics
         self.max_streams = max_streams
@@ -314,7 +313,8 @@ class Engine:
         return not self.draining and not self._closing
 
     def has_capacity(self, count: int = 1) -> bool:
-        return self.ready and len(self._streams) + count <= self.max_streams
+        # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
+        return self.ready and count <= len(self._free_slots)
 
     def open_streams(self, count: int, params: StreamParams, *, protocol: str) -> list[Stream]:
         """Admit ``count`` streams (one per channel) together, or none.
@@ -326,7 +326,7 @@ class Engine:
         if not self.ready:
             self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
             raise DrainingError("the gateway is draining and accepts no new streams")
-        if len(self._streams) + count > self.max_streams:
+        if count > len(self._free_slots):
             self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)
             raise OverloadedError(
                 f"at capacity: {len(self._streams)} live streams, max {self.max_streams}, asked for {count}")
@@ -379,33 +379,28 @@ class Engine:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """The step loop. Runs until :meth:`close`; the model thread is shut down on exit."""
-        loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
+        """The step loop. Runs until :meth:`close` (the runner is closed by its owner)."""
         self.metrics.ready.set(1 if self.ready else 0)
-        try:
-            while not self._closing:
-                self._wakeup.clear()
-                now = self.clock()
-                plan = self.scheduler.schedule(now)
-                if plan is None:
-                    deadline = self.scheduler.next_deadline()
-                    timeout = None if deadline is None else max(0.0, deadline - now)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
-                    continue
-                await self._run_plan(loop, executor, plan)
-        finally:
-            executor.shutdown(wait=True)
+        while not self._closing:
+            self._wakeup.clear()
+            now = self.clock()
+            plan = self.scheduler.schedule(now)
+            if plan is None:
+                deadline = self.scheduler.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                continue
+            await self._run_plan(plan)
 
-    async def _run_plan(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, plan: StepPlan) -> None:
+    async def _run_plan(self, plan: StepPlan) -> None:
         m = self.metrics
         started = self.clock()
         for item in plan.items:
             m.queue_wait.observe(max(0.0, started - item.arrival_s))
         m.batch_size.observe(plan.batch_size)
         try:
-            outputs = await loop.run_in_executor(executor, self.runner.run_step, plan.items)
+            outputs = await self.runner.run_step(plan.items)
         except Exception:
             log.exception("model step %d failed; failing its %d streams", plan.step_id, plan.batch_size)
             self.scheduler.complete(plan)

@@ -216,7 +216,7 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
     from protocols.audio.resample import StreamingResampler
 
     budget = _StreamBudget(engine.max_streams)
-    model_rate_hz = engine.runner.loaded.features.sample_rate_hz
+    model_rate_hz = engine.runner.info.features.sample_rate_hz
 
     async def run_one(index: int, path: str, clip: AudioClip) -> None:
         try:
@@ -255,17 +255,21 @@ async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params
     and shut the engine down."""
     from gateway.engine import Engine
     from gateway.metrics import Metrics
-    from gateway.runner import ModelRunner
+    from gateway.runner import ModelRunner, ThreadRunner
 
-    runner = ModelRunner(loaded, max_streams=max_parallel, device=device)
+    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
                     max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(engine.run(), name="engine")
-        try:
-            await transcribe_files(engine, paths, params=params, read_options=read_options, on_result=on_result)
-        finally:
-            engine.close()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(engine.run(), name="engine")
+            try:
+                await transcribe_files(engine, paths, params=params, read_options=read_options,
+                                       on_result=on_result)
+            finally:
+                engine.close()
+    finally:
+        await runner.close()
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -434,7 +438,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from gateway.engine import StreamParams
     from gateway.logging import configure_logging
     from gateway.runner import DecoderParams, EndpointParams
-    from gateway.server import load_model
+    from gateway.models import load_model
     from streaming_model.checkpoint import CheckpointError
 
     configure_logging(level="warning", fmt="text")

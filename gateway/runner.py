@@ -1,18 +1,30 @@
 """The model runner: executes one batched step (features, encoder, decoding, endpointing) off the event loop.
 
-The engine calls :meth:`ModelRunner.run_step` from a dedicated worker thread. Everything the runner
-touches (the state store, the per-stream decoders) belongs to that thread: the event loop only hands it
-immutable inputs and receives immutable outputs. A GPU runner keeps the same interface and swaps the state
-store for a device-resident one.
+:class:`ModelRunner` is the synchronous core. Everything it touches (the state store, the per-stream
+decoders) belongs to the one thread that calls it: the event loop only hands it immutable inputs and
+receives immutable outputs. The engine drives it through an :class:`AsyncRunner`:
+
+* :class:`ThreadRunner` runs it on a dedicated thread of this process;
+* :class:`ProcessRunner` runs it in a child process, so the model's hundreds of small torch calls per step
+  never wait for the event loop's GIL (measured on the 2-core machine: a busy Python thread beside the
+  model thread made each step 2.5-3x slower; see docs/benchmarks.md). This is the default on CPU.
+
+A GPU runner keeps the same interface and swaps the state store for a device-resident one.
 
 Dimension legend: B streams in the step, N samples, T frames, V vocabulary.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,8 +32,10 @@ import torch
 from gateway.scheduler import ItemKind, WorkItem
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import GreedyDecoder, Hypothesis, StreamDecoder
-from streaming_model.features import Fbank
+from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore
+
+log = logging.getLogger("xlgate.runner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,18 @@ class StreamOutput:
 DecoderFactory = Callable[[DecoderParams], StreamDecoder]
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerInfo:
+    """What the engine and sessions need to know about the model behind a runner."""
+
+    features: FbankConfig
+    chunk_frames: int  # feature frames per step
+    max_streams: int
+    description: str
+    trained: bool
+    model_path: str
+
+
 class ModelRunner:
     """Runs steps for up to ``max_streams`` concurrent streams on one device.
 
@@ -94,6 +120,16 @@ class ModelRunner:
         self._thread: int | None = None
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_samples = loaded.features.context_samples + self.chunk_frames * loaded.features.hop_samples
+
+    @property
+    def info(self) -> RunnerInfo:
+        c = self.config
+        return RunnerInfo(
+            features=self.loaded.features, chunk_frames=self.chunk_frames, max_streams=self.store.max_slots,
+            description=(f"{self.loaded.path}: {self.model.num_parameters() / 1e6:.2f}M parameters, chunk "
+                         f"{c.chunk_ms} ms, memory {c.mem_ms} ms, {c.n_layers} layers, vocab {c.vocab_size}, "
+                         f"device {self.device}"),
+            trained=self.loaded.trained, model_path=self.loaded.path)
 
     def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
         return GreedyDecoder(self.loaded.tokenizer, frame_s=self.frame_s)
@@ -174,3 +210,134 @@ class ModelRunner:
             self._last_partial.pop(inp.slot, None)
         return StreamOutput(stream_id=item.stream_id, partial=partial, finals=tuple(finals),
                             speech_started_s=started, speech_ended_s=ended, audio_end_s=inp.audio_end_s)
+
+
+class AsyncRunner(Protocol):
+    """How the engine drives a model runner: one step at a time, awaited."""
+
+    info: RunnerInfo
+
+    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]: ...
+
+    async def close(self) -> None: ...
+
+
+class ThreadRunner:
+    """Runs a :class:`ModelRunner` on a dedicated thread of this process."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.info = runner.info
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
+
+    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.runner.run_step, items)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSpec:
+    """How a child process builds its runner (everything picklable)."""
+
+    model: str
+    device: str
+    max_streams: int
+    num_threads: int
+
+
+class RunnerCrashed(RuntimeError):
+    """The model process failed or died; the message says why."""
+
+
+def _child_main(conn: Connection, spec: RunnerSpec) -> None:
+    """Entry point of the model process: build the runner, then serve steps until told to stop."""
+    import torch
+
+    from gateway.models import load_model
+
+    try:
+        torch.set_num_threads(spec.num_threads)
+        runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
+                             device=spec.device, num_threads=spec.num_threads)
+        conn.send(("ready", runner.info))
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            items = conn.recv()
+        except EOFError:
+            return
+        if items is None:
+            return
+        try:
+            conn.send(("ok", runner.run_step(items)))
+        except Exception as exc:
+            log.exception("model step failed")
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessRunner:
+    """Runs a :class:`ModelRunner` in a child process (spawned, so no torch state is inherited).
+
+    Steps are sent and received over a pipe by one I/O thread, which only pickles small inputs and outputs
+    (a 32-stream step is ~200 kB); the model itself never takes this process's GIL.
+    """
+
+    def __init__(self, spec: RunnerSpec) -> None:
+        self.spec = spec
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._process = ctx.Process(target=_child_main, args=(child_conn, spec), name="xlgate-model",
+                                    daemon=True)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model-io")
+        self._child_conn = child_conn
+        self.info: RunnerInfo
+
+    async def start(self) -> None:
+        """Start the process and wait until its model is loaded."""
+        self._process.start()
+        self._child_conn.close()
+        kind, payload = await asyncio.get_running_loop().run_in_executor(self._io, self._recv)
+        if kind != "ready":
+            await self.close()
+            raise RunnerCrashed(f"model process failed to start: {payload}")
+        self.info = payload
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            return self._conn.recv()  # type: ignore[no-any-return]
+        except (EOFError, OSError) as exc:
+            raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
+
+    def _roundtrip(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
+        try:
+            self._conn.send(list(items))
+        except (BrokenPipeError, OSError) as exc:
+            raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
+        kind, payload = self._recv()
+        if kind != "ok":
+            raise RunnerCrashed(f"model step failed in the model process: {payload}")
+        return payload  # type: ignore[no-any-return]
+
+    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, items)
+
+    async def close(self) -> None:
+        def stop() -> None:
+            if self._process.is_alive():
+                try:
+                    self._conn.send(None)
+                except OSError:
+                    pass
+                self._process.join(timeout=10)
+                if self._process.is_alive():
+                    self._process.kill()
+                    self._process.join()
+            self._conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._io, stop)
+        self._io.shutdown(wait=True)

@@ -25,58 +25,19 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
-from gateway.config import BUNDLED_MODEL, ServeSettings
+from gateway.config import ServeSettings
 from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
-from gateway.runner import ModelRunner
+from gateway.models import warn_untrained
+from gateway.runner import AsyncRunner, ModelRunner, ProcessRunner, RunnerSpec, ThreadRunner
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
-from streaming_model.checkpoint import LoadedModel, bundled_checkpoint_path, load_checkpoint
 
 log = logging.getLogger("xlgate.server")
 
 MAX_TEXT_BYTES = 65_536
 FINISH_GRACE_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005  # after asking streams to finish, how long their finals may take
-
-
-def load_model(model: str, device: str) -> LoadedModel:
-    """The checkpoint named by ``--model``; the bundled one for ``bundled``.
-
-    Falls back to a seeded untrained model when no bundled checkpoint exists in this build, and says so
-    loudly: such a model serves the protocol but transcribes nothing useful.
-    """
-    if model == BUNDLED_MODEL:
-        path = bundled_checkpoint_path()
-        if path is None:
-            return untrained_model(device)
-        loaded = load_checkpoint(path, device=device)
-    else:
-        loaded = load_checkpoint(model, device=device)
-    if not loaded.trained:
-        _warn_untrained(loaded.path)
-    return loaded
-
-
-def untrained_model(device: str) -> LoadedModel:
-    from streaming_model.config import ModelConfig
-    from streaming_model.features import FbankConfig
-    from streaming_model.model import StreamingTransformerXL
-    from streaming_model.tokenizer import CharTokenizer
-
-    torch.manual_seed(0)
-    model = StreamingTransformerXL(ModelConfig()).to(device).eval()
-    _warn_untrained("(no bundled checkpoint in this build)")
-    return LoadedModel(model=model, features=FbankConfig(), tokenizer=CharTokenizer(), trained=False,
-                       path="untrained")
-
-
-def _warn_untrained(path: str) -> None:
-    bar = "!" * 78
-    log.warning("%s", bar)
-    log.warning("UNTRAINED MODEL %s: transcripts will be meaningless.", path)
-    log.warning("This build serves a randomly initialised model until a trained checkpoint ships.")
-    log.warning("%s", bar)
 
 
 class _HealthAndMetrics(BaseHTTPRequestHandler):
@@ -144,21 +105,27 @@ async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts]
 
     ``on_ready`` is called once listening, with the ports actually bound (ports may be given as 0).
     """
-    # The model thread's intra-op pool; the event loop keeps a core of its own, or network I/O and the
-    # model fight over the same cores and both slow down (measured: 2 threads on 2 busy cores was several
-    # times slower per step than 1).
-    # The model thread drops and retakes the GIL at every torch op (hundreds per step); with the default
-    # 5 ms switch interval a busy event loop can hold it for 5 ms at each of those hand-overs.
+    # With the thread runner, the model thread drops and retakes the GIL at every torch op (hundreds per
+    # step); at the default 5 ms switch interval a busy event loop can hold it 5 ms at each hand-over.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # The model's intra-op pool leaves the event loop a core of its own, or network I/O and the model
+    # fight over the same cores and both slow down.
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
-    loaded = load_model(settings.model, settings.device)
-    c = loaded.model.config
-    log.info("model %s: %.2fM parameters, chunk %d ms, memory %d ms, %d layers, vocab %d, device %s",
-             loaded.path, loaded.model.num_parameters() / 1e6, c.chunk_ms, c.mem_ms, c.n_layers,
-             c.vocab_size, settings.device)
+    runner = await start_runner(settings, threads)
+    try:
+        await _serve(settings, runner, on_ready=on_ready, stop=stop)
+    finally:
+        await runner.close()
+        log.info("stopped")
+
+
+async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
+                 on_ready: Callable[[BoundPorts], None] | None, stop: asyncio.Event | None) -> None:
+    log.info("model %s", runner.info.description)
+    if not runner.info.trained:
+        warn_untrained(runner.info.model_path)
     metrics = Metrics()
-    runner = ModelRunner(loaded, max_streams=settings.max_streams, device=settings.device, num_threads=threads)
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks)
@@ -197,7 +164,20 @@ async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts]
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
-        log.info("stopped")
+
+
+async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
+    """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
+    if settings.runner == "process":
+        runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
+                                          max_streams=settings.max_streams, num_threads=threads))
+        await runner.start()
+        return runner
+    from gateway.models import load_model
+
+    return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
+                                    max_streams=settings.max_streams, device=settings.device,
+                                    num_threads=threads))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

@@ -21,7 +21,7 @@ from gateway import offline
 from gateway.cli import main
 from gateway.engine import Engine, ResultEvent, StreamParams
 from gateway.metrics import Metrics
-from gateway.runner import DecoderParams, EndpointParams, ModelRunner
+from gateway.runner import DecoderParams, EndpointParams, ModelRunner, ThreadRunner
 from protocols.audio.files import write_wav
 from protocols.audio.g711 import mulaw_encode
 from streaming_model.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
@@ -115,7 +115,7 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
 
 
 async def _stream_live(loaded: LoadedModel, pcm: np.ndarray, params: StreamParams) -> list[str]:
-    engine = Engine(ModelRunner(loaded, max_streams=2), metrics=Metrics(), max_streams=2, max_batch_size=2,
+    engine = Engine(ThreadRunner(ModelRunner(loaded, max_streams=2)), metrics=Metrics(), max_streams=2, max_batch_size=2,
                     max_wait_s=0.01, max_pending_chunks=4)
     finals: list[str] = []
     async with asyncio.TaskGroup() as tg:

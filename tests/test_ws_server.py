@@ -38,9 +38,10 @@ def check_result_invariants(msgs: list[dict[str, Any]], audio_s: float) -> None:
         last_end = m["audio_end_ms"]
 
 
-def test_happy_path_mono_pcm(chatty_checkpoint: str) -> None:
+@pytest.mark.parametrize("runner", ["thread", "process"])
+def test_happy_path_mono_pcm(chatty_checkpoint: str, runner: str) -> None:
     async def main() -> None:
-        async with running_server(settings_for(chatty_checkpoint)) as srv:
+        async with running_server(settings_for(chatty_checkpoint, "--runner", runner)) as srv:
             async with client(srv.ws_url) as ws:
                 await ws.send(start_msg(client_ref="call-42"))
                 ready = json.loads(await ws.recv())

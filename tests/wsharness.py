@@ -29,7 +29,7 @@ def settings_for(model: str, *extra: str) -> ServeSettings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     args = parser.parse_args(["--model", model, "--ws-port", "0", "--metrics-port", str(free_port()),
-                              "--event-loop", "asyncio", *extra])
+                              "--event-loop", "asyncio", "--runner", "thread", *extra])
     return resolve_serve_settings(args, {})
 
 
