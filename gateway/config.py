@@ -225,6 +225,9 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
                min_value=0, max_value=1024),
     OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
                choices=("uvloop", "asyncio")),
+    OptionSpec("quantize", Kind.STR, "none",
+               "Weights of the model's linear layers: float32 ('none') or dynamic int8 (faster on CPU).",
+               _MODEL, choices=("none", "int8")),
     OptionSpec("runner", Kind.STR, "process",
                "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
                _MODEL, choices=("process", "thread")),
@@ -286,6 +289,7 @@ class ServeSettings:
     device: str
     torch_threads: int
     event_loop: str
+    quantize: str
     runner: str
     max_streams: int
     max_batch_size: int

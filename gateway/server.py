@@ -170,14 +170,15 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
     if settings.runner == "process":
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
-                                          max_streams=settings.max_streams, num_threads=threads))
+                                          max_streams=settings.max_streams, num_threads=threads,
+                                          quantize=settings.quantize))
         await runner.start()
         return runner
     from gateway.models import load_model
 
     return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
                                     max_streams=settings.max_streams, device=settings.device,
-                                    num_threads=threads))
+                                    num_threads=threads, quantize=settings.quantize))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

@@ -233,6 +233,19 @@ class RelPositionAttention(nn.Module):
         self.v = nn.Parameter(torch.zeros(c.n_heads, c.d_head))  # global position bias
         self.out = nn.Linear(c.d_model, c.d_model)
         self.dropout = c.dropout
+        self._pos_keys: torch.Tensor | None = None
+
+    def position_keys(self, pos_emb: torch.Tensor) -> torch.Tensor:
+        """W_{k,R} R per head, (H, P, E). Constant at inference, so cached while not training."""
+        if self.training or torch.is_grad_enabled():
+            return self.pos(pos_emb).view(-1, self.n_heads, self.d_head).transpose(0, 1)
+        if self._pos_keys is None or self._pos_keys.device != pos_emb.device:
+            self._pos_keys = self.pos(pos_emb).view(-1, self.n_heads, self.d_head).transpose(0, 1).contiguous()
+        return self._pos_keys
+
+    def train(self, mode: bool = True) -> RelPositionAttention:
+        self._pos_keys = None  # weights may change (or just did, e.g. loaded): recompute on next use
+        return super().train(mode)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, D) -> q, k, v each (B, H, T, E)."""
@@ -249,7 +262,7 @@ class RelPositionAttention(nn.Module):
         rel_index: (B' or 1, L, M+L) int64 mapping each (query, key) pair to a row of pos_emb.
         """
         bq, h, lq, e = q.shape
-        r = self.pos(pos_emb).view(-1, h, e).transpose(0, 1)  # (H, P, E)
+        r = self.position_keys(pos_emb)  # (H, P, E)
         bd_table = (q + self.v[None, :, None, :]) @ r.transpose(-1, -2)[None]  # (B', H, L, P)
         index = rel_index[:, None].expand(bq, h, -1, -1)  # (B', H, L, M+L)
         bd = bd_table.gather(-1, index)  # (B', H, L, M+L)
