@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
-    from gateway import client, offline  # noqa: I001
+    from gateway import client, offline
 
     client.add_arguments(sub.add_parser("stream", help="stream a WAV file or the microphone to a gateway",
                                         description="Stream audio in real time to a running gateway and "

@@ -437,8 +437,8 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from gateway.cli import run_async
     from gateway.engine import StreamParams
     from gateway.logging import configure_logging
-    from gateway.runner import DecoderParams, EndpointParams
     from gateway.models import load_model
+    from gateway.runner import DecoderParams, EndpointParams
     from streaming_model.checkpoint import CheckpointError
 
     configure_logging(level="warning", fmt="text")

@@ -9,16 +9,16 @@ closed with 1001; then the engine stops and every task has ended.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import contextlib
 import logging
+import os
 import signal
 import ssl
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch

@@ -16,8 +16,9 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from websockets.asyncio.server import Request, Response, ServerConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from gateway.engine import (
     Engine,

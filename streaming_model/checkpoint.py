@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for a bad header
         raise CheckpointError(f"checkpoint {p} is not a readable safetensors file: {exc}") from exc
     if meta.get("format_version") != FORMAT_VERSION:

@@ -36,7 +36,7 @@ L chunk frames, M memory frames, K kernel, V vocabulary, N layers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch

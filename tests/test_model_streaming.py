@@ -162,7 +162,7 @@ def test_streaming_features_equal_offline(piece_samples: int) -> None:
         chunker.accept(audio[lo:lo + piece_samples])
         while chunker.can_take(16):
             parts.append(fb(torch.from_numpy(chunker.take(16))[None])[0])
-    window, frames = chunker.take_rest()
+    window, _frames = chunker.take_rest()
     parts.append(fb(torch.from_numpy(window)[None])[0])
     streamed = torch.cat(parts)
     assert streamed.shape == offline.shape

@@ -217,7 +217,7 @@ def test_capacity_refuses_handshake_with_503_and_keeps_admitted_streams(chatty_c
                 await send_audio(ws, noise_pcm(1.0))
                 await ws.send(json.dumps({"type": "stop"}))
                 assert (await collect(ws))[-1]["type"] == "end"
-            status, body = srv.http_get("/metrics")
+            _status, body = srv.http_get("/metrics")
             assert 'xlgate_streams_rejected_total{protocol="websocket",reason="capacity"} 1.0' in body
             # A stereo start when one slot is free is refused with overloaded (1013).
             async with client(srv.ws_url) as ws:
