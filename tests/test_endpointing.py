@@ -27,7 +27,7 @@ def frames(text: str) -> list[np.ndarray]:
     out = []
     for ch in text:
         lp = np.full(V, -10.0, dtype=np.float32)
-        lp[0 if ch == "_" else TOK.encode(ch)[0]] = 0.0
+        lp[0 if ch == "_" else TOK.symbols.index(ch)] = 0.0
         out.append(lp)
     return out
 
