@@ -1,30 +1,59 @@
 #!/usr/bin/env bash
-# The standard latency benchmark (`make bench`): start a gateway on the bundled model, find the largest
-# number of concurrent real-time streams whose partial-result p99 stays at or under 150 ms, stop it.
-# Writes $OUT/bench.json, $OUT/single.json, $OUT/bench-cdf.png and the server log.
+# The standard latency benchmark (`make bench`):
+#  1. on a gateway running uvloop, find the largest number of concurrent real-time streams whose
+#     partial-result p99 stays at or under 150 ms (with no errors and WER within 1 point of one stream);
+#  2. at that N, run the same load against a gateway on uvloop and one on asyncio's own loop, to compare.
+# Writes $OUT/bench-uvloop.json (the search), $OUT/at-max-{uvloop,asyncio}.json, CDF plots, server logs.
 set -euo pipefail
 OUT=${1:-bench-results}
 PY=${PY:-.venv/bin/python}
 WS_PORT=${WS_PORT:-18080}
 METRICS_PORT=${METRICS_PORT:-19464}
-LOOP=${XLGATE_EVENT_LOOP:-uvloop}
 DURATION_S=${DURATION_S:-30}
 mkdir -p "$OUT"
 [ -f "$OUT/audio/refs.tsv" ] || "$PY" -m loadtest make-audio --out "$OUT/audio"
-"$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --event-loop "$LOOP" \
-    --max-streams "${MAX_STREAMS:-256}" --max-batch-size "${MAX_BATCH:-64}" ${SERVE_ARGS:-} \
-    >"$OUT/server-$LOOP.log" 2>&1 &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null 2>&1 && break
-  kill -0 $SERVER 2>/dev/null || { cat "$OUT/server-$LOOP.log"; exit 1; }
-  sleep 0.5
-done
 URL="ws://127.0.0.1:$WS_PORT/v1/stream"
-"$PY" -m loadtest single --url "$URL" --audio-dir "$OUT/audio" --refs "$OUT/audio/refs.tsv" \
-    --out "$OUT/single-$LOOP.json"
+SERVER=""
+
+start_server() {  # $1 = event loop
+  "$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --event-loop "$1" \
+      --max-streams "${MAX_STREAMS:-256}" --max-batch-size "${MAX_BATCH:-64}" ${SERVE_ARGS:-} \
+      >"$OUT/server-$1.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 240); do
+    curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$SERVER" 2>/dev/null || { cat "$OUT/server-$1.log"; exit 1; }
+    sleep 0.5
+  done
+  echo "server did not become ready" >&2; exit 1
+}
+stop_server() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+trap stop_server EXIT
+
+start_server uvloop
+"$PY" -m loadtest single --url "$URL" --audio-dir "$OUT/audio" --refs "$OUT/audio/refs.tsv" --out "$OUT/single.json"
 "$PY" -m loadtest find-max --url "$URL" --audio-dir "$OUT/audio" --refs "$OUT/audio/refs.tsv" \
-    --baseline "$OUT/single-$LOOP.json" --p99-ms 150 --duration-s "$DURATION_S" \
-    --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" --server-pid $SERVER \
-    --out "$OUT/bench-$LOOP.json" --plot "$OUT/bench-cdf-$LOOP.png" ${FIND_MAX_ARGS:-}
+    --baseline "$OUT/single.json" --p99-ms 150 --duration-s "$DURATION_S" \
+    --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" --server-pid "$SERVER" \
+    --out "$OUT/bench-uvloop.json" --plot "$OUT/bench-cdf-uvloop.png" ${FIND_MAX_ARGS:-}
+stop_server
+N=$("$PY" -c "import json,sys; print(max(1, json.load(open(sys.argv[1]))['max_streams'] or 1))" "$OUT/bench-uvloop.json")
+for LOOP in uvloop asyncio; do
+  start_server "$LOOP"
+  "$PY" -m loadtest run --url "$URL" --audio-dir "$OUT/audio" --refs "$OUT/audio/refs.tsv" \
+      --baseline "$OUT/single.json" --streams "$N" --duration-s "$DURATION_S" \
+      --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" --server-pid "$SERVER" \
+      --out "$OUT/at-max-$LOOP.json" --plot "$OUT/at-max-cdf-$LOOP.png" || true
+  stop_server
+done
+"$PY" - "$OUT" "$N" <<'PYEOF'
+import json, sys
+out, n = sys.argv[1], sys.argv[2]
+print(f"\nlargest N with partial p99 <= 150 ms (uvloop): {n}")
+print(f"{'loop':8} {'p50':>8} {'p95':>8} {'p99':>8} {'errors':>7} {'server cores':>13}")
+for loop in ("uvloop", "asyncio"):
+    r = json.load(open(f"{out}/at-max-{loop}.json"))
+    lat = r["latency_ms"]["partial"]
+    print(f"{loop:8} {lat['p50_ms']:8.1f} {lat['p95_ms']:8.1f} {lat['p99_ms']:8.1f} {r['errors']['total']:7d} "
+          f"{r['cpu']['server'].get('cores_used', float('nan')):13.2f}")
+PYEOF
