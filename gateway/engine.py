@@ -113,6 +113,7 @@ class Stream:
         self._room = asyncio.Event()
         self._room.set()
         self._seq = 0
+        self._audio_seconds = engine.metrics.audio_seconds.labels(protocol)
         self.audio_received_s = 0.0  # seconds of audio received (input rate), for metrics and checks
         self._model_samples = 0  # samples handed to the feature chunker, at the model's rate
         # Skipped (paused) audio is part of the stream's timeline but not of the model's: each entry is
@@ -128,7 +129,7 @@ class Stream:
             return
         samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         self.audio_received_s += samples.shape[0] / self.params.sample_rate_hz
-        self.engine.metrics.audio_seconds.labels(self.protocol).inc(samples.shape[0] / self.params.sample_rate_hz)
+        self._audio_seconds.inc(samples.shape[0] / self.params.sample_rate_hz)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._fbank.accept(samples)
@@ -299,6 +300,7 @@ class Engine:
         self._closing = False
         self.draining = False
         self.drain_requested = asyncio.Event()  # set when live streams must finish now
+        self._finish_listeners: list[Callable[[], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
         self.steps_run = 0
@@ -367,9 +369,15 @@ class Engine:
         self.draining = True
         self.metrics.ready.set(0)
 
+    def add_finish_listener(self, listener: Callable[[], None]) -> None:
+        """``listener`` is called by :meth:`request_finish`: a protocol handler stops its streams then."""
+        self._finish_listeners.append(listener)
+
     def request_finish(self) -> None:
         """Ask every protocol handler to stop its streams now (they get their finals)."""
         self.drain_requested.set()
+        for listener in self._finish_listeners:
+            listener()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

@@ -152,7 +152,18 @@ class ModelRunner:
             trained=self.loaded.trained, model_path=self.loaded.path)
 
     def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
-        return GreedyDecoder(self.loaded.tokenizer, frame_s=self.frame_s)
+        from streaming_model.beam import BeamConfig, BeamDecoder
+        from streaming_model.context_graph import ContextGraph
+
+        tokenizer = self.loaded.tokenizer
+        if params.method == "greedy" and not params.hotwords:
+            return GreedyDecoder(tokenizer, frame_s=self.frame_s)
+        if params.method not in ("greedy", "beam"):
+            raise ValueError(f"decoding method: expected 'greedy' or 'beam', got {params.method!r}")
+        # Hotwords need a search to act on, so greedy with hotwords runs a small beam.
+        beam_size = params.beam_size if params.method == "beam" else 4
+        context = ContextGraph.from_text(params.hotwords, tokenizer) if params.hotwords else None
+        return BeamDecoder(tokenizer, BeamConfig(beam_size=beam_size), frame_s=self.frame_s, context=context)
 
     def _check_thread(self) -> None:
         ident = threading.get_ident()

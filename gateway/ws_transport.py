@@ -55,6 +55,7 @@ PROTOCOL = "websocket"
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+IDLE_RESCHEDULE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,13 @@ class WebSocketHandler:
         self.engine = engine
         self.settings = settings
         self.policy = policy
+        self._sessions: set[_Session] = set()
+        engine.add_finish_listener(self.finish_all)
+
+    def finish_all(self) -> None:
+        """Drain: every live session stops reading, gets its finals, and closes with 1001."""
+        for session in list(self._sessions):
+            session.interrupt("drained")
 
     # -- HTTP side of the handshake ---------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -103,7 +111,14 @@ class WebSocketHandler:
     async def __call__(self, ws: ServerConnection) -> None:
         session_id = uuid.uuid4().hex[:16]
         with session_context(session_id):
-            await _Session(self, ws, session_id).run()
+            session = _Session(self, ws, session_id)
+            self._sessions.add(session)
+            try:
+                if self.engine.drain_requested.is_set():
+                    session.interrupt("drained")
+                await session.run()
+            finally:
+                self._sessions.discard(session)
 
 
 def _stream_params(config: StreamConfig, settings: WebSocketSettings) -> StreamParams:
@@ -134,6 +149,8 @@ class _Session:
         self.close_reason = ""
         self.fatal: Exception | None = None  # the error that ends the session, sent after pending results
         self.fatal_close_code = 1011
+        self._timeout: asyncio.Timeout | None = None
+        self._interrupt: str | None = None
 
     async def send(self, text: str) -> None:
         await self.ws.send(text)
@@ -175,39 +192,45 @@ class _Session:
                 stream.abort(self.outcome)
             log.info("client session ended: %s", self.outcome)
 
-    async def _recv(self) -> str | bytes | None:
-        """Next message, or None when the idle timeout or a drain request ends the wait."""
-        recv = asyncio.ensure_future(self.ws.recv())
-        drain = asyncio.ensure_future(self.h.engine.drain_requested.wait())
-        try:
-            done, _ = await asyncio.wait({recv, drain}, timeout=self.h.settings.idle_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            drain.cancel()
-        if recv in done:
-            return recv.result()
-        recv.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await recv
-        if drain in done:
-            self.outcome, self.close_code, self.close_reason = "drained", CLOSE_GOING_AWAY, "server draining"
-        else:
-            self.outcome, self.close_reason = "idle_timeout", "idle timeout"
-            log.info("no message for %.1f s: finalising", self.h.settings.idle_timeout_s)
-        return None
+    def interrupt(self, reason: str) -> None:
+        """End the read loop now (drain): the streams are then stopped and get their finals."""
+        self._interrupt = reason
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(asyncio.get_running_loop().time())
 
     async def _read_loop(self, tg: asyncio.TaskGroup) -> None:
-        while self.conn.state in (ConnectionState.AWAITING_START, ConnectionState.STREAMING):
-            message = await self._recv()
-            if message is None:
-                if not self.streams and self.outcome != "drained":
+        """Read and act on messages until ``stop``, a fatal error, the idle timeout or a drain."""
+        loop = asyncio.get_running_loop()
+        idle_s = self.h.settings.idle_timeout_s
+        try:
+            async with asyncio.timeout(idle_s) as timeout:
+                self._timeout = timeout
+                if self._interrupt is not None:
+                    timeout.reschedule(loop.time())
+                # The idle deadline is pushed back at most once a second (not per 20 ms frame): it then
+                # fires between idle_s - 1 and idle_s after the last message.
+                pushed_at = loop.time()
+                while self.conn.state in (ConnectionState.AWAITING_START, ConnectionState.STREAMING):
+                    message = await self.ws.recv()
+                    now = loop.time()
+                    if now - pushed_at > IDLE_RESCHEDULE_S and self._interrupt is None:
+                        timeout.reschedule(now + idle_s)
+                        pushed_at = now
+                    events = (self.conn.receive_text(message) if isinstance(message, str)
+                              else self.conn.receive_bytes(message))
+                    for event in events:
+                        if not await self._on_event(event, tg):
+                            return
+        except TimeoutError:
+            if self._interrupt == "drained":
+                self.outcome, self.close_code, self.close_reason = "drained", CLOSE_GOING_AWAY, "server draining"
+            else:
+                self.outcome, self.close_reason = "idle_timeout", "idle timeout"
+                log.info("no message for %.1f s: finalising", idle_s)
+                if not self.streams:
                     self.close_code = CLOSE_POLICY  # no start within the idle timeout
-                return
-            events = (self.conn.receive_text(message) if isinstance(message, str)
-                      else self.conn.receive_bytes(message))
-            for event in events:
-                if not await self._on_event(event, tg):
-                    return
+        finally:
+            self._timeout = None
 
     async def _on_event(self, event: object, tg: asyncio.TaskGroup) -> bool:
         """Act on one protocol event; False when the read loop must end."""

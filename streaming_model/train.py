@@ -1020,6 +1020,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "last", dev
         tmp.unlink()
         raise ValueError(f"exported checkpoint is {size} bytes, over the {MAX_EXPORT_BYTES}-byte limit")
     os.replace(tmp, out_path)
+    out_path.chmod(0o644)  # a package asset, readable by whoever installs it
     return out_path
 
 

@@ -20,6 +20,7 @@ from streaming_model.train import (
     evaluate_manifest,
     export_run,
     lr_at,
+    main,
     make_batches,
     spec_augment,
     train,
@@ -167,7 +168,8 @@ def test_schedule_warms_up_then_decays() -> None:
 def test_config_file_and_unknown_keys(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     cfg = TrainConfig.from_toml(repo / "configs" / "train-cpu.toml")
-    assert cfg.tokenizer == "sentencepiece" and cfg.name == "cpu1"
+    assert cfg.tokenizer == "sentencepiece" and cfg.name == "cpu1" and not cfg.model  # default geometry
+    assert TrainConfig.from_toml(repo / "configs" / "train-gpu.toml").device == "cuda"
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 1.0\n")
     with pytest.raises(ValueError, match="learning_rate"):
@@ -184,6 +186,12 @@ def test_export_and_evaluate(dataset: Path, tmp_path: Path) -> None:
     assert out.stat().st_size < 16 * 2**20
     result = evaluate_manifest(out, dataset, threads=1, progress_bar=False)
     assert result["utterances"] == 14 and 0.0 <= result["wer"]
+    # the command line: evaluate a run checkpoint (writes dev_eval.json), export picks its WER up
+    assert main(["evaluate", "--checkpoint", str(cfg.run_dir / "last.pt"), "--manifest", str(dataset),
+                 "--threads", "1"]) == 0
+    wer = json.loads((cfg.run_dir / "dev_eval.json").read_text())["wer"]
+    assert main(["export", "--run", str(cfg.run_dir), "--out", str(tmp_path / "cli.safetensors")]) == 0
+    assert load_checkpoint(tmp_path / "cli.safetensors").info["dev_wer"] == wer
 
 
 def _free_port() -> int:
