@@ -197,25 +197,25 @@ class NgramLM:
         bow: list[np.ndarray] = [np.zeros(k.shape[0]) for k in keys]
         prob_lower: np.ndarray | None = None
         for n in range(order):  # n + 1 words
-            key, c = keys[n], counts[n].astype(np.float64)
+            grams, c = keys[n], counts[n].astype(np.float64)
             d1, d2, d3 = _discounts(counts[n][counts[n] > 0])
             disc = np.where(c == 0, 0.0, np.where(c == 1, d1, np.where(c == 2, d2, d3)))
             disc = np.minimum(disc, c)
-            hist = key // base  # packed context (n words); for unigrams all share context 0
+            hist = grams // base  # packed context (n words); for unigrams all share context 0
             if n == 0:
-                hist = np.zeros_like(key)
+                hist = np.zeros_like(grams)
             uniq_h, inv = np.unique(hist, return_inverse=True)
             c_h = np.bincount(inv, weights=c)
             mass_h = np.bincount(inv, weights=disc)  # D1 N1 + D2 N2 + D3 N3+ per context
             gamma = np.where(c_h > 0, mass_h / np.maximum(c_h, 1e-300), 1.0)
             if n == 0:
-                real = np.ones(key.shape[0], dtype=bool)
-                real[key == 0] = False  # <s>
+                real = np.ones(grams.shape[0], dtype=bool)
+                real[grams == 0] = False  # <s>
                 lower = np.where(real, 1.0 / (base - 1), 0.0)
             else:
                 assert prob_lower is not None
-                lower_idx = np.searchsorted(keys[n - 1], key % base ** n)
-                assert np.array_equal(keys[n - 1][lower_idx], key % base ** n), "lower order lacks a suffix"
+                lower_idx = np.searchsorted(keys[n - 1], grams % base ** n)
+                assert np.array_equal(keys[n - 1][lower_idx], grams % base ** n), "lower order lacks a suffix"
                 lower = prob_lower[lower_idx]
             with np.errstate(divide="ignore"):
                 p = (c - disc) / np.maximum(c_h[inv], 1e-300) + gamma[inv] * lower
