@@ -62,9 +62,8 @@ IDLE_RESCHEDULE_S = 1.0
 class WebSocketSettings:
     max_frame_bytes: int
     idle_timeout_s: float
-    default_hotwords: tuple[tuple[str, float], ...] = ()
-    default_decoding: str = "greedy"
-    default_beam_size: int = 8
+    defaults: StreamConfig = StreamConfig()  # server-configured values for fields a start leaves out
+    default_hotwords: tuple[tuple[str, float], ...] = ()  # merged with each stream's own list
 
 
 def _ms(seconds: float) -> int:
@@ -122,7 +121,8 @@ class WebSocketHandler:
 
 
 def _stream_params(config: StreamConfig, settings: WebSocketSettings) -> StreamParams:
-    hotwords = tuple((h.phrase, h.boost) for h in config.hotwords) or settings.default_hotwords
+    own = {h.phrase: h.boost for h in config.hotwords}
+    hotwords = tuple((p, b) for p, b in settings.default_hotwords if p not in own) + tuple(own.items())
     return StreamParams(
         sample_rate_hz=config.sample_rate_hz,
         endpoint=EndpointParams(enabled=config.endpointing.enabled,
@@ -141,7 +141,8 @@ class _Session:
         self.h = handler
         self.ws = ws
         self.session_id = session_id
-        self.conn = Connection(max_frame_bytes=handler.settings.max_frame_bytes)
+        self.conn = Connection(max_frame_bytes=handler.settings.max_frame_bytes,
+                               defaults=handler.settings.defaults)
         self.streams: list[Stream] = []
         self.send_lock = asyncio.Lock()
         self.outcome = "completed"

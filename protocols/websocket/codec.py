@@ -258,10 +258,9 @@ def check_no_fields(obj: Mapping[str, object], *, kind: str) -> None:
     _check_fields(obj, where=kind, allowed=("type",))
 
 
-def _parse_endpointing(value: object) -> EndpointingParams:
+def _parse_endpointing(value: object, defaults: EndpointingParams) -> EndpointingParams:
     obj = _as_object(value, where="start.endpointing")
     _check_fields(obj, where="start.endpointing", allowed=_ENDPOINTING_FIELDS)
-    defaults = EndpointingParams()
     enabled = defaults.enabled
     silence_ms = defaults.silence_ms
     max_utterance_ms = defaults.max_utterance_ms
@@ -307,10 +306,9 @@ def _parse_hotwords(value: object) -> tuple[Hotword, ...]:
     return tuple(hotwords)
 
 
-def _parse_decoding(value: object) -> DecodingParams:
+def _parse_decoding(value: object, defaults: DecodingParams) -> DecodingParams:
     obj = _as_object(value, where="start.decoding")
     _check_fields(obj, where="start.decoding", allowed=_DECODING_FIELDS)
-    defaults = DecodingParams()
     method = defaults.method
     beam_size = defaults.beam_size
     if "method" in obj:
@@ -326,8 +324,10 @@ def _parse_decoding(value: object) -> DecodingParams:
     return DecodingParams(method, beam_size)
 
 
-def parse_start(obj: Mapping[str, object]) -> StreamConfig:
-    """Validate a ``start`` message into a :class:`StreamConfig`; absent fields take its defaults.
+def parse_start(obj: Mapping[str, object], defaults: StreamConfig | None = None) -> StreamConfig:
+    """Validate a ``start`` message into a :class:`StreamConfig`; absent fields (also inside
+    ``endpointing`` and ``decoding``) take their values from ``defaults`` (the server's configuration;
+    :class:`StreamConfig`'s own defaults when None).
 
     Raises:
         UnknownField: a field ``start`` (or one of its objects) does not define.
@@ -335,7 +335,7 @@ def parse_start(obj: Mapping[str, object]) -> StreamConfig:
         UnsupportedEncoding: a well-typed encoding, sample rate or channel count the gateway cannot take.
     """
     _check_fields(obj, where="start", allowed=_START_FIELDS)
-    defaults = StreamConfig()
+    defaults = defaults if defaults is not None else StreamConfig()
     sample_rate_hz = defaults.sample_rate_hz
     encoding = defaults.encoding
     channels = defaults.channels
@@ -365,13 +365,13 @@ def parse_start(obj: Mapping[str, object]) -> StreamConfig:
         interim_results = _as_bool(obj["interim_results"], where="start.interim_results")
     endpointing = defaults.endpointing
     if "endpointing" in obj:
-        endpointing = _parse_endpointing(obj["endpointing"])
+        endpointing = _parse_endpointing(obj["endpointing"], defaults.endpointing)
     hotwords = defaults.hotwords
     if "hotwords" in obj:
         hotwords = _parse_hotwords(obj["hotwords"])
     decoding = defaults.decoding
     if "decoding" in obj:
-        decoding = _parse_decoding(obj["decoding"])
+        decoding = _parse_decoding(obj["decoding"], defaults.decoding)
     word_timings = defaults.word_timings
     if "word_timings" in obj:
         word_timings = _as_bool(obj["word_timings"], where="start.word_timings")

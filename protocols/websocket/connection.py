@@ -96,10 +96,16 @@ class Connection:
     Args:
         max_frame_bytes: largest binary frame accepted; a larger one is ``frame_too_large`` (close 1009).
         max_text_bytes: largest text message accepted, in UTF-8 bytes; larger is ``message_too_large``.
+        defaults: values for the fields a ``start`` leaves out (the server's configuration); the
+            protocol's documented defaults when None.
     """
 
     def __init__(
-        self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+        self,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        defaults: StreamConfig | None = None,
     ) -> None:
         if max_frame_bytes < 4:
             raise ValueError(
@@ -109,6 +115,7 @@ class Connection:
             raise ValueError(f"max_text_bytes: expected at least 1024, got {max_text_bytes}")
         self.max_frame_bytes = max_frame_bytes
         self.max_text_bytes = max_text_bytes
+        self._defaults = defaults  # the server's configured values for fields a start leaves out
         self._state = ConnectionState.AWAITING_START
         self._config: StreamConfig | None = None
         self._paused = False
@@ -201,7 +208,7 @@ class Connection:
             return self._violation(
                 DuplicateStart("expected one start per connection, got a second; open a new connection")
             )
-        self._config = codec.parse_start(obj)
+        self._config = codec.parse_start(obj, self._defaults)
         self._state = ConnectionState.STREAMING
         return [StreamStartRequested(self._config)]
 
