@@ -14,7 +14,7 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data install install-apt clean help
+.PHONY: run test bench lint train data lm install install-apt clean help
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
@@ -63,3 +63,11 @@ train: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The bundled word 3-gram LM: trained on generated training-split texts only (never dev texts).
+lm: $(STAMP)
+	mkdir -p data/lm
+	$(PY) -c "import numpy as np; from streaming_model.data.text import TextSampler; \
+	s = TextSampler('train'); rng = np.random.default_rng(7); \
+	open('data/lm/train.txt', 'w').write('\n'.join(s.sample(rng)[0] for _ in range(300000)) + '\n')"
+	$(PY) -m streaming_model.ngram train --text data/lm/train.txt --out streaming_model/assets/lm-en.npz --order 3

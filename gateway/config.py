@@ -256,6 +256,9 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
                choices=("greedy", "beam")),
     OptionSpec("beam_size", Kind.INT, 8, "Beam width when decoding is beam.", _DECODING,
                min_value=1, max_value=256),
+    OptionSpec("lm", Kind.STR, "bundled",
+               "Word n-gram LM fused into beam search: 'bundled', 'none', or a path to an .npz/.arpa file "
+               "(tuned weights in a .json beside it).", _DECODING),
     OptionSpec("hotwords", Kind.HOTWORDS, (),
                "Phrases to boost, as [[serve.hotwords]] tables with phrase and boost.", _DECODING,
                file_only=True),
@@ -301,6 +304,7 @@ class ServeSettings:
     drain_timeout_s: float
     decoding: str
     beam_size: int
+    lm: str
     hotwords: tuple[Hotword, ...]
     hotwords_file: Path | None
     log_level: str

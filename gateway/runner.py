@@ -80,6 +80,44 @@ class StreamOutput:
 
 
 DecoderFactory = Callable[[DecoderParams], StreamDecoder]
+MAX_CACHED_GRAPHS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageModel:
+    """The word n-gram LM used by beam search, with the fusion weights tuned for it."""
+
+    model: Any  # streaming_model.ngram.NgramLM, or None for no LM
+    weight: float = 0.5
+    word_bonus: float = 1.0
+
+    @classmethod
+    def load(cls, spec: str) -> LanguageModel:
+        """``bundled`` (the shipped LM, if this build has one), ``none``, or a path to an .npz/.arpa LM.
+
+        Tuned weights are read from a JSON file beside it (``lm.json``: lm_weight, word_insertion_bonus).
+        """
+        import json
+        from pathlib import Path
+
+        from streaming_model.ngram import NgramLM
+
+        if spec == "none":
+            return cls(None)
+        if spec == "bundled":
+            from importlib import resources
+
+            path = Path(str(resources.files("streaming_model").joinpath("assets", "lm-en.npz")))
+            if not path.is_file():
+                return cls(None)
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise FileNotFoundError(f"language model {path} does not exist")
+        tuning = path.with_suffix(".json")
+        weights = json.loads(tuning.read_text()) if tuning.is_file() else {}
+        return cls(NgramLM.load(path), float(weights.get("lm_weight", 0.5)),
+                   float(weights.get("word_insertion_bonus", 1.0)))
 
 
 def quantize_int8(model: torch.nn.Module) -> Any:
@@ -118,7 +156,8 @@ class ModelRunner:
 
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
-                 quantize: str = "none", decoder_factory: DecoderFactory | None = None) -> None:
+                 quantize: str = "none", lm: LanguageModel | None = None,
+                 decoder_factory: DecoderFactory | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
@@ -136,6 +175,8 @@ class ModelRunner:
         self._decoders: dict[int, StreamDecoder] = {}
         self._last_partial: dict[int, str] = {}
         self._decoder_factory = decoder_factory or self._default_decoder
+        self.lm = lm or LanguageModel(None)
+        self._graphs: dict[tuple[tuple[str, float], ...], Any] = {}
         self._thread: int | None = None
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_samples = loaded.features.context_samples + self.chunk_frames * loaded.features.hop_samples
@@ -153,17 +194,31 @@ class ModelRunner:
 
     def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
         from streaming_model.beam import BeamConfig, BeamDecoder
-        from streaming_model.context_graph import ContextGraph
 
         tokenizer = self.loaded.tokenizer
         if params.method == "greedy" and not params.hotwords:
             return GreedyDecoder(tokenizer, frame_s=self.frame_s)
         if params.method not in ("greedy", "beam"):
             raise ValueError(f"decoding method: expected 'greedy' or 'beam', got {params.method!r}")
-        # Hotwords need a search to act on, so greedy with hotwords runs a small beam.
-        beam_size = params.beam_size if params.method == "beam" else 4
-        context = ContextGraph.from_text(params.hotwords, tokenizer) if params.hotwords else None
-        return BeamDecoder(tokenizer, BeamConfig(beam_size=beam_size), frame_s=self.frame_s, context=context)
+        # Hotwords need a search to act on, so greedy with hotwords runs a small beam (without the LM).
+        beam = params.method == "beam"
+        config = BeamConfig(beam_size=params.beam_size if beam else 4, lm_weight=self.lm.weight,
+                            word_insertion_bonus=self.lm.word_bonus)
+        return BeamDecoder(tokenizer, config, frame_s=self.frame_s, context=self._context_graph(params.hotwords),
+                           lm=self.lm.model if beam else None)
+
+    def _context_graph(self, hotwords: tuple[tuple[str, float], ...]) -> Any:
+        """The hotword graph of a list, built once per distinct list (server defaults repeat a lot)."""
+        if not hotwords:
+            return None
+        graph = self._graphs.get(hotwords)
+        if graph is None:
+            from streaming_model.context_graph import ContextGraph
+
+            if len(self._graphs) >= MAX_CACHED_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            graph = self._graphs[hotwords] = ContextGraph.from_text(hotwords, self.loaded.tokenizer)
+        return graph
 
     def _check_thread(self) -> None:
         ident = threading.get_ident()
@@ -278,6 +333,7 @@ class RunnerSpec:
     max_streams: int
     num_threads: int
     quantize: str = "none"
+    lm: str = "bundled"
 
 
 class RunnerCrashed(RuntimeError):
@@ -293,7 +349,8 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
     try:
         torch.set_num_threads(spec.num_threads)
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
-                             device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize)
+                             device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
+                             lm=LanguageModel.load(spec.lm))
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

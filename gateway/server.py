@@ -30,7 +30,14 @@ from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
 from gateway.models import warn_untrained
-from gateway.runner import AsyncRunner, ModelRunner, ProcessRunner, RunnerSpec, ThreadRunner
+from gateway.runner import (
+    AsyncRunner,
+    LanguageModel,
+    ModelRunner,
+    ProcessRunner,
+    RunnerSpec,
+    ThreadRunner,
+)
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
 from protocols.websocket.events import DecodingMethod, DecodingParams, EndpointingParams, StreamConfig
 
@@ -175,14 +182,15 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     if settings.runner == "process":
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
-                                          quantize=settings.quantize))
+                                          quantize=settings.quantize, lm=settings.lm))
         await runner.start()
         return runner
     from gateway.models import load_model
 
     return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
                                     max_streams=settings.max_streams, device=settings.device,
-                                    num_threads=threads, quantize=settings.quantize))
+                                    num_threads=threads, quantize=settings.quantize,
+                                    lm=LanguageModel.load(settings.lm)))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:
