@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
@@ -26,6 +26,7 @@ from gateway.engine import (
     SpeechEnded,
     SpeechStarted,
     Stream,
+    StreamClosedError,
     StreamEnded,
     StreamParams,
 )
@@ -62,7 +63,7 @@ IDLE_RESCHEDULE_S = 1.0
 class WebSocketSettings:
     max_frame_bytes: int
     idle_timeout_s: float
-    defaults: StreamConfig = StreamConfig()  # server-configured values for fields a start leaves out
+    defaults: StreamConfig = field(default_factory=StreamConfig)  # server values for fields a start omits
     default_hotwords: tuple[tuple[str, float], ...] = ()  # merged with each stream's own list
 
 
@@ -235,6 +236,17 @@ class _Session:
 
     async def _on_event(self, event: object, tg: asyncio.TaskGroup) -> bool:
         """Act on one protocol event; False when the read loop must end."""
+        try:
+            return await self._dispatch(event, tg)
+        except StreamClosedError as exc:
+            # The engine ended a stream under us (its model step failed, or we fell too far behind
+            # reading its results): the session cannot go on. Results already produced still go out.
+            log.warning("stream ended by the engine: %s", exc)
+            self.outcome, self.fatal, self.fatal_close_code = "error", exc, 1011
+            self.close_reason = "internal error"
+            return False
+
+    async def _dispatch(self, event: object, tg: asyncio.TaskGroup) -> bool:
         match event:
             case AudioReceived(channels=channels):
                 for stream, pcm in zip(self.streams, channels, strict=True):

@@ -302,3 +302,45 @@ def test_health_probes_and_unknown_path(chatty_checkpoint: str) -> None:
             assert info.value.response.status_code == 404
 
     run(main())
+
+
+def test_model_failure_ends_session_with_1011_and_keeps_results(chatty_checkpoint: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.runner import ModelRunner
+
+    original = ModelRunner.run_step
+    calls = {"n": 0}
+
+    def flaky(self: ModelRunner, items: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated model failure")
+        return original(self, items)
+
+    monkeypatch.setattr(ModelRunner, "run_step", flaky)
+
+    async def main() -> None:
+        async with running_server(settings_for(chatty_checkpoint)) as srv:
+            async with client(srv.ws_url) as ws:
+                await ws.send(start_msg())
+                assert json.loads(await ws.recv())["type"] == "ready"
+                await send_audio(ws, noise_pcm(0.5))
+                early = await collect(ws, until="partial")
+                assert early[-1]["type"] == "partial"
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(200):
+                        await send_audio(ws, noise_pcm(0.2, seed=7))
+                        await asyncio.sleep(0.01)
+                msgs = []
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        msgs.append(json.loads(await ws.recv()))
+                assert ws.close_code == 1011
+                errors = [m for m in msgs if m["type"] == "error"]
+                assert errors and errors[-1]["code"] == "internal_error" and errors[-1]["fatal"]
+                assert "simulated" not in errors[-1]["message"]  # internals are never sent to the peer
+            _, body = srv.http_get("/metrics")
+            assert 'xlgate_errors_total{kind="internal",protocol="websocket"}' in body
+            assert 'outcome="error"' in body
+
+    run(main())
