@@ -125,7 +125,10 @@ class Stream:
         """Append audio. Waits (backpressure) while the stream's work queue is full."""
         if self._stopped:
             raise StreamClosedError(f"stream {self.stream_id} is stopped; no more audio accepted")
-        if self.paused or pcm.size == 0:
+        if self.paused:
+            self.skip_samples(pcm.shape[0])
+            return
+        if pcm.size == 0:
             return
         samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         self.audio_received_s += samples.shape[0] / self.params.sample_rate_hz
@@ -185,6 +188,8 @@ class Stream:
         self.engine._abort(self, outcome)
 
     def pause(self) -> None:
+        """Audio fed from now on is not recognised (but counts on the stream's timeline); the model's
+        memory is kept, so recognition continues seamlessly on :meth:`resume`."""
         self.paused = True
 
     def resume(self) -> None:

@@ -1,0 +1,127 @@
+"""The engine in-process: admission, pause on the stream timeline, abort, backpressure, drain signals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gateway.engine import DrainingError, Engine, ResultEvent, StreamEnded, StreamParams
+from gateway.metrics import Metrics
+from gateway.runner import EndpointParams, ModelRunner, ThreadRunner
+from protocols.errors import OverloadedError
+from streaming_model.checkpoint import LoadedModel
+from streaming_model.features import FbankConfig
+from streaming_model.tokenizer import CharTokenizer
+from tests.conftest import make_chatty_model
+from tests.wsharness import noise_pcm
+
+
+def make_engine(max_streams: int = 2, pending: int = 4) -> Engine:
+    loaded = LoadedModel(make_chatty_model(), FbankConfig(), CharTokenizer(), trained=False)
+    return Engine(ThreadRunner(ModelRunner(loaded, max_streams=max_streams)), metrics=Metrics(),
+                  max_streams=max_streams, max_batch_size=max_streams, max_wait_s=0.005,
+                  max_pending_chunks=pending)
+
+
+async def with_engine(engine: Engine, body: object) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(engine.run())
+        try:
+            await body  # type: ignore[misc]
+        finally:
+            engine.close()
+    await engine.runner.close()
+
+
+def test_admission_all_or_nothing_and_draining() -> None:
+    engine = make_engine(max_streams=2)
+
+    async def body() -> None:
+        (one,) = engine.open_streams(1, StreamParams(), protocol="websocket")
+        with pytest.raises(OverloadedError):
+            engine.open_streams(2, StreamParams(), protocol="websocket")  # a stereo call does not fit
+        assert engine.live_streams == 1
+        one.abort("client_closed")
+        both = engine.open_streams(2, StreamParams(), protocol="websocket")
+        assert len(both) == 2 and {s.channel for s in both} == {0, 1}
+        for s in both:
+            s.abort("client_closed")
+        engine.start_drain()
+        assert not engine.ready
+        with pytest.raises(DrainingError):
+            engine.open_streams(1, StreamParams(), protocol="websocket")
+
+    asyncio.run(with_engine(engine, body()))
+
+
+def test_stream_pause_keeps_timeline_and_events_end() -> None:
+    engine = make_engine()
+
+    async def body() -> None:
+        (s,) = engine.open_streams(1, StreamParams(endpoint=EndpointParams(enabled=False)), protocol="local")
+        events: list[object] = []
+
+        async def read() -> None:
+            async for ev in s.events():
+                events.append(ev)
+
+        reader = asyncio.create_task(read())
+        await s.feed(noise_pcm(1.0))
+        s.pause()
+        await s.feed(noise_pcm(1.0, seed=2))
+        s.resume()
+        await s.feed(noise_pcm(1.0, seed=3))
+        await s.stop()
+        await reader
+        assert isinstance(events[-1], StreamEnded) and events[-1].outcome == "completed"
+        finals = [e for e in events if isinstance(e, ResultEvent) and e.is_final]
+        assert finals and abs(finals[-1].audio_end_s - 3.0) < 1e-6
+        assert s.audio_received_s == pytest.approx(3.0)
+
+    asyncio.run(with_engine(engine, body()))
+
+
+def test_backpressure_bounds_pending_work() -> None:
+    engine = make_engine(max_streams=1, pending=2)
+
+    async def body() -> None:
+        (s,) = engine.open_streams(1, StreamParams(), protocol="local")
+        drained = asyncio.create_task(_drain_events(s))
+        peak = 0
+        pcm = noise_pcm(4.0)
+        for lo in range(0, pcm.shape[0], 1600):
+            await s.feed(pcm[lo:lo + 1600])
+            peak = max(peak, engine.scheduler.pending(s.stream_id))
+        assert peak <= 2
+        await s.stop()
+        await drained
+
+    asyncio.run(with_engine(engine, body()))
+
+
+async def _drain_events(s: object) -> None:
+    async for _ in s.events():  # type: ignore[attr-defined]
+        pass
+
+
+def test_aborted_stream_produces_no_more_events_and_frees_its_slot() -> None:
+    engine = make_engine(max_streams=1)
+
+    async def body() -> None:
+        (s,) = engine.open_streams(1, StreamParams(), protocol="local")
+        await s.feed(noise_pcm(0.5))
+        s.abort("client_closed")
+        events = [ev async for ev in s.events()]
+        assert isinstance(events[-1], StreamEnded) and events[-1].outcome == "client_closed"
+        for _ in range(100):  # the slot comes back once the step in flight (if any) ends
+            if engine.has_capacity(1):
+                break
+            await asyncio.sleep(0.01)
+        (again,) = engine.open_streams(1, StreamParams(), protocol="local")
+        await again.feed(np.zeros(1280, dtype=np.int16))
+        await again.stop()
+        assert isinstance([ev async for ev in again.events()][-1], StreamEnded)
+
+    asyncio.run(with_engine(engine, body()))
