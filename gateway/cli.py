@@ -46,6 +46,12 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from streaming_model.train import main as train_main
+
+    return int(train_main(args.args))
+
+
 def cmd_version(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -78,14 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a hypotheses TSV against a references TSV (id<TAB>text), overall and per subset "
                     "(the part of an id before its first '/')."))
 
+    train = sub.add_parser("train", help="train the model (see docs/training.md)", add_help=False,
+                           description="Train, evaluate or export the acoustic model; arguments are those of "
+                                       "`python -m streaming_model.train` (try `xlgate train --help`).")
+    train.add_argument("args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=cmd_train)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["train"]:  # the trainer has its own parser (and subcommands)
+        from streaming_model.train import main as train_main
+
+        return int(train_main(args_list[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     return int(args.func(args, parser))
 
 
