@@ -47,7 +47,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta["model_config"] = meta["model_config"].replace('"n_layers": 2', '"n_layers": 3')
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="does not fit"):
