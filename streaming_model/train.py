@@ -95,6 +95,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CPU, bf16 or fp16 on GPU) | bf16 | fp16 | fp32
     threads: int = 2  # torch intra-op threads on CPU
+    init_from: str = ""  # warm start: an exported checkpoint (.safetensors) whose weights and tokenizer a new run starts from
     # [data]
     train_manifest: str = "data/train/manifest.jsonl"
     cache_dir: str = "data/train/fbank-cache"
@@ -738,6 +739,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at_step: int | None = 
     texts = [normalise_text(u.text) for u in utterances]
     held = holdout_mask(utterances, cfg.holdout_utts)
     max_frames = int(cfg.max_duration_s / FRAME_S)
+    warm = None
+    if cfg.init_from and not resume:
+        # Warm start: the new run adopts the checkpoint's tokenizer (reused like a resumed run's) and weights.
+        warm = load_checkpoint(cfg.init_from)
+        if rt.is_writer and not (run_dir / "tokenizer.json").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "tokenizer.json").write_text(json.dumps(warm.tokenizer.to_dict()))
+        _barrier(rt)
     tokenizer = make_tokenizer(cfg, [t for t, h in zip(texts, held, strict=True) if not h], run_dir,
                                is_writer=rt.is_writer)
     _barrier(rt)
@@ -756,6 +765,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at_step: int | None = 
     with torch.no_grad():
         model.feat_mean.copy_(torch.from_numpy(cache.mean))
         model.feat_std.copy_(torch.from_numpy(cache.std))
+    if warm is not None:
+        if warm.model.config != model_config:
+            raise ValueError(f"init_from {cfg.init_from}: its geometry {warm.model.config} differs from this "
+                             f"run's {model_config}")
+        model.load_state_dict(warm.model.state_dict())  # its feature statistics come with it
     model.to(rt.device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

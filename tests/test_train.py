@@ -214,3 +214,21 @@ def test_ddp_two_ranks_on_gloo(dataset: Path, tmp_path: Path) -> None:
     saved = torch.load(cfg.run_dir / "last.pt", weights_only=False)
     assert saved["progress"]["step"] == 3
     assert [r["step"] for r in _log(cfg) if r["kind"] == "train"] == [1, 2, 3]  # rank 0 alone wrote the log
+
+
+def test_warm_start_from_an_exported_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    first = _config(dataset, tmp_path, name="first", total_steps=3)
+    train(first, progress_bar=False)
+    exported = export_run(first.run_dir, tmp_path / "warm.safetensors")
+    # One step at a negligible learning rate: the run starts from the exported weights, not a fresh init.
+    second = _config(dataset, tmp_path, name="second", total_steps=1, lr=1e-12, init_from=str(exported))
+    train(second, progress_bar=False)
+    warm = load_checkpoint(exported).model.state_dict()
+    started = torch.load(second.run_dir / "last.pt", weights_only=False)["model"]
+    for key, value in warm.items():
+        torch.testing.assert_close(started[key].float(), value.float(), rtol=0, atol=1e-6, msg=key)
+    assert json.loads((second.run_dir / "tokenizer.json").read_text()) == {"type": "char"}
+    with pytest.raises(ValueError, match="geometry"):
+        other = dict(TINY_MODEL, n_layers=TINY_MODEL["n_layers"] + 1)
+        train(_config(dataset, tmp_path, name="third", total_steps=1, init_from=str(exported), model=other),
+              progress_bar=False)
