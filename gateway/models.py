@@ -10,6 +10,7 @@ from gateway.config import BUNDLED_MODEL
 from streaming_model.checkpoint import LoadedModel, bundled_checkpoint_path, load_checkpoint
 
 log = logging.getLogger("xlgate.model")
+WEAK_MODEL_WER = 0.3
 
 
 def load_model(model: str, device: str, *, warn: bool = True) -> LoadedModel:

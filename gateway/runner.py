@@ -144,6 +144,7 @@ class RunnerInfo:
     description: str
     trained: bool
     model_path: str
+    dev_wer: float | None = None  # the checkpoint's dev-set WER, when its trainer recorded one
 
 
 class ModelRunner:
@@ -190,7 +191,8 @@ class ModelRunner:
                          f"{self.quantize}, chunk "
                          f"{c.chunk_ms} ms, memory {c.mem_ms} ms, {c.n_layers} layers, vocab {c.vocab_size}, "
                          f"device {self.device}"),
-            trained=self.loaded.trained, model_path=self.loaded.path)
+            trained=self.loaded.trained, model_path=self.loaded.path,
+            dev_wer=float(wer) if isinstance(wer := self.loaded.info.get("dev_wer"), int | float) else None)
 
     def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
         from streaming_model.beam import BeamConfig, BeamDecoder

@@ -29,7 +29,7 @@ from gateway.config import ServeSettings
 from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
-from gateway.models import warn_untrained
+from gateway.models import WEAK_MODEL_WER, warn_untrained
 from gateway.runner import (
     AsyncRunner,
     LanguageModel,
@@ -133,6 +133,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     log.info("model %s", runner.info.description)
     if not runner.info.trained:
         warn_untrained(runner.info.model_path)
+    elif runner.info.dev_wer is not None and runner.info.dev_wer > WEAK_MODEL_WER:
+        log.warning("the model is weak: %.0f%% WER on its dev set (docs/model.md); transcripts will be rough",
+                    100 * runner.info.dev_wer)
     metrics = Metrics()
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
