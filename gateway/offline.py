@@ -352,7 +352,8 @@ class _Reporter:
 # --------------------------------------------------------------------------------------- transcribe CLI
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -412,22 +413,22 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"torch device (default {_SERVE_DEFAULTS['device']})")
     parser.add_argument("--raw-encoding", choices=RAW_ENCODINGS, default=None,
                         help="decode every file as headerless audio in this encoding, whatever its extension")
-    parser.add_argument("--raw-sample-rate-hz", type=_positive_int, default=8000, metavar="N",
+    parser.add_argument("--raw-sample-rate-hz", type=positive_int, default=8000, metavar="N",
                         help="sample rate of headerless files (default 8000)")
-    parser.add_argument("--raw-channels", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--raw-channels", type=positive_int, default=1, metavar="N",
                         help="interleaved channels of headerless files (default 1)")
     parser.add_argument("--decoding", choices=("greedy", "beam"), default=_SERVE_DEFAULTS["decoding"],
                         help=f"CTC decoding (default {_SERVE_DEFAULTS['decoding']})")
-    parser.add_argument("--beam-size", type=_positive_int, default=beam_size, metavar="N",
+    parser.add_argument("--beam-size", type=positive_int, default=beam_size, metavar="N",
                         help=f"beam width for --decoding beam (default {beam_size})")
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="favour a phrase (repeatable; boost defaults to the serve default)")
     parser.add_argument("--hotwords-file", default=None, metavar="F",
                         help="hotwords, one 'phrase[<TAB>boost]' a line; --hotword flags win on repeats")
-    parser.add_argument("--max-parallel", type=_positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
+    parser.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
                         help=f"streams (channels) recognised at once, batched together "
                              f"(default {DEFAULT_MAX_PARALLEL})")
-    parser.add_argument("--endpoint-silence-ms", type=_positive_int, default=silence_ms, metavar="N",
+    parser.add_argument("--endpoint-silence-ms", type=positive_int, default=silence_ms, metavar="N",
                         help=f"trailing silence that ends an utterance (default {silence_ms})")
     parser.set_defaults(func=cmd_transcribe)
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from gateway.offline import ErrorCounts, score_utterance
+from gateway.offline import ErrorCounts, positive_int, score_utterance
 from streaming_model.data.manifest import read_manifest, resolve_audio
 from streaming_model.textnorm import normalise_for_scoring
 
@@ -765,16 +765,6 @@ def format_confidence(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -794,24 +784,24 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--manifest", required=True, help="JSON-lines manifest (audio, text, duration_s)")
     common.add_argument("--model", required=True, help="a .safetensors checkpoint")
     common.add_argument("--out", required=True, metavar="JSON", help="where to write the figures")
-    common.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    common.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="only the first N utterances")
     common.add_argument("--lm", default="bundled", help="'bundled', 'none' or a path to an .npz/.arpa LM "
                                                         "(tuned weights read from the .json beside it)")
     common.add_argument("--lm-weight", type=float, default=None, help="override the LM weight")
     common.add_argument("--word-bonus", type=float, default=None, help="override the word insertion bonus")
-    common.add_argument("--chunk-frames", type=_positive_int, default=None, metavar="L",
+    common.add_argument("--chunk-frames", type=positive_int, default=None, metavar="L",
                         help="encoder frames (40 ms) per streaming step, instead of the checkpoint's")
     common.add_argument("--mem-frames", type=_non_negative_int, default=None, metavar="M",
                         help="encoder frames of attention memory, instead of the checkpoint's")
     common.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    common.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+    common.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"torch threads of the model (default {DEFAULT_THREADS})")
-    common.add_argument("--max-parallel", type=_positive_int, default=DEFAULT_MAX_PARALLEL,
+    common.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL,
                         help=f"streams batched together in the engine (default {DEFAULT_MAX_PARALLEL})")
     decoding = argparse.ArgumentParser(add_help=False)
     decoding.add_argument("--decoding", choices=("greedy", "beam"), default="greedy")
-    decoding.add_argument("--beam-size", type=_positive_int, default=TUNE_BEAM_SIZE)
+    decoding.add_argument("--beam-size", type=positive_int, default=TUNE_BEAM_SIZE)
 
     sub.add_parser("wer", parents=[common, decoding], help="WER/CER per subset and channel, OOV rate")
     tune = sub.add_parser("tune", parents=[common], help="grid-search LM weight, word bonus and beam size")
@@ -821,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip the engine pass with the chosen setting (dev_wer is then the grid's)")
     hot = sub.add_parser("hotwords", parents=[common], help="recall and WER without and with a hotword list")
     hot.add_argument("--hotwords", required=True, metavar="FILE", help="one 'phrase[<TAB>boost]' a line")
-    hot.add_argument("--beam-size", type=_positive_int, default=TUNE_BEAM_SIZE)
+    hot.add_argument("--beam-size", type=positive_int, default=TUNE_BEAM_SIZE)
     sub.add_parser("confidence", parents=[common, decoding],
                    help="ROC AUC and reliability of word confidence")
     return parser
