@@ -212,10 +212,13 @@ class Stream:
             offset = skipped_s
         return model_s + offset
 
+    def _heard(self, model_s: float, audio_end_s: float) -> float:
+        """A model time on the stream's own timeline (skips added back), never past the audio heard."""
+        return min(self._stream_time(model_s), audio_end_s)
+
     def _on_stream_timeline(self, hyp: Hypothesis, audio_end_s: float) -> Hypothesis:
-        """Result times on the stream's own timeline (skips added back), never past the audio heard."""
         def f(t: float) -> float:
-            return min(self._stream_time(t), audio_end_s)
+            return self._heard(t, audio_end_s)
 
         return replace(hyp, start_s=f(hyp.start_s), end_s=f(hyp.end_s),
                        words=tuple(replace(w, start_s=f(w.start_s), end_s=f(w.end_s)) for w in hyp.words))
@@ -240,12 +243,8 @@ class Stream:
 
     def _deliver(self, out: StreamOutput, arrival_s: float) -> None:
         audio_end_s = self._stream_time(out.audio_end_s)
-
-        def f(t: float) -> float:
-            return min(self._stream_time(t), audio_end_s)
-
         if out.speech_started_s is not None:
-            self._push(SpeechStarted(f(out.speech_started_s)))
+            self._push(SpeechStarted(self._heard(out.speech_started_s, audio_end_s)))
         if out.partial is not None and self.params.interim_results:
             self._seq += 1
             hyp = self._on_stream_timeline(out.partial, audio_end_s)
@@ -255,7 +254,7 @@ class Stream:
             self._push(ResultEvent(True, self._on_stream_timeline(final, audio_end_s), audio_end_s, arrival_s,
                                    self._seq))
         if out.speech_ended_s is not None:
-            self._push(SpeechEnded(f(out.speech_ended_s)))
+            self._push(SpeechEnded(self._heard(out.speech_ended_s, audio_end_s)))
 
     def _end(self, outcome: str) -> None:
         self._ended = True
@@ -434,11 +433,10 @@ class Engine:
             if stream is None:
                 continue  # aborted while its step ran
             stream._deliver(out, item.arrival_s)
+            stream._room.set()  # the step took this stream's oldest item: its queue has room again
             if item.kind is ItemKind.END:
                 self._forget(stream, stream.outcome)
                 stream._end(stream.outcome)
-        for stream in self._streams.values():
-            stream._room.set()
 
     def _release_after_step(self) -> None:
         self._free_slots.extend(self._slots_after_step)

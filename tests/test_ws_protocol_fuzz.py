@@ -57,6 +57,7 @@ START_FIELDS = st.sampled_from(
         "endpointing",
         "hotwords",
         "decoding",
+        "word_timings",
         "client_ref",
     ]
 )
