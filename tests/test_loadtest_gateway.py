@@ -1,0 +1,54 @@
+"""The load generator against the real gateway (thread runner, small model) over loopback: latencies are
+measured and the server's step histograms are read back into the report."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+from loadtest.probes import ServerStepProbe
+from loadtest.runner import RunOptions, run_load
+from tests.wsharness import noise_pcm, running_server, settings_for
+
+
+def _write_wav(path: Path, pcm: object) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(pcm))  # type: ignore[call-overload]
+
+
+def test_run_against_gateway_reports_server_steps(chatty_checkpoint: str, tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        _write_wav(audio / f"utt{i}.wav", noise_pcm(1.2, seed=i).tobytes())
+
+    async def main() -> dict[str, object]:
+        async with running_server(settings_for(chatty_checkpoint)) as srv:
+            opts = RunOptions(url=srv.ws_url, audio_dir=audio, streams=3, processes=1,
+                              metrics_url=srv.metrics_url + "/metrics")
+            return (await asyncio.to_thread(run_load, opts)).report
+
+    report = asyncio.run(main())
+    assert report["errors"]["total"] == 0, report["errors"]  # type: ignore[index]
+    assert report["counts"]["sessions_completed"] == 3  # type: ignore[index]
+    steps = report["server_steps"]
+    assert isinstance(steps, dict)
+    # 3 streams x 1.2 s in 160 ms chunks: at least 8 chunks each, batched into steps.
+    assert steps["steps"] >= 8
+    assert 1.0 <= steps["avg_batch"] <= 3.0
+    assert steps["avg_step_ms"] > 0 and steps["avg_queue_wait_ms"] >= 0
+    assert 0 < steps["runner_busy_fraction"] < 1
+
+
+def test_step_probe_report_is_the_difference_of_two_scrapes() -> None:
+    before = {"step": (1.0, 100.0), "batch": (400.0, 100.0), "queue_wait": (2.0, 400.0)}
+    after = {"step": (3.0, 150.0), "batch": (700.0, 150.0), "queue_wait": (3.0, 700.0)}
+    r = ServerStepProbe.report(before, after, wall_s=10.0)
+    assert r == {"steps": 50.0, "steps_per_s": 5.0, "avg_step_ms": 40.0, "avg_batch": 6.0,
+                 "avg_queue_wait_ms": 3.33, "runner_busy_fraction": 0.2}
+    assert ServerStepProbe.report(None, after, wall_s=10.0) is None
+    assert ServerStepProbe(None).sample() is None
