@@ -138,15 +138,15 @@ class Stream:
         self._fbank.accept(samples)
         self._model_samples += samples.shape[0]
         self._last_audio_arrival_s = self.engine.clock()
-        frames = self.engine.runner.info.chunk_frames
-        while self._fbank.can_take(frames):
+        frames, ahead = self.engine.runner.info.chunk_frames, self.engine.runner.info.lookahead_frames
+        while self._fbank.can_take(frames, ahead):
             while not self.engine.scheduler.has_room(self.stream_id):
                 self._room.clear()
                 await self._room.wait()
                 if self._stopped:
                     return
-            window = self._fbank.take(frames)
-            self._submit(ItemKind.AUDIO, window, frames)
+            window = self._fbank.take(frames, ahead)
+            self._submit(ItemKind.AUDIO, window, frames + ahead)
 
     def _submit(self, kind: ItemKind, window: np.ndarray | None, num_frames: int, *, force: bool = False) -> None:
         payload = ChunkInput(slot=self.slot, window=window, num_frames=num_frames, first=self._first,
@@ -174,9 +174,12 @@ class Stream:
         self.outcome = outcome
         if self._resampler is not None:
             self._fbank.accept(self._resampler.flush())
-        window, frames = self._fbank.take_rest()
+        info = self.engine.runner.info
+        *whole, (window, frames) = self._fbank.take_final(info.chunk_frames, info.lookahead_frames)
         self._stopped = True
         self._room.set()
+        for chunk_window, real_frames in whole:  # chunks whose look-ahead runs past the end of the audio
+            self._submit(ItemKind.AUDIO, chunk_window, real_frames, force=True)
         self._submit(ItemKind.END, window if frames else None, frames, force=True)
 
     def abort(self, outcome: str = "aborted") -> None:

@@ -24,6 +24,10 @@ class ModelConfig:
     frontend_channels: int = 256
     chunk_frames: int = 4  # 160 ms of audio per streaming step
     mem_frames: int = 64  # 2.56 s of cached keys/values per layer
+    # Look-ahead: frames after a chunk that its frames may also see (Emformer-style right context). Each
+    # step then needs R more frames of audio, so results come R x 40 ms later; 0 (default) = none beyond
+    # the chunk itself.
+    right_frames: int = 0
     dropout: float = 0.1
 
     subsampling: int = 4  # fixed by the front end (two stride-2 convolutions)
@@ -35,6 +39,8 @@ class ModelConfig:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
         if self.mem_frames < 0:
             raise ValueError(f"mem_frames must be >= 0, got {self.mem_frames}")
+        if self.right_frames < 0:
+            raise ValueError(f"right_frames must be >= 0, got {self.right_frames}")
         if self.conv_kernel == 1 or self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be 0 (off) or >= 2, got {self.conv_kernel}")
         if self.subsampling != 4:
@@ -48,6 +54,20 @@ class ModelConfig:
     def chunk_feature_frames(self) -> int:
         """Feature frames (10 ms) per streaming step."""
         return self.chunk_frames * self.subsampling
+
+    @property
+    def right_feature_frames(self) -> int:
+        """Feature frames of look-ahead a step needs beyond its chunk."""
+        return self.right_frames * self.subsampling
+
+    @property
+    def step_feature_frames(self) -> int:
+        """Feature frames in one step's input window: the chunk and its look-ahead."""
+        return self.chunk_feature_frames + self.right_feature_frames
+
+    @property
+    def right_ms(self) -> int:
+        return self.right_feature_frames * 10
 
     @property
     def chunk_ms(self) -> int:

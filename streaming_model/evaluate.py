@@ -133,9 +133,9 @@ def load_items(manifest: str | Path, *, limit: int | None = None) -> list[EvalIt
     return items[:limit] if limit is not None else items
 
 
-def with_geometry(loaded: LoadedModel, *, chunk_frames: int | None = None,
-                  mem_frames: int | None = None) -> LoadedModel:
-    """The same weights in a model with another chunk and/or memory size (encoder frames).
+def with_geometry(loaded: LoadedModel, *, chunk_frames: int | None = None, mem_frames: int | None = None,
+                  right_frames: int | None = None) -> LoadedModel:
+    """The same weights in a model with another chunk, memory and/or look-ahead size (encoder frames).
 
     Attention uses relative positions only, so no weight depends on either size; the position table and
     the relative index are rebuilt from the new config (they are not in the state dict).
@@ -145,7 +145,8 @@ def with_geometry(loaded: LoadedModel, *, chunk_frames: int | None = None,
 
     config = loaded.model.config
     new = replace(config, chunk_frames=config.chunk_frames if chunk_frames is None else chunk_frames,
-                  mem_frames=config.mem_frames if mem_frames is None else mem_frames)
+                  mem_frames=config.mem_frames if mem_frames is None else mem_frames,
+                  right_frames=config.right_frames if right_frames is None else right_frames)
     if new == config:
         return loaded
     device = next(loaded.model.parameters()).device
@@ -175,6 +176,7 @@ class EngineSettings:
     device: str = "cpu"
     num_threads: int = DEFAULT_THREADS
     max_parallel: int = DEFAULT_MAX_PARALLEL
+    quantize: str = "none"  # or "int8": the serving option's dynamic int8 linear layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,7 @@ async def _transcribe(loaded: LoadedModel, paths: Sequence[str], *, decoder: Dec
         on_done()
 
     runner = ThreadRunner(ModelRunner(loaded, max_streams=settings.max_parallel, device=settings.device,
-                                      num_threads=settings.num_threads, lm=lm))
+                                      num_threads=settings.num_threads, lm=lm, quantize=settings.quantize))
     engine = Engine(runner, metrics=Metrics(), max_streams=settings.max_parallel,
                     max_batch_size=settings.max_parallel, max_wait_s=OFFLINE_MAX_WAIT_S,
                     max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
@@ -315,8 +317,8 @@ def _decoder_json(decoder: DecoderParams, lm: LanguageModel, lm_spec: str) -> di
 
 def _geometry_json(loaded: LoadedModel) -> dict[str, Any]:
     c = loaded.model.config
-    return {"chunk_frames": c.chunk_frames, "mem_frames": c.mem_frames, "chunk_ms": c.chunk_ms,
-            "mem_ms": c.mem_ms}
+    return {"chunk_frames": c.chunk_frames, "mem_frames": c.mem_frames, "right_frames": c.right_frames,
+            "chunk_ms": c.chunk_ms, "mem_ms": c.mem_ms, "right_ms": c.right_ms}
 
 
 def run_wer(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams, lm: LanguageModel,
@@ -794,7 +796,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="encoder frames (40 ms) per streaming step, instead of the checkpoint's")
     common.add_argument("--mem-frames", type=_non_negative_int, default=None, metavar="M",
                         help="encoder frames of attention memory, instead of the checkpoint's")
+    common.add_argument("--right-frames", type=_non_negative_int, default=None, metavar="R",
+                        help="encoder frames of look-ahead after each chunk, instead of the checkpoint's")
     common.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    common.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="serve the linear layers in dynamic int8, as `xlgate serve --quantize int8`")
     common.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"torch threads of the model (default {DEFAULT_THREADS})")
     common.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL,
@@ -837,11 +843,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streaming_model.data.manifest import ManifestError
 
     torch.set_num_threads(args.threads)
-    settings = EngineSettings(device=args.device, num_threads=args.threads, max_parallel=args.max_parallel)
+    settings = EngineSettings(device=args.device, num_threads=args.threads, max_parallel=args.max_parallel,
+                              quantize=args.quantize)
     try:
         items = load_items(args.manifest, limit=args.limit)
         loaded = with_geometry(load_model(args.model, args.device, warn=False),
-                               chunk_frames=args.chunk_frames, mem_frames=args.mem_frames)
+                               chunk_frames=args.chunk_frames, mem_frames=args.mem_frames,
+                               right_frames=args.right_frames)
         lm = load_language_model(args.lm, weight=args.lm_weight, word_bonus=args.word_bonus)
         hotwords = (tuple(load_hotwords_file(Path(args.hotwords))) if args.command == "hotwords" else ())
     except (CheckpointError, ConfigError, EvaluationError, ManifestError, OSError, ValueError) as exc:

@@ -125,6 +125,9 @@ class StreamingFbank:
     exactly ``num_frames`` frames (``context + num_frames * hop`` samples) once enough audio is buffered;
     :meth:`take_rest` returns the final, shorter window at the end of the stream (tail zero-padded to a
     whole hop, as :func:`offline_windows` does).
+
+    With look-ahead a window also covers ``lookahead_frames`` frames after its chunk but advances by the
+    chunk only, so consecutive windows overlap; :meth:`take_final` drains the end of a stream that way.
     """
 
     def __init__(self, config: FbankConfig) -> None:
@@ -140,18 +143,37 @@ class StreamingFbank:
     def accept(self, samples: np.ndarray) -> None:
         self._buffer = np.concatenate([self._buffer, np.asarray(samples, dtype=np.float32)])
 
-    def can_take(self, num_frames: int) -> bool:
-        return self.buffered_samples >= num_frames * self.config.hop_samples
+    def can_take(self, num_frames: int, lookahead_frames: int = 0) -> bool:
+        return self.buffered_samples >= (num_frames + lookahead_frames) * self.config.hop_samples
 
-    def take(self, num_frames: int) -> np.ndarray:
+    def take(self, num_frames: int, lookahead_frames: int = 0) -> np.ndarray:
+        """The window of ``num_frames + lookahead_frames`` frames; advances by ``num_frames``."""
         cfg = self.config
-        need = num_frames * cfg.hop_samples
-        if self.buffered_samples < need:
-            raise ValueError(f"need {need} buffered samples for {num_frames} frames, have {self.buffered_samples}")
-        window = self._buffer[:cfg.context_samples + need].copy()
+        need, span = num_frames * cfg.hop_samples, (num_frames + lookahead_frames) * cfg.hop_samples
+        if self.buffered_samples < span:
+            raise ValueError(f"need {span} buffered samples for {num_frames}+{lookahead_frames} frames, "
+                             f"have {self.buffered_samples}")
+        window = self._buffer[:cfg.context_samples + span].copy()
         self._buffer = self._buffer[need:]
         self.samples_taken += need
         return window
+
+    def take_final(self, num_frames: int, lookahead_frames: int = 0) -> list[tuple[np.ndarray, int]]:
+        """End of stream: (window, real frames) for every chunk still buffered, each window as long as a
+        full one and zero-padded past the audio, then :meth:`take_rest`'s window (possibly 0 frames)."""
+        cfg = self.config
+        hop, span = cfg.hop_samples, (num_frames + lookahead_frames) * cfg.hop_samples
+        out: list[tuple[np.ndarray, int]] = []
+        while self.buffered_samples > num_frames * hop:
+            real = min(num_frames + lookahead_frames, math.ceil(self.buffered_samples / hop))
+            window = np.zeros(cfg.context_samples + span, dtype=np.float32)
+            part = self._buffer[:cfg.context_samples + span]
+            window[:part.shape[0]] = part
+            self._buffer = self._buffer[num_frames * hop:]
+            self.samples_taken += num_frames * hop
+            out.append((window, real))
+        out.append(self.take_rest())
+        return out
 
     def take_rest(self) -> tuple[np.ndarray, int]:
         """Window for the remaining samples (zero-padded to a whole hop) and its number of frames."""

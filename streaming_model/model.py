@@ -18,9 +18,17 @@ Both entry points run :meth:`StreamingTransformerXL._encode` with a different *c
 In both cases each attention problem is ``L`` queries over ``M + L`` keys, with a validity mask, computed by
 the same :meth:`RelPositionAttention.attend`, so the two paths agree to float rounding.
 
-Relative positions: query ``i`` (0..L-1) sits at key coordinate ``M + i``; key ``j`` in 0..M+L-1. Because a
-frame sees its whole chunk, distances ``M + i - j`` are two-sided, ranging over ``-(L-1) .. M+L-1``: we embed
-all ``M + 2L - 1`` of them and gather, rather than using Transformer-XL's causal-only rel-shift (its
+Look-ahead (``R = right_frames`` > 0, Emformer-style right context, Shi et al. 2021): a chunk's frames also
+see the ``R`` frames after the chunk. Those frames are computed twice: once as *look-ahead copies* inside the
+step of the chunk before them (seeing what that step sees, and never entering the memory) and once as
+ordinary frames of their own chunk. A step's input is the chunk plus ``R`` frames of audio; its queries are
+the ``L + R`` frames, its keys ``M + L + R``. The full pass appends every chunk's look-ahead copies after
+the utterance's frames (``T + C*R`` rows) and gives each chunk its copies as extra queries and keys, so
+training sees exactly what streaming computes. ``R = 0`` is the plain chunked model.
+
+Relative positions: query ``i`` (0..L+R-1) sits at key coordinate ``M + i``; key ``j`` in 0..M+L+R-1.
+Because a frame sees its whole chunk, distances ``M + i - j`` are two-sided, ranging over
+``-(L+R-1) .. M+L+R-1``: we embed all ``M + 2(L+R) - 1`` of them and gather, rather than using Transformer-XL's causal-only rel-shift (its
 upper-right entries are garbage for non-causal keys; research note §1.2 caveat).
 
 The depthwise convolution and the subsampling front end are causal and carry their left context in the
@@ -30,7 +38,7 @@ A chunk shorter than ``L`` (``lengths < chunk``) is allowed only as the last chu
 frames are masked as keys, and the state it returns is not meant to be stepped again.
 
 Dimension legend: B batch (streams), C chunks, T frames, D features/model width, H heads, E head width,
-L chunk frames, M memory frames, K kernel, V vocabulary, N layers.
+L chunk frames, M memory frames, R look-ahead frames, K kernel, V vocabulary, N layers.
 """
 
 from __future__ import annotations
@@ -176,26 +184,34 @@ class StateStore:
         return [0, 1, *range(2 + 2 * n, 3 + 3 * n)]  # fe1, fe2, conv x N, frames
 
 
-def ring_geometry(frames: torch.Tensor, lengths: torch.Tensor, *, mem_frames: int,
-                  chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where a chunk goes in the ring, which ring slots are real, and each (query, slot) distance row.
+def ring_geometry(frames: torch.Tensor, lengths: torch.Tensor, *, mem_frames: int, chunk_frames: int,
+                  right_frames: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a chunk goes in the ring, which keys are real, and each (query, key) distance row.
+
+    The keys of a step are the ring's ``M + L`` slots followed by the ``R`` look-ahead frames.
 
     Args:
         frames: (B,) stream positions (encoder frames processed before this chunk).
-        lengths: (B,) real frames in this chunk.
+        lengths: (B,) real frames in this step's window (chunk then look-ahead, at most L + R).
     Returns:
-        write_pos (B, L) ring slots of the chunk's frames; key_valid (B, R) bool; rel_index (B, L, R) rows
-        of the distance table (distance + L - 1).
+        write_pos (B, L) ring slots of the chunk's frames; key_valid (B, M+L+R) bool; rel_index
+        (B, L+R, M+L+R) rows of the distance table (distance + L + R - 1).
     """
-    m, l_ = mem_frames, chunk_frames
-    r = m + l_
-    i = torch.arange(l_, device=frames.device)
-    write_pos = (frames[:, None] + i[None, :]) % r  # (B, L)
-    slot = torch.arange(r, device=frames.device)
-    age_rank = (slot[None, :] - frames[:, None] + m) % r  # (B, R): 0 = oldest memory frame
-    absolute = frames[:, None] - m + age_rank  # (B, R) absolute frame held by each slot
+    m, l_, r_ = mem_frames, chunk_frames, right_frames
+    ring = m + l_
+    i = torch.arange(l_ + r_, device=frames.device)  # queries: the chunk, then its look-ahead
+    write_pos = (frames[:, None] + i[None, :l_]) % ring  # (B, L)
+    slot = torch.arange(ring, device=frames.device)
+    age_rank = (slot[None, :] - frames[:, None] + m) % ring  # (B, M+L): 0 = oldest memory frame
+    absolute = frames[:, None] - m + age_rank  # (B, M+L) absolute frame held by each slot
     key_valid = (absolute >= 0) & (absolute < frames[:, None] + lengths[:, None])
-    rel_index = i[None, :, None] + m - age_rank[:, None, :] + (l_ - 1)  # (B, L, R)
+    rel_index = i[None, :, None] + m - age_rank[:, None, :] + (l_ + r_ - 1)  # (B, L+R, M+L)
+    if r_:
+        k = torch.arange(r_, device=frames.device)  # look-ahead key k sits at coordinate M + L + k
+        right_valid = k[None, :] < (lengths[:, None] - l_)  # (B, R)
+        right_rel = (i[:, None] - l_ - k[None, :] + (l_ + r_ - 1)).expand(frames.shape[0], -1, -1)
+        key_valid = torch.cat([key_valid, right_valid], dim=1)
+        rel_index = torch.cat([rel_index, right_rel], dim=2)  # (B, L+R, M+L+R)
     return write_pos, key_valid, rel_index
 
 
@@ -213,15 +229,19 @@ class CausalStridedConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(d_in, d_out, kernel_size=3, stride=2)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: (B, T, D) with T even; cache: (B, 2, D)
+    def forward(self, x: torch.Tensor, cache: torch.Tensor,
+                keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, D) with T even; cache: (B, 2, D). Returns (B, T/2, D_out) and the cache for the next
+        call: the last two of the first ``keep`` input frames (all of them when None; a step with
+        look-ahead continues after its chunk, not after the look-ahead)."""
         xx = torch.cat([cache, x], dim=1)  # (B, T+2, D)
         # The convolution as one matrix product over stride-2 windows of 3 frames: the same weights and
         # sums as Conv1d, without oneDNN's per-call set-up (3.8 ms for a batch-8 streaming step, 0.2 here).
         b, t2, d = xx.shape
         windows = xx.unfold(1, 3, 2).reshape(b, (t2 - 3) // 2 + 1, d * 3)  # (B, T/2, D*3): index d*3+k
         y = F.linear(windows, self.conv.weight.reshape(self.conv.out_channels, d * 3), self.conv.bias)
-        return F.gelu(y), xx[:, -2:]
+        n = t2 - 2 if keep is None else keep
+        return F.gelu(y), xx[:, n:n + 2]
 
 
 class RelPositionAttention(nn.Module):
@@ -293,13 +313,18 @@ class ConvModule(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.pointwise_out = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: (B, T, D); cache: (B, D, K-1)
-        y = F.glu(self.pointwise_in(x), dim=-1).transpose(1, 2)  # (B, D, T)
-        yy = torch.cat([cache, y], dim=2)  # (B, D, K-1+T)
-        z = self.depthwise(yy).transpose(1, 2)  # (B, T, D)
-        z = self.pointwise_out(F.silu(self.norm(z)))
-        return z, yy[:, :, -(self.kernel - 1):]
+    # The context (full pass or step) supplies each depthwise input's left frames, so the module is used
+    # in three pieces: per-frame gate, the convolution over [left context ; frames], per-frame output.
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D, T)."""
+        return F.glu(self.pointwise_in(x), dim=-1).transpose(1, 2)
+
+    def convolve(self, yy: torch.Tensor) -> torch.Tensor:
+        """(B, D, K-1+T) -> (B, T, D): outputs for the T frames after the K-1 context frames."""
+        return self.depthwise(yy).transpose(1, 2)
+
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_out(F.silu(self.norm(z)))
 
 
 class _Context(Protocol):
@@ -307,9 +332,7 @@ class _Context(Protocol):
 
     def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor: ...
 
-    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor: ...
-
-    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None: ...
+    def convolution(self, layer: int, conv: ConvModule, h: torch.Tensor) -> torch.Tensor: ...
 
 
 class EncoderLayer(nn.Module):
@@ -330,81 +353,116 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, layer: int, ctx: _Context) -> torch.Tensor:
         x = x + self.drop(ctx.attention(layer, self.attn, self.norm_attn(x)))
         if self.conv is not None and self.norm_conv is not None:
-            h = self.norm_conv(x)
-            y, cache = self.conv(h, ctx.conv_cache(layer, h))
-            ctx.set_conv_cache(layer, cache)
-            x = x + self.drop(y)
+            x = x + self.drop(ctx.convolution(layer, self.conv, self.norm_conv(x)))
         return x + self.drop(self.ff(self.norm_ff(x)))
 
 
 class _FullContext:
-    """Whole utterances: every chunk attends to its window of frames computed in the same pass."""
+    """Whole utterances: every chunk attends to its window of frames computed in the same pass.
+
+    Rows of ``h``: the utterance's ``T = C*L`` frames, then (look-ahead only) each chunk's ``R`` copies.
+    """
 
     def __init__(self, model: StreamingTransformerXL, lengths: torch.Tensor, num_frames: int) -> None:
         c = model.config
         self.c = c
+        self.num_frames = num_frames
         self.num_chunks = num_frames // c.chunk_frames
         self.model = model
         # Key validity per chunk window: position p = chunk*L - M + s is real iff 0 <= p < length.
+        keys = c.mem_frames + c.chunk_frames + c.right_frames
         starts = torch.arange(self.num_chunks, device=lengths.device) * c.chunk_frames - c.mem_frames
-        pos = starts[:, None] + torch.arange(c.mem_frames + c.chunk_frames, device=lengths.device)  # (C, M+L)
-        self.key_valid = ((pos >= 0)[None] & (pos[None] < lengths[:, None, None])).reshape(
-            -1, c.mem_frames + c.chunk_frames)  # (B*C, M+L)
+        pos = starts[:, None] + torch.arange(keys, device=lengths.device)  # (C, M+L+R)
+        self.key_valid = ((pos >= 0)[None] & (pos[None] < lengths[:, None, None])).reshape(-1, keys)
 
     def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
-        c = self.c
-        b, t, d = h.shape
-        q, k, v = attn.project(h)  # (B, H, T, E)
+        c, t, n = self.c, self.num_frames, self.num_chunks
+        b, _, d = h.shape
+        q, k, v = attn.project(h)  # (B, H, T+C*R, E)
         h_, e = q.shape[1], q.shape[3]
-        q = q.reshape(b, h_, self.num_chunks, c.chunk_frames, e).transpose(1, 2).reshape(
-            b * self.num_chunks, h_, c.chunk_frames, e)  # (B*C, H, L, E)
 
-        def windows(x: torch.Tensor) -> torch.Tensor:
-            xp = F.pad(x, (0, 0, c.mem_frames, 0))  # (B, H, M+T, E)
+        def chunks(x: torch.Tensor) -> torch.Tensor:  # the utterance's frames, (B*C, H, L, E)
+            return x[:, :, :t].reshape(b, h_, n, c.chunk_frames, e).transpose(1, 2).reshape(
+                b * n, h_, c.chunk_frames, e)
+
+        def windows(x: torch.Tensor) -> torch.Tensor:  # each chunk's memory and chunk, (B*C, H, M+L, E)
+            xp = F.pad(x[:, :, :t], (0, 0, c.mem_frames, 0))  # (B, H, M+T, E)
             w = xp.unfold(2, c.mem_frames + c.chunk_frames, c.chunk_frames)  # (B, H, C, E, M+L)
-            return w.permute(0, 2, 1, 4, 3).reshape(b * self.num_chunks, h_, -1, e)  # (B*C, H, M+L, E)
+            return w.permute(0, 2, 1, 4, 3).reshape(b * n, h_, -1, e)
 
-        out = attn.attend(q, windows(k), windows(v), key_valid=self.key_valid,
-                          pos_emb=self.model.pos_emb, rel_index=self.model.rel_index)  # (B*C, L, D)
-        return out.reshape(b, t, d)
+        def right(x: torch.Tensor) -> torch.Tensor:  # each chunk's look-ahead copies, (B*C, H, R, E)
+            return x[:, :, t:].reshape(b, h_, n, c.right_frames, e).transpose(1, 2).reshape(
+                b * n, h_, c.right_frames, e)
 
-    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        return h.new_zeros(h.shape[0], h.shape[2], self.c.conv_kernel - 1)
+        qs, ks, vs = chunks(q), windows(k), windows(v)
+        if c.right_frames:
+            qs = torch.cat([qs, right(q)], dim=2)  # (B*C, H, L+R, E)
+            ks, vs = torch.cat([ks, right(k)], dim=2), torch.cat([vs, right(v)], dim=2)  # (B*C, H, M+L+R, E)
+        out = attn.attend(qs, ks, vs, key_valid=self.key_valid,
+                          pos_emb=self.model.pos_emb, rel_index=self.model.rel_index)  # (B*C, L+R, D)
+        main = out[:, :c.chunk_frames].reshape(b, t, d)
+        if not c.right_frames:
+            return main
+        return torch.cat([main, out[:, c.chunk_frames:].reshape(b, n * c.right_frames, d)], dim=1)
 
-    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None:
-        pass
+    def convolution(self, layer: int, conv: ConvModule, h: torch.Tensor) -> torch.Tensor:
+        c, t, n = self.c, self.num_frames, self.num_chunks
+        y = conv.gate(h)  # (B, D, T+C*R)
+        b, d, _ = y.shape
+        yy = F.pad(y[:, :, :t], (conv.kernel - 1, 0))  # (B, D, K-1+T): zeros before the utterance
+        z = conv.convolve(yy)  # (B, T, D)
+        if c.right_frames:
+            # A chunk's copies continue from the K-1 frames before the chunk's end.
+            left = yy.unfold(2, conv.kernel - 1, c.chunk_frames)[:, :, 1:]  # (B, D, C, K-1)
+            copies = y[:, :, t:].reshape(b, d, n, c.right_frames)  # (B, D, C, R)
+            win = torch.cat([left, copies], dim=3).transpose(1, 2).reshape(b * n, d, -1)  # (B*C, D, K-1+R)
+            zr = conv.convolve(win).reshape(b, n * c.right_frames, d)  # (B, C*R, D)
+            z = torch.cat([z, zr], dim=1)
+        return conv.output(z)
 
 
 class _StepContext:
-    """One chunk per stream: the chunk's keys/values are written into the state's rings, which are then
-    attended to whole. The state passed in is updated in place (it is the caller's gathered copy)."""
+    """One chunk (and its look-ahead) per stream: the chunk's keys/values are written into the state's
+    rings, which are then attended to whole, with the look-ahead's keys/values after them. The state
+    passed in is updated in place (it is the caller's gathered copy)."""
 
     def __init__(self, model: StreamingTransformerXL, state: StreamState, lengths: torch.Tensor) -> None:
         c = model.config
+        self.c = c
         self.model = model
         self.state = state
         self.write_pos, self.key_valid, self.rel_index = ring_geometry(
-            state.frames, lengths, mem_frames=c.mem_frames, chunk_frames=c.chunk_frames)
+            state.frames, lengths, mem_frames=c.mem_frames, chunk_frames=c.chunk_frames,
+            right_frames=c.right_frames)
         self.rows = torch.arange(state.frames.shape[0], device=state.frames.device)[:, None]  # (B, 1)
 
     def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
-        q, k, v = attn.project(h)  # (B, H, L, E)
-        ring_k, ring_v = self.state.ring_k[layer], self.state.ring_v[layer]  # (B or S, H, R, E)
+        l_ = self.c.chunk_frames
+        q, k, v = attn.project(h)  # (B, H, L+R, E)
+        ring_k, ring_v = self.state.ring_k[layer], self.state.ring_v[layer]  # (B or S, H, M+L, E)
         slots = self.state.ring_slots
         rows = self.rows if slots is None else slots[:, None]
-        ring_k[rows, :, self.write_pos] = k.transpose(1, 2).to(ring_k.dtype)  # indexed view: (B, L, H, E)
-        ring_v[rows, :, self.write_pos] = v.transpose(1, 2).to(ring_v.dtype)
-        if slots is not None:  # read the batch's rows of the slab: (S, H, R, E) -> (B, H, R, E)
+        ring_k[rows, :, self.write_pos] = k[:, :, :l_].transpose(1, 2).to(ring_k.dtype)  # (B, L, H, E)
+        ring_v[rows, :, self.write_pos] = v[:, :, :l_].transpose(1, 2).to(ring_v.dtype)
+        if slots is not None:  # read the batch's rows of the slab: (S, H, M+L, E) -> (B, H, M+L, E)
             ring_k = ring_k.view(ring_k.shape[0], -1).index_select(0, slots).view(-1, *ring_k.shape[1:])
             ring_v = ring_v.view(ring_v.shape[0], -1).index_select(0, slots).view(-1, *ring_v.shape[1:])
-        return attn.attend(q, ring_k.to(q.dtype), ring_v.to(q.dtype), key_valid=self.key_valid,
+        keys, values = ring_k.to(q.dtype), ring_v.to(q.dtype)
+        if self.c.right_frames:  # the look-ahead is attended to but never enters the memory
+            keys, values = torch.cat([keys, k[:, :, l_:]], dim=2), torch.cat([values, v[:, :, l_:]], dim=2)
+        return attn.attend(q, keys, values, key_valid=self.key_valid,
                            pos_emb=self.model.pos_emb, rel_index=self.rel_index)
 
-    def conv_cache(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        return self.state.conv[layer]
-
-    def set_conv_cache(self, layer: int, cache: torch.Tensor) -> None:
+    def convolution(self, layer: int, conv: ConvModule, h: torch.Tensor) -> torch.Tensor:
+        l_ = self.c.chunk_frames
+        y = conv.gate(h)  # (B, D, L+R)
+        yy = torch.cat([self.state.conv[layer].to(y.dtype), y[:, :, :l_]], dim=2)  # (B, D, K-1+L)
+        cache = yy[:, :, -(conv.kernel - 1):]
         self.state.conv[layer] = cache
+        z = conv.convolve(yy)  # (B, L, D)
+        if self.c.right_frames:
+            z = torch.cat([z, conv.convolve(torch.cat([cache, y[:, :, l_:]], dim=2))], dim=1)  # (B, L+R, D)
+        return conv.output(z)
 
 
 class StreamingTransformerXL(nn.Module):
@@ -422,22 +480,27 @@ class StreamingTransformerXL(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.ctc = nn.Linear(c.d_model, c.vocab_size)
-        distances = torch.arange(-(c.chunk_frames - 1), c.mem_frames + c.chunk_frames)  # (M+2L-1,)
+        lr = c.chunk_frames + c.right_frames
+        distances = torch.arange(-(lr - 1), c.mem_frames + lr)  # (M+2(L+R)-1,)
         self.register_buffer("pos_emb", sinusoid_table(distances, c.d_model), persistent=False)
-        i = torch.arange(c.chunk_frames)[:, None]
-        j = torch.arange(c.mem_frames + c.chunk_frames)[None, :]
-        self.register_buffer("rel_index", ((c.mem_frames + i - j) + (c.chunk_frames - 1))[None],
-                             persistent=False)  # (1, L, M+L): in a full pass slot s of a window is its age
+        i = torch.arange(lr)[:, None]
+        j = torch.arange(c.mem_frames + lr)[None, :]
+        self.register_buffer("rel_index", ((c.mem_frames + i - j) + (lr - 1))[None],
+                             persistent=False)  # (1, L+R, M+L+R): in a full pass slot s of a window is its age
 
-    def _encode(self, features: torch.Tensor, fe1: torch.Tensor, fe2: torch.Tensor,
-                ctx: _Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = (features - self.feat_mean) / self.feat_std  # (B, 4T, n_mels)
-        x, fe1_new = self.fe1(x, fe1)  # (B, 2T, C)
-        x, fe2_new = self.fe2(x, fe2)  # (B, T, D)
-        x = self.fe_proj(x)
+    def _front_end(self, features: torch.Tensor, fe1: torch.Tensor, fe2: torch.Tensor,
+                   keep: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 4T, n_mels) -> (B, T, D) and the front end's caches after the first ``keep`` feature frames."""
+        x = (features - self.feat_mean) / self.feat_std
+        x, fe1_new = self.fe1(x, fe1, None if keep is None else keep)  # (B, 2T, C)
+        x, fe2_new = self.fe2(x, fe2, None if keep is None else keep // 2)  # (B, T, D)
+        return self.fe_proj(x), fe1_new, fe2_new
+
+    def _encode(self, x: torch.Tensor, ctx: _Context, num_frames: int) -> torch.Tensor:
+        """Encoder layers over ``x`` (frames then look-ahead copies); CTC logits of the first ``num_frames``."""
         for n, layer in enumerate(self.layers):
             x = layer(x, n, ctx)
-        return self.ctc(self.norm(x)), fe1_new, fe2_new  # (B, T, V)
+        return self.ctc(self.norm(x[:, :num_frames]))  # (B, T, V)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole utterances, exactly as streaming would see them.
@@ -452,36 +515,44 @@ class StreamingTransformerXL(nn.Module):
         step = c.chunk_feature_frames
         t = features.shape[1]
         padded = -(-t // step) * step if t else step
-        features = F.pad(features, (0, 0, 0, padded - t))  # (B, T_pad, n_mels)
+        # Zeros after the audio: the last chunk's padding and the look-ahead past the end, as streaming pads.
+        features = F.pad(features, (0, 0, 0, padded - t + c.right_feature_frames))  # (B, T_pad+4R, n_mels)
         out_lengths = (lengths + c.subsampling - 1) // c.subsampling
         b = features.shape[0]
-        ctx = _FullContext(self, out_lengths, padded // c.subsampling)
+        num_frames = padded // c.subsampling
         zeros1 = features.new_zeros(b, 2, c.n_mels)
         zeros2 = features.new_zeros(b, 2, c.frontend_channels)
-        logits, _, _ = self._encode(features, zeros1, zeros2, ctx)
-        return logits, out_lengths
+        x, _, _ = self._front_end(features, zeros1, zeros2, None)  # (B, T+R, D)
+        if c.right_frames:  # chunk c's look-ahead copies are frames (c+1)L .. (c+1)L+R-1
+            copies = x[:, c.chunk_frames:].unfold(1, c.right_frames, c.chunk_frames)  # (B, C, D, R)
+            x = torch.cat([x[:, :num_frames], copies.transpose(2, 3).reshape(b, -1, x.shape[2])], dim=1)
+        ctx = _FullContext(self, out_lengths, num_frames)
+        return self._encode(x, ctx, num_frames), out_lengths
 
     def step(self, chunk: torch.Tensor, lengths: torch.Tensor,
              state: StreamState) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
         """One streaming step for a batch of streams, each possibly at a different position.
 
         Args:
-            chunk: (B, chunk_feature_frames, n_mels) log-mel frames (a short last chunk zero-padded).
-            lengths: (B,) real feature frames in the chunk (1..chunk_feature_frames).
+            chunk: (B, step_feature_frames, n_mels) log-mel frames: the chunk, then its look-ahead (zero-
+                padded where the stream has ended).
+            lengths: (B,) real feature frames in the window (1..step_feature_frames); fewer than
+                ``chunk_feature_frames`` only for a stream's last chunk.
             state: the streams' states, batched in the same order (from ``StateStore.gather`` or
-                ``StateStore.view``); consumed (updated in place).
+                ``StateStore.view``); consumed (updated in place). It advances by one chunk.
         Returns:
-            logits (B, L, V), output lengths (B,), and the new state.
+            logits (B, L, V) of the chunk's frames, their output lengths (B,), and the new state.
         """
         c = self.config
-        if chunk.shape[1] != c.chunk_feature_frames:
-            raise ValueError(f"chunk must have {c.chunk_feature_frames} frames, got {chunk.shape[1]}")
-        out_lengths = (lengths + c.subsampling - 1) // c.subsampling
+        if chunk.shape[1] != c.step_feature_frames:
+            raise ValueError(f"chunk must have {c.step_feature_frames} frames, got {chunk.shape[1]}")
+        out_lengths = (lengths + c.subsampling - 1) // c.subsampling  # real frames of the window
         ctx = _StepContext(self, state, out_lengths)
-        logits, fe1, fe2 = self._encode(chunk, state.fe1, state.fe2, ctx)
+        x, fe1, fe2 = self._front_end(chunk, state.fe1, state.fe2, c.chunk_feature_frames)
+        logits = self._encode(x, ctx, c.chunk_frames)
         state.fe1, state.fe2 = fe1, fe2
         state.frames = state.frames + c.chunk_frames
-        return logits, out_lengths, state
+        return logits, out_lengths.clamp(max=c.chunk_frames), state
 
     def initial_state(self, batch: int) -> StreamState:
         p = next(self.parameters())

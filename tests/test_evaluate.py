@@ -168,7 +168,8 @@ def test_wer_command(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) 
     data = _run(setup, "wer", "--decoding", "beam", "--beam-size", "4", "--lm", setup["lm"],
                 "--lm-weight", "0.3", "--word-bonus", "0.5", "--chunk-frames", "8", "--mem-frames", "16",
                 "--limit", "2")
-    assert data["geometry"] == {"chunk_frames": 8, "mem_frames": 16, "chunk_ms": 320, "mem_ms": 640}
+    assert data["geometry"] == {"chunk_frames": 8, "mem_frames": 16, "right_frames": 0, "chunk_ms": 320,
+                                "mem_ms": 640, "right_ms": 0}
     assert data["decoding"] == {"method": "beam", "beam_size": 4, "lm": setup["lm"], "lm_weight": 0.3,
                                 "word_insertion_bonus": 0.5, "hotwords": 0}
     assert data["utterances"] == 2

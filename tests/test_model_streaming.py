@@ -27,10 +27,11 @@ def _stream(model, feats: torch.Tensor, lengths: torch.Tensor, starts: list[int]
     """Run each utterance chunk by chunk, batching streams that are at different positions.
 
     Stream b joins the batch at step ``starts[b]``; at every step each active stream contributes its next
-    chunk. Returns the per-utterance logits concatenated over its chunks.
+    chunk and the look-ahead after it (the window advances by one chunk). Returns the per-utterance logits
+    concatenated over its chunks.
     """
     c = model.config
-    step = c.chunk_feature_frames
+    step, window = c.chunk_feature_frames, c.step_feature_frames
     store = StateStore(c, max_slots=len(starts) + 2)
     slots = [store.allocate() for _ in starts]
     n_chunks = [(-(-int(n) // step)) for n in lengths]
@@ -42,11 +43,11 @@ def _stream(model, feats: torch.Tensor, lengths: torch.Tensor, starts: list[int]
         t += 1
         if not active:
             continue
-        chunk = torch.zeros(len(active), step, c.n_mels)
+        chunk = torch.zeros(len(active), window, c.n_mels)
         lens = torch.zeros(len(active), dtype=torch.int64)
         for row, b in enumerate(active):
             lo = pos[b] * step
-            n = min(step, int(lengths[b]) - lo)
+            n = min(window, int(lengths[b]) - lo)
             chunk[row, :n] = feats[b, lo:lo + n]
             lens[row] = n
         idx = torch.tensor([slots[b] for b in active])
@@ -59,10 +60,13 @@ def _stream(model, feats: torch.Tensor, lengths: torch.Tensor, starts: list[int]
     return [torch.cat(o) for o in outs]
 
 
-@pytest.mark.parametrize("mem_frames,conv_kernel", [(8, 5), (0, 5), (3, 0), (16, 3)])
-def test_step_equals_forward_batch_at_different_positions(mem_frames: int, conv_kernel: int) -> None:
-    config = ModelConfig(**{**TINY.to_dict(), "mem_frames": mem_frames, "conv_kernel": conv_kernel})
-    model = make_tiny_model(config, seed=mem_frames)
+@pytest.mark.parametrize("mem_frames,conv_kernel,right_frames",
+                         [(8, 5, 0), (0, 5, 0), (3, 0, 0), (16, 3, 0), (8, 5, 2), (0, 5, 1), (3, 0, 4), (8, 7, 6)])
+def test_step_equals_forward_batch_at_different_positions(mem_frames: int, conv_kernel: int,
+                                                          right_frames: int) -> None:
+    config = ModelConfig(**{**TINY.to_dict(), "mem_frames": mem_frames, "conv_kernel": conv_kernel,
+                            "right_frames": right_frames})
+    model = make_tiny_model(config, seed=mem_frames + right_frames)
     torch.manual_seed(1)
     lengths = torch.tensor([16 * 9 + 5, 16 * 4, 16 * 6 + 1, 3])  # partial last chunks included
     feats = torch.randn(4, int(lengths.max()), config.n_mels) * 3
@@ -83,6 +87,30 @@ def test_forward_ignores_frames_beyond_length() -> None:
     n = int(la[0])
     assert n == int(lb[0]) == 6
     torch.testing.assert_close(a[0, :n], b[0, :n])
+
+
+@pytest.mark.parametrize("right_frames", [0, 2, 6])
+def test_look_ahead_reach_is_exactly_right_frames(right_frames: int) -> None:
+    """A chunk's outputs depend on the R frames after it, and on nothing later."""
+    config = ModelConfig(**{**TINY.to_dict(), "right_frames": right_frames})
+    model = make_tiny_model(config, seed=7)
+    c = model.config
+    torch.manual_seed(4)
+    feats = torch.randn(1, 16 * 8, c.n_mels)
+    n = torch.tensor([feats.shape[1]])
+    chunk = 3  # outputs of encoder frames 12..15
+    end_feats = (chunk + 1) * c.chunk_feature_frames
+    with torch.no_grad():
+        base, _ = model(feats, n)
+        beyond = feats.clone()
+        beyond[:, end_feats + c.right_feature_frames:] += 5  # after the look-ahead
+        out_beyond, _ = model(beyond, n)
+        inside = feats.clone()
+        inside[:, end_feats:end_feats + 4] += 5  # the first encoder frame after the chunk
+        out_inside, _ = model(inside, n)
+    rows = slice(chunk * c.chunk_frames, (chunk + 1) * c.chunk_frames)
+    torch.testing.assert_close(base[0, rows], out_beyond[0, rows])
+    assert torch.allclose(base[0, rows], out_inside[0, rows]) == (right_frames == 0)
 
 
 def test_memory_changes_output_and_is_bounded() -> None:
@@ -146,6 +174,23 @@ def test_ring_geometry_matches_window_order() -> None:
             for i in range(l_):
                 assert int(rel[0, i, j]) == (frames + i - absolute) + l_ - 1
         assert sorted(int(p) for p in write_pos[0]) == sorted((frames + i) % r for i in range(l_))
+
+
+def test_ring_geometry_look_ahead_keys_follow_the_ring() -> None:
+    m, l_, r_ = 5, 3, 2
+    lr = l_ + r_
+    for frames, lengths in [(0, 5), (7, 5), (9, 4), (12, 2)]:
+        write_pos, valid, rel = ring_geometry(torch.tensor([frames]), torch.tensor([lengths]), mem_frames=m,
+                                              chunk_frames=l_, right_frames=r_)
+        assert write_pos.shape == (1, l_) and valid.shape == (1, m + l_ + r_) and rel.shape == (1, lr, m + lr)
+        for k in range(r_):  # look-ahead key k holds absolute frame frames + L + k
+            assert bool(valid[0, m + l_ + k]) == (l_ + k < lengths)
+            for i in range(lr):
+                assert int(rel[0, i, m + l_ + k]) == (i - l_ - k) + lr - 1
+        for j in range(m + l_):  # ring keys: as without look-ahead, on the wider distance table
+            absolute = frames - m + (j - frames + m) % (m + l_)
+            assert bool(valid[0, j]) == (0 <= absolute < frames + lengths)
+            assert int(rel[0, lr - 1, j]) == (frames + lr - 1 - absolute) + lr - 1
 
 
 @pytest.mark.parametrize("piece_samples", [1, 80, 160, 333, 1280, 4000])

@@ -28,7 +28,7 @@ from streaming_model.train import (
 )
 
 TINY_MODEL = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "frontend_channels": 32, "conv_kernel": 3,
-              "chunk_frames": 2, "mem_frames": 4}
+              "chunk_frames": 2, "mem_frames": 4, "right_frames": 1}  # trains the look-ahead pass too
 WORDS = ["yes", "no", "card", "bank", "hello", "thanks"]
 
 
