@@ -226,7 +226,8 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
                choices=("uvloop", "asyncio")),
     OptionSpec("quantize", Kind.STR, "none",
-               "Weights of the model's linear layers: float32 ('none') or dynamic int8 (faster on CPU).",
+               "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
+               "CPU, but a stream's result then depends slightly on which streams share its batch).",
                _MODEL, choices=("none", "int8")),
     OptionSpec("runner", Kind.STR, "process",
                "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -60,7 +60,7 @@ class ChunkInput:
 
     slot: int
     window: np.ndarray | None  # float32 samples with left context; None for a control item
-    num_frames: int  # real feature frames in the window (0 .. chunk)
+    num_frames: int  # real feature frames in the window (0 .. chunk + look-ahead)
     first: bool  # the stream's first item: reset its slot and create its decoder
     endpoint: EndpointParams
     decoder: DecoderParams
@@ -124,7 +124,9 @@ def quantize_int8(model: torch.nn.Module) -> Any:
     """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised per step).
 
     On the 2-core CPU it made a 16-stream step ~1.7x faster; its accuracy cost is measured on the dev set
-    (docs/model.md). torch.ao's eager API is deprecated in favour of torchao, which is not a dependency.
+    (docs/model.md). Activations are quantised with one scale per step, so a stream's output depends a
+    little on the other streams in its batch (float32 does not): that is why it is not the default.
+    torch.ao's eager API is deprecated in favour of torchao, which is not a dependency.
     """
     import warnings
 
@@ -139,12 +141,13 @@ class RunnerInfo:
     """What the engine and sessions need to know about the model behind a runner."""
 
     features: FbankConfig
-    chunk_frames: int  # feature frames per step
+    chunk_frames: int  # feature frames a step advances a stream by
     max_streams: int
     description: str
     trained: bool
     model_path: str
     dev_wer: float | None = None  # the checkpoint's dev-set WER, when its trainer recorded one
+    lookahead_frames: int = 0  # feature frames after the chunk that a step's window also carries
 
 
 class ModelRunner:
@@ -180,7 +183,8 @@ class ModelRunner:
         self._graphs: dict[tuple[tuple[str, float], ...], Any] = {}
         self._thread: int | None = None
         self.chunk_frames = self.config.chunk_feature_frames
-        self.window_samples = loaded.features.context_samples + self.chunk_frames * loaded.features.hop_samples
+        self.window_frames = self.config.step_feature_frames  # the chunk and its look-ahead
+        self.window_samples = loaded.features.context_samples + self.window_frames * loaded.features.hop_samples
 
     @property
     def info(self) -> RunnerInfo:
@@ -189,9 +193,10 @@ class ModelRunner:
             features=self.loaded.features, chunk_frames=self.chunk_frames, max_streams=self.store.max_slots,
             description=(f"{self.loaded.path}: {self.loaded.model.num_parameters() / 1e6:.2f}M parameters, "
                          f"{self.quantize}, chunk "
-                         f"{c.chunk_ms} ms, memory {c.mem_ms} ms, {c.n_layers} layers, vocab {c.vocab_size}, "
-                         f"device {self.device}"),
+                         f"{c.chunk_ms} ms, look-ahead {c.right_ms} ms, memory {c.mem_ms} ms, {c.n_layers} "
+                         f"layers, vocab {c.vocab_size}, device {self.device}"),
             trained=self.loaded.trained, model_path=self.loaded.path,
+            lookahead_frames=self.window_frames - self.chunk_frames,
             dev_wer=float(wer) if isinstance(wer := self.loaded.info.get("dev_wer"), int | float) else None)
 
     def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
@@ -251,8 +256,8 @@ class ModelRunner:
             assert inp.window is not None
             windows[b, : inp.window.shape[0]] = inp.window
         num_frames = torch.tensor([inp.num_frames for inp in inputs], device=self.device)
-        feats = self.fbank(torch.from_numpy(windows).to(self.device))  # (B, chunk, n_mels)
-        real = torch.arange(self.chunk_frames, device=self.device)[None, :] < num_frames[:, None]
+        feats = self.fbank(torch.from_numpy(windows).to(self.device))  # (B, chunk + look-ahead, n_mels)
+        real = torch.arange(self.window_frames, device=self.device)[None, :] < num_frames[:, None]
         feats = feats * real[..., None]  # short last chunks: zero padding, as forward() pads
         slots = torch.tensor([inp.slot for inp in inputs], device=self.device)
         fresh = [b for b, inp in enumerate(inputs) if inp.first]
