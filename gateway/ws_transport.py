@@ -319,7 +319,8 @@ class _Session:
         start_ms = min(_ms(hyp.start_s), end_ms)
         if not event.is_final:
             return ResultMessage(is_final=False, channel=stream.channel, text=hyp.text, start_ms=start_ms,
-                                 end_ms=end_ms, audio_end_ms=audio_end_ms)
+                                 end_ms=end_ms, audio_end_ms=audio_end_ms,
+                                 stable_words=min(hyp.stable_words, len(hyp.text.split())))
         words = tuple(Word(word=w.text, start_ms=min(_ms(w.start_s), audio_end_ms),
                            end_ms=min(_ms(w.end_s), audio_end_ms),
                            confidence=min(1.0, max(0.0, w.confidence)))

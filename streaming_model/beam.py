@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -351,8 +351,9 @@ class BeamDecoder:
         return hyp
 
     def partial(self) -> Hypothesis:
-        """The best prefix so far (ranked with its hotword and LM bonuses)."""
-        return self._hypothesis(self._best())
+        """The best prefix so far (ranked with its hotword and LM bonuses), with :attr:`stable_words`."""
+        hyp = self._hypothesis(self._best())
+        return replace(hyp, stable_words=self.stable_words) if hyp.words else hyp
 
     def nbest(self, n: int | None = None) -> list[tuple[float, Hypothesis]]:
         """The live prefixes, best first, with their ranking scores."""

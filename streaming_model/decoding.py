@@ -12,7 +12,7 @@ Dimension legend: T frames, V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -30,13 +30,17 @@ class Word:
 
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
-    """One utterance's text so far. Times are seconds from the start of the stream."""
+    """One utterance's text so far. Times are seconds from the start of the stream.
+
+    ``stable_words`` (partials): how many leading words are settled; the words after them may change.
+    """
 
     text: str
     words: tuple[Word, ...]
     confidence: float
     start_s: float
     end_s: float
+    stable_words: int = 0
 
     @property
     def is_empty(self) -> bool:
@@ -138,10 +142,13 @@ class GreedyDecoder:
         self.frames_decoded += best.shape[0]
 
     def partial(self) -> Hypothesis:
-        return words_from_tokens(self._tokens, self.tokenizer, self.frame_s)
+        """The best path so far. Greedy never revises an emitted token, so every word but the last (which
+        may still grow) is settled."""
+        hyp = words_from_tokens(self._tokens, self.tokenizer, self.frame_s)
+        return replace(hyp, stable_words=max(len(hyp.words) - 1, 0)) if hyp.words else hyp
 
     def finalize(self) -> Hypothesis:
-        hyp = self.partial()
+        hyp = words_from_tokens(self._tokens, self.tokenizer, self.frame_s)  # a final is settled whole
         self._tokens = []
         self._prev = BLANK_ID
         return hyp

@@ -48,3 +48,16 @@ def chatty_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("model") / "chatty.safetensors"
     save_checkpoint(path, make_chatty_model(), features=FbankConfig(), tokenizer=CharTokenizer(), trained=False)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def wordy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The chatty model, but often predicting a space: its partials have several words."""
+    from streaming_model.checkpoint import save_checkpoint
+
+    model = make_chatty_model()
+    with torch.no_grad():
+        model.ctc.bias[CharTokenizer().symbols.index(" ")] = 1.0
+    path = tmp_path_factory.mktemp("model") / "wordy.safetensors"
+    save_checkpoint(path, model, features=FbankConfig(), tokenizer=CharTokenizer(), trained=False)
+    return str(path)

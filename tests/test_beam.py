@@ -158,6 +158,16 @@ def test_stable_words_is_the_common_word_prefix_of_the_beam() -> None:
     texts = {h.text for _, h in d.nbest()}
     assert {"my plan i", "my plan a"} <= texts
     assert d.stable_words == 2
+    assert d.partial().stable_words == 2  # what partials carry to the client
+
+
+def test_greedy_partials_settle_all_but_the_last_word() -> None:
+    g = GreedyDecoder(TOK, frame_s=FRAME_S)
+    assert g.partial().stable_words == 0
+    g.accept(frames(spell("my pla")))
+    assert (g.partial().text, g.partial().stable_words) == ("my pla", 1)
+    g.accept(frames(spell("n is")))
+    assert (g.partial().text, g.partial().stable_words) == ("my plan is", 2)
 
 
 def ambiguous_plan(p_a: float, p_e: float) -> list[dict[str, float]]:

@@ -290,6 +290,8 @@ def results(draw: st.DrawFn) -> ResultMessage:
     end_ms = start_ms + draw(st.integers(0, 10**5))
     words = alternatives = ()
     confidence = None
+    text = draw(TEXT)
+    stable_words = 0 if is_final else draw(st.integers(0, len(text.split())))
     if is_final:
         confidence = draw(st.none() | FLOAT01)
         words = tuple(
@@ -302,13 +304,14 @@ def results(draw: st.DrawFn) -> ResultMessage:
     return ResultMessage(
         is_final=is_final,
         channel=draw(st.integers(0, 1)),
-        text=draw(TEXT),
+        text=text,
         start_ms=start_ms,
         end_ms=end_ms,
         audio_end_ms=end_ms + draw(st.integers(0, 1000)),
         confidence=confidence,
         words=words,
         alternatives=alternatives,
+        stable_words=stable_words,
     )
 
 

@@ -380,6 +380,18 @@ def test_commands_follow_the_client_config() -> None:
     conn.send_result(final(words=()))
 
 
+def test_stable_words_only_on_partials_and_within_the_text() -> None:
+    conn = streaming()
+    ok = ResultMessage(is_final=False, channel=0, text="two words", start_ms=0, end_ms=1, audio_end_ms=1,
+                       stable_words=2)
+    assert decode_server_message(conn.send_result(ok)) == Result(result=ok, seq=0)
+    with pytest.raises(WebSocketLocalError, match="stable_words"):
+        conn.send_result(ResultMessage(is_final=False, channel=0, text="two words", start_ms=0, end_ms=1,
+                                       audio_end_ms=1, stable_words=3))
+    with pytest.raises(WebSocketLocalError, match="stable_words"):
+        conn.send_result(final(stable_words=1))
+
+
 def test_commands_before_ready_raise() -> None:
     conn = Connection()
     with pytest.raises(WebSocketLocalError):

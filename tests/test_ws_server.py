@@ -36,6 +36,44 @@ def check_result_invariants(msgs: list[dict[str, Any]], audio_s: float) -> None:
         assert 0 <= m["start_ms"] <= m["end_ms"] <= m["audio_end_ms"] <= audio_s * 1000 + 1
         assert m["audio_end_ms"] >= last_end
         last_end = m["audio_end_ms"]
+        if m["type"] == "partial":
+            assert 0 <= m["stable_words"] <= len(m["text"].split())
+        else:
+            assert "stable_words" not in m
+
+
+def check_settled_prefixes(msgs: list[dict[str, Any]]) -> int:
+    """Greedy decoding: the settled words of a partial start every later result of its utterance.
+    Returns how many settled words were checked (so a caller can insist the check was not vacuous)."""
+    checked = 0
+    settled: dict[int, list[str]] = {}
+    for m in results(msgs):
+        words = m["text"].split()
+        prefix = settled.get(m["channel"], [])
+        assert words[:len(prefix)] == prefix, (prefix, m)
+        checked += len(prefix)
+        if m["type"] == "final":
+            settled.pop(m["channel"], None)
+        else:
+            settled[m["channel"]] = words[:m["stable_words"]]
+    return checked
+
+
+def test_partials_keep_a_settled_prefix_and_a_changing_tail(wordy_checkpoint: str) -> None:
+    async def main() -> None:
+        async with running_server(settings_for(wordy_checkpoint)) as srv:
+            async with client(srv.ws_url) as ws:
+                await ws.send(start_msg(endpointing={"silence_ms": 600}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                await send_audio(ws, noise_pcm(4.0, seed=3))
+                await ws.send(json.dumps({"type": "stop"}))
+                msgs = await collect(ws)
+        check_result_invariants(msgs, 4.0)
+        partials = results(msgs, "partial")
+        assert max(m["stable_words"] for m in partials) >= 2, partials
+        assert check_settled_prefixes(msgs) >= 5
+
+    run(main())
 
 
 @pytest.mark.parametrize("runner", ["thread", "process"])

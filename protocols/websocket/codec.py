@@ -477,6 +477,8 @@ def _encode_result(result: Result) -> JsonObject:
         "audio_end_ms": message.audio_end_ms,
         "seq": result.seq,
     }
+    if not message.is_final:
+        obj["stable_words"] = message.stable_words
     if message.confidence is not None:
         obj["confidence"] = message.confidence
     if message.words:
@@ -535,11 +537,12 @@ def _decode_result(obj: Mapping[str, object], kind: str) -> Result:
     is_final = kind == "final"
     base = ("type", "channel", "text", "start_ms", "end_ms", "audio_end_ms", "seq")
     _check_fields(
-        obj, where=kind, allowed=base + (("confidence", "words", "alternatives") if is_final else ())
+        obj, where=kind, allowed=base + (("confidence", "words", "alternatives") if is_final else ("stable_words",))
     )
+    int_fields = ("channel", "start_ms", "end_ms", "audio_end_ms", "seq") + (() if is_final else ("stable_words",))
     ints = {
         name: _as_ranged_int(_require(obj, name, where=kind), where=f"{kind}.{name}", low=0, high=2**63 - 1)
-        for name in ("channel", "start_ms", "end_ms", "audio_end_ms", "seq")
+        for name in int_fields
     }
     confidence = None
     if "confidence" in obj:
@@ -588,6 +591,7 @@ def _decode_result(obj: Mapping[str, object], kind: str) -> Result:
         confidence=confidence,
         words=tuple(words),
         alternatives=tuple(alternatives),
+        stable_words=ints.get("stable_words", 0),
     )
     return Result(result=message, seq=ints["seq"])
 

@@ -326,6 +326,12 @@ class Connection:
                 raise WebSocketLocalError("cannot send a partial: the client set interim_results false")
             if result.confidence is not None or result.words or result.alternatives:
                 raise WebSocketLocalError("confidence, words and alternatives: expected only on finals")
+            if not 0 <= result.stable_words <= len(result.text.split()):
+                raise WebSocketLocalError(
+                    f"stable_words: expected 0 .. {len(result.text.split())} (the words of text), "
+                    f"got {result.stable_words}")
+        elif result.stable_words:
+            raise WebSocketLocalError("stable_words: expected only on partials (a final is settled whole)")
         if result.words and not config.word_timings:
             raise WebSocketLocalError("words: the client set word_timings false")
         confidences = [result.confidence] if result.confidence is not None else []

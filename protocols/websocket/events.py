@@ -226,7 +226,8 @@ class ResultMessage:
 
     ``start_ms``/``end_ms`` span the utterance; ``audio_end_ms`` is how much of the channel's audio the
     recogniser had consumed when it produced this result (``end_ms <= audio_end_ms``). ``confidence``,
-    ``words`` and ``alternatives`` are for finals only.
+    ``words`` and ``alternatives`` are for finals only; ``stable_words`` for partials only: how many words
+    at the start of ``text`` are settled (the changing tail follows them).
     """
 
     is_final: bool
@@ -238,6 +239,7 @@ class ResultMessage:
     confidence: float | None = None
     words: tuple[Word, ...] = ()
     alternatives: tuple[Alternative, ...] = ()
+    stable_words: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
