@@ -471,7 +471,9 @@ def tune_grid(loaded: LoadedModel, items: Sequence[EvalItem], log_probs: Sequenc
 
 
 def run_tune(loaded: LoadedModel, items: Sequence[EvalItem], *, lm: LanguageModel, lm_spec: str,
-             manifest: str, settings: EngineSettings, confirm: bool = True) -> dict[str, Any]:
+             manifest: str, settings: EngineSettings, confirm: bool = True,
+             weights: Sequence[float] = LM_WEIGHTS, bonuses: Sequence[float] = WORD_BONUSES,
+             beam_sizes: Sequence[int] = BEAM_SIZES) -> dict[str, Any]:
     """:func:`tune_grid` on forward-pass log-probabilities, then the chosen setting through the engine."""
     from gateway.runner import DecoderParams
 
@@ -487,7 +489,8 @@ def run_tune(loaded: LoadedModel, items: Sequence[EvalItem], *, lm: LanguageMode
               file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    tuned = tune_grid(loaded, items, log_probs, lm=lm.model, on_point=progress)
+    tuned = tune_grid(loaded, items, log_probs, lm=lm.model, weights=weights, bonuses=bonuses,
+                      beam_sizes=beam_sizes, on_point=progress)
     grid_s = time.perf_counter() - start
     report: dict[str, Any] = {
         "model": loaded.path, "manifest": manifest, "utterances": len(items), "lm": lm_spec,
@@ -767,6 +770,28 @@ def format_confidence(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ command line
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    """A comma-separated list of non-negative numbers (a tune grid axis)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers (beam sizes)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -815,6 +840,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write the chosen weights here (e.g. streaming_model/assets/lm-en.json)")
     tune.add_argument("--no-confirm", action="store_true",
                       help="skip the engine pass with the chosen setting (dev_wer is then the grid's)")
+    tune.add_argument("--lm-weights", type=_float_list, default=LM_WEIGHTS, metavar="W,W,...",
+                      help=f"LM weights of the grid (default {','.join(map(str, LM_WEIGHTS))})")
+    tune.add_argument("--word-bonuses", type=_float_list, default=WORD_BONUSES, metavar="B,B,...",
+                      help=f"word insertion bonuses of the grid (default {','.join(map(str, WORD_BONUSES))})")
+    tune.add_argument("--beam-sizes", type=_int_list, default=BEAM_SIZES, metavar="N,N,...",
+                      help=f"beam sizes tried at the best weights (default {','.join(map(str, BEAM_SIZES))}; "
+                           f"the grid itself runs at beam {TUNE_BEAM_SIZE})")
     hot = sub.add_parser("hotwords", parents=[common], help="recall and WER without and with a hotword list")
     hot.add_argument("--hotwords", required=True, metavar="FILE", help="one 'phrase[<TAB>boost]' a line")
     hot.add_argument("--beam-size", type=positive_int, default=TUNE_BEAM_SIZE)
@@ -862,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = format_wer(report)
         elif args.command == "tune":
             report = run_tune(loaded, items, lm=lm, lm_spec=args.lm, manifest=args.manifest,
-                              settings=settings, confirm=not args.no_confirm)
+                              settings=settings, confirm=not args.no_confirm, weights=args.lm_weights,
+                              bonuses=args.word_bonuses, beam_sizes=args.beam_sizes)
             text = format_tune(report)
             if args.write_lm_json is not None:
                 _write_json(args.write_lm_json, lm_json(report))

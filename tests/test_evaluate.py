@@ -191,6 +191,27 @@ def test_tune_command(setup: dict[str, str]) -> None:
     assert written["dev_wer"] == pytest.approx(data["chosen"]["dev_wer"], abs=1e-4)
 
 
+def test_tune_grid_axes_from_flags(setup: dict[str, str]) -> None:
+    data = _run(setup, "tune", "--lm", setup["lm"], "--limit", "2", "--no-confirm",
+                "--lm-weights", "0.2,0.4", "--word-bonuses", "3,0", "--beam-sizes", "2,8")
+    assert [(r["lm_weight"], r["word_insertion_bonus"]) for r in data["grid"]] == [
+        (0.2, 3.0), (0.2, 0.0), (0.4, 3.0), (0.4, 0.0)]
+    assert [r["beam_size"] for r in data["beams"]] == [2, 8]
+    assert data["chosen"]["lm_weight"] in (0.2, 0.4) and data["chosen"]["beam_size"] in (2, 8)
+    assert "confirm" not in data and data["timing"]["decodes"] == 5
+
+
+@pytest.mark.parametrize("flag, value", [("--lm-weights", "0.3,x"), ("--lm-weights", "-1"),
+                                         ("--word-bonuses", ""), ("--beam-sizes", "0,4"),
+                                         ("--beam-sizes", "2.5")])
+def test_tune_rejects_bad_grid_axes(setup: dict[str, str], flag: str, value: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["tune", "--manifest", setup["manifest"], "--model", setup["model"], "--lm", setup["lm"],
+                 "--out", str(Path(setup["dir"]) / "never.json"), flag, value])
+    assert exc.value.code == 2 and "expected comma-separated" in capsys.readouterr().err
+
+
 def test_tune_needs_an_lm(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code = ev.main(["tune", "--manifest", setup["manifest"], "--model", setup["model"], "--lm", "none",
                     "--out", str(Path(setup["dir"]) / "never.json")])
