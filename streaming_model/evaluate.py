@@ -73,6 +73,7 @@ __all__ = [
     "transcribe_items",
     "tune_grid",
     "utterance_log_probs",
+    "voice_family",
     "with_geometry",
 ]
 
@@ -109,6 +110,17 @@ class EvalItem:
     duration_s: float
     subset: str
     channel: str
+    voice: str = ""
+
+
+def voice_family(voice: str | None) -> str:
+    """The synthesiser of a generated voice (``espeak:en-gb+f1`` -> ``espeak``); ``unknown`` when unset.
+
+    Recorded data (a customer's own manifest) usually names no voice and lands in ``unknown``.
+    """
+    if not voice:
+        return "unknown"
+    return voice.split(":", 1)[0]
 
 
 def channel_group(channel: str | None) -> str:
@@ -126,7 +138,8 @@ def channel_group(channel: str | None) -> str:
 def load_items(manifest: str | Path, *, limit: int | None = None) -> list[EvalItem]:
     """The first ``limit`` (all when None) utterances of a manifest, audio paths resolved."""
     items = [EvalItem(utt_id=u.audio, path=str(resolve_audio(manifest, u)), reference=u.text,
-                      duration_s=u.duration_s, subset=u.subset or "-", channel=u.channel or "")
+                      duration_s=u.duration_s, subset=u.subset or "-", channel=u.channel or "",
+                      voice=u.voice or "")
              for u in read_manifest(manifest)]
     if not items:
         raise EvaluationError(f"manifest {manifest} has no utterances")
@@ -267,18 +280,21 @@ def oov_counts(texts: Iterable[str], vocab: Iterable[str]) -> tuple[int, int]:
 
 
 def score_items(items: Sequence[EvalItem], hyps: Sequence[str]) -> dict[str, Any]:
-    """Overall, per-subset and per-channel-group error counts (JSON-able)."""
+    """Overall, per-subset, per-channel-group and per-voice-family error counts (JSON-able)."""
     overall = ErrorCounts()
     subsets: dict[str, ErrorCounts] = {}
     channels: dict[str, ErrorCounts] = {}
+    voices: dict[str, ErrorCounts] = {}
     for item, hyp in zip(items, hyps, strict=True):
         counts = score_utterance(item.reference, hyp)
         overall.add(counts)
         subsets.setdefault(item.subset, ErrorCounts()).add(counts)
         channels.setdefault(channel_group(item.channel or None), ErrorCounts()).add(counts)
+        voices.setdefault(voice_family(item.voice or None), ErrorCounts()).add(counts)
     return {"overall": overall.to_json(),
             "subsets": {k: v.to_json() for k, v in sorted(subsets.items())},
-            "channels": {k: v.to_json() for k, v in sorted(channels.items())}}
+            "channels": {k: v.to_json() for k, v in sorted(channels.items())},
+            "voices": {k: v.to_json() for k, v in sorted(voices.items())}}
 
 
 def _rate(value: float | None) -> str:
@@ -296,7 +312,8 @@ def format_scores(scores: dict[str, Any]) -> str:
     header = f"{'group':<24} {'utts':>6} {'words':>7} {'WER':>8} {'CER':>8} {'sub':>6} {'del':>6} {'ins':>6}"
     lines = [header, "-" * len(header)]
     rows = [*((f"subset {k}", v) for k, v in scores["subsets"].items()),
-            *((f"channel {k}", v) for k, v in scores["channels"].items()), ("ALL", scores["overall"])]
+            *((f"channel {k}", v) for k, v in scores["channels"].items()),
+            *((f"voice {k}", v) for k, v in scores.get("voices", {}).items()), ("ALL", scores["overall"])]
     for name, c in rows:
         lines.append(f"{name:<24} {c['utterances']:>6} {c['ref_words']:>7} {_rate(c['wer']):>8} "
                      f"{_rate(c['cer']):>8} {c['substitutions']:>6} {c['deletions']:>6} {c['insertions']:>6}")

@@ -40,7 +40,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         write_wav(wav, [(0.2 * rng.standard_normal(int(8000 * seconds))).astype(np.float32)], 8000)
         lines.append(json.dumps({"audio": f"wav/u{n}.wav", "text": text, "duration_s": seconds,
                                  "subset": "general" if n % 2 else "banking",
-                                 "channel": "clean" if n < 2 else "band+mulaw"}))
+                                 "channel": "clean" if n < 2 else "band+mulaw",
+                                 **({"voice": "flite:awb" if n % 2 else "espeak:en-gb+f1"} if n < 3 else {})}))
     manifest = d / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     lm = d / "lm.npz"
@@ -109,6 +110,8 @@ def test_channel_group_and_oov() -> None:
     assert ev.channel_group("reverb+babble10+band+alaw") == "telephone"
     assert ev.channel_group("none") == "telephone"
     assert ev.channel_group(None) == "unknown"
+    assert ev.voice_family("espeak:en-gb-x-rp+Andrea") == "espeak" and ev.voice_family("hibari:heart") == "hibari"
+    assert ev.voice_family(None) == ev.voice_family("") == "unknown"
     assert ev.oov_counts(["Hello there", "room 42"], ["hello", "there", "room", "forty"]) == (1, 5)
 
 
@@ -160,10 +163,12 @@ def test_wer_command(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) 
     assert data["decoding"]["method"] == "greedy" and "oov" not in data
     assert set(data["subsets"]) == {"banking", "general"}
     assert set(data["channels"]) == {"clean", "telephone"}
+    assert {k: v["utterances"] for k, v in data["voices"].items()} == {"espeak": 2, "flite": 1, "unknown": 1}
     assert data["overall"]["utterances"] == 4
     assert data["overall"]["ref_words"] == sum(len(t.split()) for t in TEXTS)
     assert {"wer", "cer"} <= set(data["overall"]) and len(data["per_utterance"]) == 4
-    assert "channel telephone" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "channel telephone" in printed and "voice flite" in printed
 
     data = _run(setup, "wer", "--decoding", "beam", "--beam-size", "4", "--lm", setup["lm"],
                 "--lm-weight", "0.3", "--word-bonus", "0.5", "--chunk-frames", "8", "--mem-frames", "16",
