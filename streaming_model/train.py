@@ -1073,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(prog="python -m streaming_model.train",
                                 description="Train the streaming model (subcommands: evaluate, export).")
-    p.add_argument("--config", required=True, help="TOML file, e.g. configs/train-cpu.toml")
+    p.add_argument("--config", required=True, help="TOML file, e.g. configs/train-cpu-char.toml")
     p.add_argument("--resume", action="store_true", help="continue runs/NAME/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     a = p.parse_args(args)
