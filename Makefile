@@ -3,6 +3,7 @@
 # idempotent: a second run installs nothing.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data lm install install-apt clean help
+.PHONY: run test bench lint train data lm eval install install-apt clean help
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
@@ -23,6 +24,7 @@ help:
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make data    generate the synthetic training and dev data (data/)"
 	@echo "make train   train the model on data/ (runs/; TRAIN_CONFIG=configs/...), see docs/training.md"
+	@echo "make eval    every dev-set figure of docs/model.md for EVAL_MODEL into EVAL_DIR (~15 min here)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +65,31 @@ data: $(STAMP) install-apt
 TRAIN_CONFIG ?= configs/train-cpu-char.toml
 train: $(STAMP)
 	$(PY) -m streaming_model.train --config $(TRAIN_CONFIG) --resume
+
+# Dev-set report of a checkpoint (reporting only: nothing here feeds back into training or selection).
+# Tables go to EVAL_DIR/*.log, figures to EVAL_DIR/*.json. The beam and geometry rows use the first
+# EVAL_LIMIT utterances; LM weights are tuned separately (docs/training.md, evaluate tune).
+EVAL_MODEL ?= streaming_model/assets/xlgate-en-8k.safetensors
+EVAL_DIR ?= runs/eval
+EVAL_LIMIT ?= 300
+EVAL := $(PY) -m streaming_model.evaluate
+DEV := dev/manifests/dev.jsonl
+eval: $(STAMP)
+	mkdir -p $(EVAL_DIR)
+	$(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --lm none --out $(EVAL_DIR)/wer-greedy.json | tee $(EVAL_DIR)/wer-greedy.log
+	$(EVAL) confidence --manifest $(DEV) --model $(EVAL_MODEL) --lm none --out $(EVAL_DIR)/confidence.json | tee $(EVAL_DIR)/confidence.log
+	$(EVAL) hotwords --manifest dev/manifests/dev_hotwords.jsonl --hotwords dev/hotwords.txt --model $(EVAL_MODEL) \
+		--out $(EVAL_DIR)/hotwords.json | tee $(EVAL_DIR)/hotwords.log
+	$(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --limit $(EVAL_LIMIT) --lm none --decoding beam \
+		--out $(EVAL_DIR)/wer-beam-nolm.json | tee $(EVAL_DIR)/wer-beam-nolm.log
+	$(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --limit $(EVAL_LIMIT) --lm bundled --decoding beam \
+		--out $(EVAL_DIR)/wer-beam-lm.json | tee $(EVAL_DIR)/wer-beam-lm.log
+	$(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --limit $(EVAL_LIMIT) --lm none \
+		--out $(EVAL_DIR)/wer-greedy-limit.json | tee $(EVAL_DIR)/wer-greedy-limit.log
+	for L in 2 8; do $(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --limit $(EVAL_LIMIT) --lm none \
+		--chunk-frames $$L --out $(EVAL_DIR)/wer-chunk$$L.json | tee $(EVAL_DIR)/wer-chunk$$L.log || exit 1; done
+	for M in 16 32; do $(EVAL) wer --manifest $(DEV) --model $(EVAL_MODEL) --limit $(EVAL_LIMIT) --lm none \
+		--mem-frames $$M --out $(EVAL_DIR)/wer-mem$$M.json | tee $(EVAL_DIR)/wer-mem$$M.log || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
