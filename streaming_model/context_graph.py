@@ -16,6 +16,14 @@ every token it appends:
 :meth:`ContextGraph.finalize` takes back what is still tentative when the utterance ends. The sum of
 all scores along a token sequence is therefore, once finalised, the boosts of the phrases it contains.
 
+Whole words. With a vocabulary whose word separator is a token of its own (characters: the space), each
+phrase is inserted with that separator after it, so a phrase is only earned when its last word ends:
+"crossing" followed by "cast" in "briarwood crossingcast" earns nothing, and the separator after a phrase
+is boosted like its other tokens, which pulls the beam towards ending the word there (measured on the dev
+hotword subset: the weak model often ran a recognised name into the next word). The end of the utterance
+counts as a separator (:meth:`ContextGraph.finalize`). Phrases are not required to *start* at a word
+boundary: the first word of a phrase may still match the tail of a longer word.
+
 Scores are natural-log units added to the hypothesis' acoustic log-probability for ranking.
 """
 
@@ -52,25 +60,35 @@ class ContextGraph:
     Args:
         phrases: ``(token_ids, boost_per_token)`` pairs; ``boost_per_token`` None uses ``context_score``.
         context_score: the default boost per matched token.
+        word_separator: the token that ends a word (a character vocabulary's space), appended to every
+            phrase so that only whole final words are earned; None where there is none (SentencePiece).
     """
 
     def __init__(self, phrases: Iterable[tuple[Sequence[int], float | None]], *,
-                 context_score: float = DEFAULT_CONTEXT_SCORE) -> None:
+                 context_score: float = DEFAULT_CONTEXT_SCORE, word_separator: int | None = None) -> None:
         self.context_score = context_score
+        self.word_separator = word_separator
         self.root = ContextState(token=-1, token_score=0.0, node_score=0.0, level=0)
         self.root.fail = self.root
         self.num_phrases = 0
         self.max_token_score = 0.0
         self._cache: dict[tuple[int, int], tuple[float, ContextState]] = {}
         for tokens, boost in phrases:
-            self._insert(list(tokens), context_score if boost is None else float(boost))
+            ids = list(tokens)
+            if ids and word_separator is not None and ids[-1] != word_separator:
+                ids.append(word_separator)
+            self._insert(ids, context_score if boost is None else float(boost))
         self._link()
 
     @classmethod
     def from_text(cls, phrases: Iterable[tuple[str, float | None]], tokenizer: Tokenizer, *,
                   context_score: float = DEFAULT_CONTEXT_SCORE) -> ContextGraph:
-        """Tokenise ``(phrase, boost)`` pairs with ``tokenizer``; phrases that tokenise to nothing are skipped."""
-        return cls(((tokenizer.encode(text), boost) for text, boost in phrases), context_score=context_score)
+        """Tokenise ``(phrase, boost)`` pairs with ``tokenizer``; phrases that tokenise to nothing are skipped.
+
+        Phrases end with the tokenizer's word separator when it has one (whole final words only).
+        """
+        return cls(((tokenizer.encode(text), boost) for text, boost in phrases), context_score=context_score,
+                   word_separator=tokenizer.word_separator)
 
     def _insert(self, tokens: list[int], boost: float) -> None:
         if not tokens:
@@ -149,5 +167,9 @@ class ContextGraph:
         return result
 
     def finalize(self, state: ContextState) -> tuple[float, ContextState]:
-        """Take back the tentative bonus of an unfinished match; returns (score, root)."""
-        return state.matched_score - state.node_score, self.root
+        """End the utterance: it ends the last word too (the separator step where there is one), then
+        the tentative bonus of an unfinished match is taken back; returns (score, root)."""
+        score = 0.0
+        if self.word_separator is not None:
+            score, state = self.forward_one_step(state, self.word_separator)
+        return score + state.matched_score - state.node_score, self.root

@@ -26,6 +26,12 @@ class Tokenizer(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    @property
+    def word_separator(self) -> int | None:
+        """The token that ends a word by itself (a character vocabulary's space), or None where word
+        boundaries live inside the pieces (SentencePiece's leading ``▁``)."""
+        ...
+
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
@@ -47,6 +53,10 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.symbols)
+
+    @property
+    def word_separator(self) -> int | None:
+        return self._ids[" "]
 
     def encode(self, text: str) -> list[int]:
         return [self._ids[ch] for ch in normalise_text(text)]
@@ -79,6 +89,10 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._sp.get_piece_size()) + 1
+
+    @property
+    def word_separator(self) -> int | None:
+        return None  # a word ends where the next piece starts with "▁"
 
     def encode(self, text: str) -> list[int]:
         return [i + 1 for i in self._sp.encode(normalise_text(text))]

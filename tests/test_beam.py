@@ -183,6 +183,15 @@ def test_hotword_wins_over_a_slightly_better_competitor() -> None:
     assert beam_final(lp, BeamConfig(beam_size=8), context=graph).text == "plan"
 
 
+def test_hotword_ends_its_word() -> None:
+    # "plan?it": the boundary frame is more likely blank (0.59) than space (0.4), so "planit" without
+    # hotwords; "plan" as a hotword boosts the space after it (whole words), giving "plan it".
+    lp = frames([*spell("plan"), {"": 0.59, " ": 0.4}, *spell("it")])
+    assert beam_final(lp, BeamConfig(beam_size=8)).text == "planit"
+    graph = ContextGraph.from_text([("plan", 1.5)], TOK)
+    assert beam_final(lp, BeamConfig(beam_size=8), context=graph).text == "plan it"
+
+
 def test_unspoken_hotword_is_not_inserted() -> None:
     lp = frames(ambiguous_plan(p_a=1e-4, p_e=0.97))
     graph = ContextGraph.from_text([("plan", 1.5)], TOK)

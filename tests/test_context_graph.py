@@ -71,12 +71,40 @@ def test_per_phrase_boosts() -> None:
 def test_overlapping_text_phrases_with_char_tokens() -> None:
     tok = CharTokenizer()
     g = ContextGraph.from_text([("premium", B), ("premium plus", B), ("plan", B), ("data plan", B)], tok)
-    assert g.num_phrases == 4
-    assert run(g, tok.encode("premium plus"))[0] == pytest.approx(len("premium plus") * B)
-    assert run(g, tok.encode("premium please"))[0] == pytest.approx(len("premium") * B)
-    assert run(g, tok.encode("data plan"))[0] == pytest.approx(len("data plan") * B)
-    assert run(g, tok.encode("my plan"))[0] == pytest.approx(len("plan") * B)
+    assert g.num_phrases == 4 and g.word_separator == tok.word_separator
+    # Each phrase earns its characters and the word end after it (the utterance's end counts as one).
+    assert run(g, tok.encode("premium plus"))[0] == pytest.approx((len("premium plus") + 1) * B)
+    assert run(g, tok.encode("premium please"))[0] == pytest.approx((len("premium") + 1) * B)
+    assert run(g, tok.encode("data plan"))[0] == pytest.approx((len("data plan") + 1) * B)
+    assert run(g, tok.encode("my plan is"))[0] == pytest.approx((len("plan") + 1) * B)
     assert run(g, tok.encode("data plot"))[0] == pytest.approx(0.0)
+
+
+def test_char_phrases_are_whole_final_words() -> None:
+    tok = CharTokenizer()
+    g = ContextGraph.from_text([("briarwood crossing", B)], tok)
+    n = len("briarwood crossing") + 1
+    # Run into the next word: no bonus once the word goes on, and the tentative one is taken back.
+    total, state = run(g, tok.encode("briarwood crossingcast"), finalize=False)
+    assert total == pytest.approx(0.0) and state is g.root
+    assert run(g, tok.encode("briarwood crossingcast"))[0] == pytest.approx(0.0)
+    # Ended by a space mid-utterance, or by the end of the utterance.
+    total, state = run(g, tok.encode("briarwood crossing costs"), finalize=False)
+    assert total == pytest.approx(n * B)
+    assert run(g, tok.encode("briarwood crossing"))[0] == pytest.approx(n * B)
+    # Before the word ends the bonus is tentative: a partial hypothesis ranks with it.
+    total, state = run(g, tok.encode("briarwood crossing"), finalize=False)
+    assert total == pytest.approx((n - 1) * B) and not state.is_end
+    # A phrase may still start inside a longer word (no leading boundary is required).
+    assert run(g, tok.encode("the xbriarwood crossing"))[0] == pytest.approx(n * B)
+
+
+def test_token_id_phrases_get_the_separator_only_when_asked() -> None:
+    g = ContextGraph([([1, 2], B), ([3, 0], B)], word_separator=0)
+    assert run(g, [1, 2])[0] == pytest.approx(3 * B)  # 1 2 <sep> at the end
+    assert run(g, [1, 2, 0, 5])[0] == pytest.approx(3 * B)
+    assert run(g, [1, 2, 5])[0] == pytest.approx(0.0)
+    assert run(g, [3, 0])[0] == pytest.approx(2 * B)  # already ends with the separator: not doubled
 
 
 def test_invalid_boost_is_rejected() -> None:
