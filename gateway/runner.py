@@ -31,7 +31,7 @@ import torch
 
 from gateway.scheduler import ItemKind, WorkItem
 from streaming_model.checkpoint import LoadedModel
-from streaming_model.decoding import GreedyDecoder, Hypothesis, StreamDecoder
+from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
 from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore
 
@@ -179,6 +179,7 @@ class ModelRunner:
         self._decoders: dict[int, StreamDecoder] = {}
         self._last_partial: dict[int, str] = {}
         self._decoder_factory = decoder_factory or self._default_decoder
+        self.calibration = ConfidenceCalibration.from_info(loaded.info)  # validated by load_checkpoint
         self.lm = lm or LanguageModel(None)
         self._graphs: dict[tuple[tuple[str, float], ...], Any] = {}
         self._thread: int | None = None
@@ -279,7 +280,7 @@ class ModelRunner:
     def _finish(self, item: WorkItem, inp: ChunkInput) -> StreamOutput:
         decoder = self._decoders[inp.slot]
         had_speech = bool(self._last_partial.get(inp.slot))
-        hyp = decoder.partial()
+        hyp = self.calibration.hypothesis(decoder.partial())
         finals: list[Hypothesis] = []
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
@@ -290,7 +291,7 @@ class ModelRunner:
             close = silence_s >= inp.endpoint.silence_s or long_s >= inp.endpoint.max_utterance_s
         partial: Hypothesis | None = None
         if close:
-            final = decoder.finalize()
+            final = self.calibration.hypothesis(decoder.finalize())
             if not final.is_empty:
                 finals.append(final)
                 ended = final.end_s

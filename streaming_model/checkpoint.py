@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from streaming_model.config import ModelConfig
+from streaming_model.decoding import ConfidenceCalibration
 from streaming_model.features import FbankConfig
 from streaming_model.model import StreamingTransformerXL
 from streaming_model.tokenizer import Tokenizer, tokenizer_from_dict
@@ -63,6 +64,24 @@ def save_checkpoint(path: str | Path, model: StreamingTransformerXL, *, features
     save_file(tensors, str(path), metadata=metadata)
 
 
+def update_info(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into a checkpoint's ``info`` in place (weights untouched); returns the new info.
+
+    The file is rewritten next to itself and renamed over the original, so a reader never sees half of it.
+    """
+    p = Path(path)
+    load_checkpoint(p)  # the same checks as a load: never rewrite a file we could not serve
+    with safe_open(str(p), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    info = {**json.loads(meta.get("info", "{}")), **updates}
+    meta["info"] = json.dumps(info)
+    tmp = p.with_name(p.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(p)
+    return info
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a model from a checkpoint file, in eval mode and float32."""
     p = Path(path)
@@ -82,6 +101,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         features = FbankConfig(**json.loads(meta["feature_config"]))
         tokenizer = tokenizer_from_dict(json.loads(meta["tokenizer"]))
         info = json.loads(meta.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError(f"info: expected an object, got {type(info).__name__}")
+        ConfidenceCalibration.from_info(info)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {p} has bad metadata: {exc}") from exc
     model = StreamingTransformerXL(config)

@@ -99,9 +99,115 @@ def words_from_tokens(tokens: list[_Token], tokenizer: Tokenizer, frame_s: float
         flush()
     if not words:
         return EMPTY_HYPOTHESIS
-    conf = float(math.exp(sum(math.log(max(w.confidence, 1e-6)) for w in words) / len(words)))
-    return Hypothesis(text=" ".join(w.text for w in words), words=tuple(words), confidence=conf,
-                      start_s=words[0].start_s, end_s=words[-1].end_s)
+    return Hypothesis(text=" ".join(w.text for w in words), words=tuple(words),
+                      confidence=utterance_confidence(words), start_s=words[0].start_s, end_s=words[-1].end_s)
+
+
+def utterance_confidence(words: tuple[Word, ...] | list[Word]) -> float:
+    """An utterance's confidence: the geometric mean of its words' (0 for no words)."""
+    if not words:
+        return 0.0
+    return float(math.exp(sum(math.log(max(w.confidence, 1e-6)) for w in words) / len(words)))
+
+
+_CONF_EPS = 1e-6
+
+
+def _logit(p: float) -> float:
+    q = min(max(p, _CONF_EPS), 1.0 - _CONF_EPS)
+    return math.log(q / (1.0 - q))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceCalibration:
+    """Platt scaling of word confidences: ``p' = sigmoid(scale * logit(p) + shift)``.
+
+    A raw word confidence is the lowest token posterior in the word, which CTC makes over-confident
+    (most spikes are near 1 even in wrong words). The map is increasing (``scale > 0``), so it keeps the
+    ranking of words and with it the ROC AUC; it only makes the numbers mean "probability this word is
+    right". The identity (1, 0) is the default; a fitted map travels in the checkpoint's ``info``.
+    """
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and math.isfinite(self.shift)) or self.scale <= 0:
+            raise ValueError(f"confidence calibration needs a finite scale > 0 and a finite shift, "
+                             f"got scale={self.scale} shift={self.shift}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.shift == 0.0
+
+    def word(self, confidence: float) -> float:
+        """The calibrated confidence of one word."""
+        z = self.scale * _logit(confidence) + self.shift
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+    def hypothesis(self, hyp: Hypothesis) -> Hypothesis:
+        """``hyp`` with every word's confidence mapped and the utterance confidence recomputed."""
+        if self.is_identity or hyp.is_empty:
+            return hyp
+        words = tuple(replace(w, confidence=self.word(w.confidence)) for w in hyp.words)
+        return replace(hyp, words=words, confidence=utterance_confidence(words))
+
+    def to_json(self) -> dict[str, float]:
+        return {"scale": self.scale, "shift": self.shift}
+
+    @classmethod
+    def from_info(cls, info: dict[str, object]) -> ConfidenceCalibration:
+        """The map stored under ``confidence_calibration`` in a checkpoint's info (identity if absent)."""
+        raw = info.get("confidence_calibration")
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), int | float) for k in ("scale", "shift")):
+            raise ValueError(f"confidence_calibration: expected {{'scale': number, 'shift': number}}, got {raw!r}")
+        return cls(scale=float(raw["scale"]), shift=float(raw["shift"]))
+
+    @classmethod
+    def fit(cls, confidences: list[float], correct: list[bool], *, l2: float = 1e-2,
+            max_iter: int = 100) -> ConfidenceCalibration:
+        """Logistic regression of ``correct`` on ``logit(confidence)``: Newton's method with a backtracking
+        line search on the negative log-likelihood plus ``l2 * ((scale - 1)^2 + shift^2)``.
+
+        Raises:
+            ValueError: fewer than 10 words, all right or all wrong, or a fit that ranks wrong words
+                above right ones (scale <= 0: the raw confidence carries no usable signal).
+        """
+        if len(confidences) != len(correct):
+            raise ValueError(f"{len(confidences)} confidences for {len(correct)} labels")
+        if len(correct) < 10 or all(correct) or not any(correct):
+            raise ValueError(f"calibration needs >= 10 words with both right and wrong ones, got "
+                             f"{len(correct)} words, {sum(correct)} right")
+        x = np.array([_logit(c) for c in confidences])  # (N,)
+        y = np.array(correct, dtype=np.float64)  # (N,)
+
+        def loss(theta: np.ndarray) -> float:
+            z = theta[0] * x + theta[1]
+            # -log sigmoid(z) for right words, -log(1 - sigmoid(z)) for wrong ones, overflow-free
+            nll = np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1.0 - y)
+            return float(nll.sum() + l2 * ((theta[0] - 1.0) ** 2 + theta[1] ** 2))
+
+        theta = np.array([1.0, 0.0])
+        current = loss(theta)
+        for _ in range(max_iter):
+            p = 0.5 * (1.0 + np.tanh(0.5 * (theta[0] * x + theta[1])))  # sigmoid, overflow-free
+            w = p * (1.0 - p)
+            grad = np.array([np.dot(p - y, x) + 2 * l2 * (theta[0] - 1.0), np.sum(p - y) + 2 * l2 * theta[1]])
+            hess = np.array([[np.dot(w, x * x) + 2 * l2, np.dot(w, x)], [np.dot(w, x), np.sum(w) + 2 * l2]])
+            step = np.linalg.solve(hess, grad)
+            t = 1.0
+            while t > 1e-8 and loss(theta - t * step) > current - 1e-4 * t * float(np.dot(grad, step)):
+                t *= 0.5
+            theta = theta - t * step
+            previous, current = current, loss(theta)
+            if previous - current < 1e-10 * max(1.0, abs(current)):
+                break
+        a, b = float(theta[0]), float(theta[1])
+        if a <= 0:
+            raise ValueError(f"confidence does not rank right above wrong words here (fitted scale {a:.3g})")
+        return cls(scale=a, shift=b)
 
 
 @dataclass(slots=True)

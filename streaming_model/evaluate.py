@@ -8,8 +8,10 @@ Usage (each subcommand prints a table and writes its figures as JSON to ``--out`
     python -m streaming_model.evaluate hotwords --manifest dev/manifests/dev_hotwords.jsonl \\
         --hotwords dev/hotwords.txt --model M --out hotwords.json
     python -m streaming_model.evaluate confidence --manifest dev/manifests/dev.jsonl --model M --out conf.json
+    python -m streaming_model.evaluate calibrate --manifest dev/manifests/dev.jsonl --model M --out cal.json \
+        --write-into M
 
-Every figure of ``wer``, ``hotwords`` and ``confidence`` comes from the streaming engine the server runs
+Every figure of ``wer``, ``hotwords``, ``confidence`` and ``calibrate`` comes from the streaming engine the server runs
 (:class:`gateway.engine.Engine` over a :class:`gateway.runner.ModelRunner`, endpointing on, finals joined),
 so it is what a caller would get for the same audio and settings. ``tune`` computes the log-probabilities
 of each utterance once (``model.forward`` on the whole utterance, numerically the streaming encoder's
@@ -65,6 +67,7 @@ __all__ = [
     "oov_counts",
     "reliability_table",
     "roc_auc",
+    "run_calibrate",
     "run_confidence",
     "run_hotwords",
     "run_tune",
@@ -756,19 +759,73 @@ def run_confidence(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: D
                    lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Word confidences of the engine's finals against jiwer's alignment: ROC AUC and reliability."""
     out = transcribe_items(loaded, items, decoder=decoder, lm=lm, settings=settings, desc="confidence")
-    confs: list[float] = []
-    labels: list[bool] = []
-    for item, finals in zip(items, out.finals, strict=True):
-        words = [(w.text, w.confidence) for hyp in finals for w in hyp.words]
-        for _, conf, ok in label_hyp_words(item.reference, words):
-            confs.append(conf)
-            labels.append(ok)
+    per_utt = _labelled_words(items, out.finals)
+    confs = [c for utt in per_utt for c, _ in utt]
+    labels = [ok for utt in per_utt for _, ok in utt]
     table = reliability_table(confs, labels)
     return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
             "hyp_words": len(labels), "correct_words": sum(labels),
             "word_accuracy": sum(labels) / len(labels) if labels else None,
             "auc": roc_auc(confs, labels), "ece": expected_calibration_error(table), "reliability": table,
             "wer": score_items(items, out.texts)["overall"]["wer"], **_audio_stats(items, out.wall_s)}
+
+
+def _labelled_words(items: Sequence[EvalItem],
+                    finals: Sequence[Sequence[Hypothesis]]) -> list[list[tuple[float, bool]]]:
+    """Per utterance, each final word's (confidence, correct) against the reference."""
+    out = []
+    for item, hyps in zip(items, finals, strict=True):
+        words = [(w.text, w.confidence) for hyp in hyps for w in hyp.words]
+        out.append([(conf, ok) for _, conf, ok in label_hyp_words(item.reference, words)])
+    return out
+
+
+def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams,
+                  lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
+    """Fit the Platt map of word confidences (:class:`ConfidenceCalibration`) on the engine's finals.
+
+    The engine runs with the checkpoint's own map switched off, so the fit sees raw confidences. The
+    reported ECE after calibration is cross-fitted (two folds of utterances: each half scored with the
+    map fitted on the other), so it is not measured on the words the map was fitted to.
+    """
+    from streaming_model.decoding import ConfidenceCalibration
+
+    raw = replace(loaded, info={k: v for k, v in loaded.info.items() if k != "confidence_calibration"})
+    out = transcribe_items(raw, items, decoder=decoder, lm=lm, settings=settings, desc="calibrate")
+    per_utt = _labelled_words(items, out.finals)
+    confs = [c for utt in per_utt for c, _ in utt]
+    labels = [ok for utt in per_utt for _, ok in utt]
+    try:
+        fitted = ConfidenceCalibration.fit(confs, labels)
+        cross: list[tuple[float, bool]] = []
+        for fold in (0, 1):
+            train = [w for i, utt in enumerate(per_utt) if i % 2 != fold for w in utt]
+            cal = ConfidenceCalibration.fit([c for c, _ in train], [ok for _, ok in train])
+            cross.extend((cal.word(c), ok) for i, utt in enumerate(per_utt) if i % 2 == fold for c, ok in utt)
+    except ValueError as exc:
+        raise EvaluationError(f"cannot fit a confidence calibration on {len(items)} utterances: {exc}") from exc
+    before = reliability_table(confs, labels)
+    after = reliability_table([c for c, _ in cross], [ok for _, ok in cross])
+    return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
+            "hyp_words": len(labels), "correct_words": sum(labels),
+            "calibration": fitted.to_json(), "auc": roc_auc(confs, labels),
+            "ece_raw": expected_calibration_error(before), "ece_cross_fitted": expected_calibration_error(after),
+            "reliability_raw": before, "reliability_cross_fitted": after,
+            **_audio_stats(items, out.wall_s)}
+
+
+def format_calibrate(report: dict[str, Any]) -> str:
+    cal = report["calibration"]
+    lines = [f"{report['hyp_words']} hypothesis words, {report['correct_words']} correct; "
+             f"p' = sigmoid({cal['scale']:.4f} * logit(p) + {cal['shift']:.4f})",
+             f"ECE raw {_rate(report['ece_raw'])}, calibrated (2-fold cross-fitted) "
+             f"{_rate(report['ece_cross_fitted'])}",
+             f"{'confidence':<12} {'words':>7} {'raw acc':>9} {'cal words':>10} {'cal acc':>9}"]
+    for r, c in zip(report["reliability_raw"], report["reliability_cross_fitted"], strict=True):
+        span = f"{r['low']:.1f}-{r['high']:.1f}"
+        lines.append(f"{span:<12} {r['words']:>7} {_rate(r['accuracy']):>9} {c['words']:>10} "
+                     f"{_rate(c['accuracy']):>9}")
+    return "\n".join(lines)
 
 
 def format_confidence(report: dict[str, Any]) -> str:
@@ -820,7 +877,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m streaming_model.evaluate`` parser with its four subcommands."""
+    """The ``python -m streaming_model.evaluate`` parser and its subcommands."""
     parser = argparse.ArgumentParser(prog="python -m streaming_model.evaluate",
                                      description="Evaluate a trained model on a manifest.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -869,6 +926,10 @@ def build_parser() -> argparse.ArgumentParser:
     hot.add_argument("--beam-size", type=positive_int, default=TUNE_BEAM_SIZE)
     sub.add_parser("confidence", parents=[common, decoding],
                    help="ROC AUC and reliability of word confidence")
+    cal = sub.add_parser("calibrate", parents=[common, decoding],
+                         help="fit the word-confidence calibration (Platt scaling) on the engine's finals")
+    cal.add_argument("--write-into", default=None, metavar="CHECKPOINT",
+                     help="store the fitted map in this checkpoint's info (e.g. the bundled model)")
     return parser
 
 
@@ -921,11 +982,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run_hotwords(loaded, items, [(h[0], h[1]) for h in hotwords], beam_size=args.beam_size,
                                   lm=lm, lm_spec=args.lm, settings=settings)
             text = format_hotwords(report)
+        elif args.command == "calibrate":
+            decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)
+            report = run_calibrate(loaded, items, decoder=decoder, lm=lm, lm_spec=args.lm, settings=settings)
+            text = format_calibrate(report)
+            if args.write_into is not None:
+                from streaming_model.checkpoint import update_info
+
+                update_info(args.write_into, {"confidence_calibration": report["calibration"],
+                                              "confidence_calibration_fitted_on": args.manifest})
+                text += f"\nwrote the calibration into {args.write_into}"
         else:
             decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)
             report = run_confidence(loaded, items, decoder=decoder, lm=lm, lm_spec=args.lm, settings=settings)
             text = format_confidence(report)
-    except EvaluationError as exc:
+    except (CheckpointError, EvaluationError, OSError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
     report = {"command": args.command, "manifest": args.manifest, **report}

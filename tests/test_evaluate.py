@@ -241,6 +241,68 @@ def test_confidence_command(setup: dict[str, str]) -> None:
     assert sum(r["words"] for r in data["reliability"]) == data["hyp_words"] > 0
 
 
+def test_calibrate_command_fits_writes_and_serves_the_map(tmp_path: Path) -> None:
+    """The bundled model on synthetic speech, against references made of each utterance's more confident
+    half of its own words: confidence then separates right from wrong, the fitted map is increasing, and
+    once written into (a copy of) the checkpoint the engine serves it."""
+    from streaming_model.checkpoint import bundled_checkpoint_path
+    from streaming_model.data.voices import VoiceSpec, synthesize
+
+    bundled = bundled_checkpoint_path()
+    assert bundled is not None
+    voice = VoiceSpec("espeak", "en-us", rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())
+    phrases = ("i would like to check my account balance please", "the card number is four four one two",
+               "can you hear me okay", "i want to pay my bill today", "please transfer me to billing")
+    lines = []
+    for n, text in enumerate(phrases):
+        audio = synthesize(text, voice, seed=n)
+        write_wav(tmp_path / f"s{n}.wav", [np.clip(audio, -1, 1).astype(np.float32)], 8000)
+        lines.append(json.dumps({"audio": f"s{n}.wav", "text": text, "duration_s": len(audio) / 8000}))
+    (tmp_path / "speech.jsonl").write_text("\n".join(lines) + "\n")
+    items = ev.load_items(tmp_path / "speech.jsonl")
+    out = ev.transcribe_items(load_checkpoint(bundled), items, decoder=DecoderParams(), lm=LanguageModel(None),
+                              settings=ev.EngineSettings(num_threads=1))
+    lines = []
+    for item, finals in zip(items, out.finals, strict=True):
+        words = [w for hyp in finals for w in hyp.words]
+        cut = sorted(w.confidence for w in words)[len(words) // 2]
+        keep = " ".join(w.text for w in words if w.confidence > cut)
+        lines.append(json.dumps({"audio": item.path, "text": keep or "zzz", "duration_s": item.duration_s}))
+    manifest = tmp_path / "selfref.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(Path(bundled).read_bytes())
+    cal_json = tmp_path / "cal.json"
+    assert ev.main(["calibrate", "--manifest", str(manifest), "--model", str(model), "--out", str(cal_json),
+                    "--lm", "none", "--threads", "1", "--write-into", str(model)]) == 0
+    report = json.loads(cal_json.read_text())
+    assert report["calibration"]["scale"] > 0 and report["hyp_words"] >= 10
+    assert 0 < report["correct_words"] < report["hyp_words"] and report["auc"] > 0.75
+    assert {"ece_raw", "ece_cross_fitted", "reliability_raw", "reliability_cross_fitted"} <= set(report)
+    written = load_checkpoint(model).info
+    assert written["confidence_calibration"] == report["calibration"]
+    assert written["confidence_calibration_fitted_on"] == str(manifest)
+    conf_json = tmp_path / "conf.json"
+    assert ev.main(["confidence", "--manifest", str(manifest), "--model", str(model), "--out", str(conf_json),
+                    "--lm", "none", "--threads", "1"]) == 0
+    conf = json.loads(conf_json.read_text())
+    assert conf["auc"] == pytest.approx(report["auc"]) and conf["hyp_words"] == report["hyp_words"]
+    mean_raw = sum(r["mean_confidence"] * r["words"] for r in report["reliability_raw"] if r["words"])
+    mean_cal = sum(r["mean_confidence"] * r["words"] for r in conf["reliability"] if r["words"])
+    assert abs(mean_cal - mean_raw) > 1e-3  # the served confidences are the mapped ones
+    # Refitting on a calibrated checkpoint starts from the raw confidences again.
+    again = tmp_path / "cal2.json"
+    assert ev.main(["calibrate", "--manifest", str(manifest), "--model", str(model), "--out", str(again),
+                    "--lm", "none", "--threads", "1"]) == 0
+    assert json.loads(again.read_text())["calibration"] == pytest.approx(report["calibration"])
+
+
+def test_calibrate_refuses_a_set_it_cannot_fit(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = ev.main(["calibrate", "--manifest", setup["manifest"], "--model", setup["model"], "--lm", "none",
+                    "--threads", "1", "--out", str(Path(setup["dir"]) / "never.json")])
+    assert code == 2 and "cannot fit a confidence calibration" in capsys.readouterr().err
+
+
 def test_bad_manifest(tmp_path: Path, setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "x.wav"}\n')

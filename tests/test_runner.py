@@ -19,6 +19,7 @@ from gateway.runner import (
 )
 from gateway.scheduler import ItemKind, WorkItem
 from streaming_model.checkpoint import LoadedModel
+from streaming_model.decoding import ConfidenceCalibration, utterance_confidence
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
 from tests.conftest import make_chatty_model
@@ -89,3 +90,29 @@ def test_process_runner_reports_a_bad_model(tmp_path: object) -> None:
             await runner.start()
 
     asyncio.run(main())
+
+
+def test_runner_applies_the_checkpoints_confidence_calibration() -> None:
+    cal = ConfidenceCalibration(scale=0.5, shift=-1.0)
+    model = make_chatty_model()
+    raw = ModelRunner(LoadedModel(model, FbankConfig(), CharTokenizer(), trained=False), max_streams=2)
+    mapped = ModelRunner(LoadedModel(model, FbankConfig(), CharTokenizer(), trained=False,
+                                     info={"confidence_calibration": cal.to_json()}), max_streams=2)
+    partials = []
+    for step in range(3):
+        items = _items(2, first=step == 0, seed=20 + step)
+        partials.extend(zip(raw.run_step(items), mapped.run_step(items), strict=True))
+    finish = [WorkItem(i, ItemKind.FINALIZE, 0.0,
+                       ChunkInput(slot=i, window=None, num_frames=0, first=False,
+                                  endpoint=EndpointParams(enabled=False), decoder=DecoderParams(), audio_end_s=0.48))
+              for i in range(2)]
+    finals = list(zip(raw.run_step(finish), mapped.run_step(finish), strict=True))
+    pairs = [(a.partial, b.partial) for a, b in partials if a.partial is not None]
+    pairs += [(fa, fb) for a, b in finals for fa, fb in zip(a.finals, b.finals, strict=True)]
+    assert pairs and any(b.words for _, b in pairs)
+    for a, b in pairs:
+        assert b is not None and a.text == b.text
+        assert [w.confidence for w in b.words] == pytest.approx([cal.word(w.confidence) for w in a.words])
+        assert b.confidence == pytest.approx(utterance_confidence(b.words))
+    moved = [abs(wa.confidence - wb.confidence) for a, b in pairs for wa, wb in zip(a.words, b.words, strict=True)]
+    assert max(moved) > 0.01
