@@ -504,8 +504,8 @@ def run_tune(loaded: LoadedModel, items: Sequence[EvalItem], *, lm: LanguageMode
     forward_s = time.perf_counter() - start
 
     def progress(row: dict[str, Any]) -> None:
-        print(f"  beam {row['beam_size']:>2} weight {row['lm_weight']:.1f} "
-              f"bonus {row['word_insertion_bonus']:.1f}: WER {_rate(row['wer'])}",
+        print(f"  beam {row['beam_size']:>2} weight {row['lm_weight']:g} "
+              f"bonus {row['word_insertion_bonus']:g}: WER {_rate(row['wer'])}",
               file=sys.stderr, flush=True)
 
     start = time.perf_counter()
@@ -548,10 +548,10 @@ def format_tune(report: dict[str, Any]) -> str:
     weights = sorted({r["lm_weight"] for r in report["grid"]})
     beam = report["grid"][0]["beam_size"]
     lines = [f"WER at beam {beam}: LM weight (rows) x word insertion bonus (columns)",
-             f"{'weight':>8} " + " ".join(f"{b:>8.1f}" for b in bonuses)]
+             f"{'weight':>8} " + " ".join(f"{b:>8g}" for b in bonuses)]
     table = {(r["lm_weight"], r["word_insertion_bonus"]): r["wer"] for r in report["grid"]}
     for w in weights:
-        lines.append(f"{w:>8.1f} " + " ".join(f"{_rate(table[(w, b)]):>8}" for b in bonuses))
+        lines.append(f"{w:>8g} " + " ".join(f"{_rate(table[(w, b)]):>8}" for b in bonuses))
     c = report["chosen"]
     lines += ["", f"beam size at weight {c['lm_weight']}, bonus {c['word_insertion_bonus']}:"]
     lines += [f"  beam {r['beam_size']:>2}: WER {_rate(r['wer'])}" for r in report["beams"]]
