@@ -280,7 +280,7 @@ class ModelRunner:
     def _finish(self, item: WorkItem, inp: ChunkInput) -> StreamOutput:
         decoder = self._decoders[inp.slot]
         had_speech = bool(self._last_partial.get(inp.slot))
-        hyp = self.calibration.hypothesis(decoder.partial())
+        hyp = decoder.partial()
         finals: list[Hypothesis] = []
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
@@ -297,7 +297,7 @@ class ModelRunner:
                 ended = final.end_s
             self._last_partial[inp.slot] = ""
         elif hyp.text != self._last_partial.get(inp.slot, ""):
-            partial = hyp
+            partial = self.calibration.hypothesis(hyp)  # only what is sent pays for the mapping
             self._last_partial[inp.slot] = hyp.text
         if item.kind is ItemKind.END:
             self._decoders.pop(inp.slot, None)
