@@ -111,6 +111,7 @@ def utterance_confidence(words: tuple[Word, ...] | list[Word]) -> float:
 
 
 _CONF_EPS = 1e-6
+CALIBRATION_INFO_KEY = "confidence_calibration"  # where a checkpoint's info holds the fitted map
 
 
 def _logit(p: float) -> float:
@@ -157,12 +158,12 @@ class ConfidenceCalibration:
 
     @classmethod
     def from_info(cls, info: dict[str, object]) -> ConfidenceCalibration:
-        """The map stored under ``confidence_calibration`` in a checkpoint's info (identity if absent)."""
-        raw = info.get("confidence_calibration")
+        """The map stored under :data:`CALIBRATION_INFO_KEY` in a checkpoint's info (identity if absent)."""
+        raw = info.get(CALIBRATION_INFO_KEY)
         if raw is None:
             return cls()
         if not isinstance(raw, dict) or not all(isinstance(raw.get(k), int | float) for k in ("scale", "shift")):
-            raise ValueError(f"confidence_calibration: expected {{'scale': number, 'shift': number}}, got {raw!r}")
+            raise ValueError(f"{CALIBRATION_INFO_KEY}: expected {{'scale': number, 'shift': number}}, got {raw!r}")
         return cls(scale=float(raw["scale"]), shift=float(raw["shift"]))
 
     @classmethod

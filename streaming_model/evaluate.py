@@ -11,13 +11,13 @@ Usage (each subcommand prints a table and writes its figures as JSON to ``--out`
     python -m streaming_model.evaluate calibrate --manifest dev/manifests/dev.jsonl --model M --out cal.json \
         --write-into M
 
-Every figure of ``wer``, ``hotwords``, ``confidence`` and ``calibrate`` comes from the streaming engine the server runs
-(:class:`gateway.engine.Engine` over a :class:`gateway.runner.ModelRunner`, endpointing on, finals joined),
-so it is what a caller would get for the same audio and settings. ``tune`` computes the log-probabilities
-of each utterance once (``model.forward`` on the whole utterance, numerically the streaming encoder's
-output) and re-decodes them for every grid point, feeding them one streaming step at a time under the
-runner's endpoint rule, so a grid point's transcripts are the engine's; the chosen setting is then run
-through the engine once more, and that WER is the ``dev_wer`` written beside the LM.
+Every figure of ``wer``, ``hotwords``, ``confidence`` and ``calibrate`` comes from the streaming engine
+the server runs (:class:`gateway.engine.Engine` over a :class:`gateway.runner.ModelRunner`, endpointing on,
+finals joined), so it is what a caller would get for the same audio and settings. ``tune`` computes the
+log-probabilities of each utterance once (``model.forward`` on the whole utterance, numerically the
+streaming encoder's output) and re-decodes them for every grid point, feeding them one streaming step at a
+time under the runner's endpoint rule, so a grid point's transcripts are the engine's; the chosen setting
+is then run through the engine once more, and that WER is the ``dev_wer`` written beside the LM.
 
 Scoring normalises references and hypotheses alike with :func:`streaming_model.textnorm.normalise_for_scoring`
 and counts edits with jiwer (:func:`gateway.offline.score_utterance`, the same as ``xlgate eval``).
@@ -153,7 +153,7 @@ def with_geometry(loaded: LoadedModel, *, chunk_frames: int | None = None, mem_f
                   right_frames: int | None = None) -> LoadedModel:
     """The same weights in a model with another chunk, memory and/or look-ahead size (encoder frames).
 
-    Attention uses relative positions only, so no weight depends on either size; the position table and
+    Attention uses relative positions only, so no weight depends on these sizes; the position table and
     the relative index are rebuilt from the new config (they are not in the state dict).
     """
     from streaming_model.checkpoint import LoadedModel as Loaded
@@ -316,7 +316,7 @@ def format_scores(scores: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     rows = [*((f"subset {k}", v) for k, v in scores["subsets"].items()),
             *((f"channel {k}", v) for k, v in scores["channels"].items()),
-            *((f"voice {k}", v) for k, v in scores.get("voices", {}).items()), ("ALL", scores["overall"])]
+            *((f"voice {k}", v) for k, v in scores["voices"].items()), ("ALL", scores["overall"])]
     for name, c in rows:
         lines.append(f"{name:<24} {c['utterances']:>6} {c['ref_words']:>7} {_rate(c['wer']):>8} "
                      f"{_rate(c['cer']):>8} {c['substitutions']:>6} {c['deletions']:>6} {c['insertions']:>6}")
@@ -759,9 +759,7 @@ def run_confidence(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: D
                    lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Word confidences of the engine's finals against jiwer's alignment: ROC AUC and reliability."""
     out = transcribe_items(loaded, items, decoder=decoder, lm=lm, settings=settings, desc="confidence")
-    per_utt = _labelled_words(items, out.finals)
-    confs = [c for utt in per_utt for c, _ in utt]
-    labels = [ok for utt in per_utt for _, ok in utt]
+    confs, labels = _flatten(_labelled_words(items, out.finals))
     table = reliability_table(confs, labels)
     return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
             "hyp_words": len(labels), "correct_words": sum(labels),
@@ -780,6 +778,11 @@ def _labelled_words(items: Sequence[EvalItem],
     return out
 
 
+def _flatten(groups: Sequence[Sequence[tuple[float, bool]]]) -> tuple[list[float], list[bool]]:
+    """Grouped (confidence, correct) pairs as two flat lists."""
+    return [c for g in groups for c, _ in g], [ok for g in groups for _, ok in g]
+
+
 def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams,
                   lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Fit the Platt map of word confidences (:class:`ConfidenceCalibration`) on the engine's finals.
@@ -788,24 +791,22 @@ def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: De
     reported ECE after calibration is cross-fitted (two folds of utterances: each half scored with the
     map fitted on the other), so it is not measured on the words the map was fitted to.
     """
-    from streaming_model.decoding import ConfidenceCalibration
+    from streaming_model.decoding import CALIBRATION_INFO_KEY, ConfidenceCalibration
 
-    raw = replace(loaded, info={k: v for k, v in loaded.info.items() if k != "confidence_calibration"})
+    raw = replace(loaded, info={k: v for k, v in loaded.info.items() if k != CALIBRATION_INFO_KEY})
     out = transcribe_items(raw, items, decoder=decoder, lm=lm, settings=settings, desc="calibrate")
     per_utt = _labelled_words(items, out.finals)
-    confs = [c for utt in per_utt for c, _ in utt]
-    labels = [ok for utt in per_utt for _, ok in utt]
+    confs, labels = _flatten(per_utt)
     try:
         fitted = ConfidenceCalibration.fit(confs, labels)
-        cross: list[tuple[float, bool]] = []
+        cross: list[list[tuple[float, bool]]] = []
         for fold in (0, 1):
-            train = [w for i, utt in enumerate(per_utt) if i % 2 != fold for w in utt]
-            cal = ConfidenceCalibration.fit([c for c, _ in train], [ok for _, ok in train])
-            cross.extend((cal.word(c), ok) for i, utt in enumerate(per_utt) if i % 2 == fold for c, ok in utt)
+            cal = ConfidenceCalibration.fit(*_flatten([utt for i, utt in enumerate(per_utt) if i % 2 != fold]))
+            cross.append([(cal.word(c), ok) for i, utt in enumerate(per_utt) if i % 2 == fold for c, ok in utt])
     except ValueError as exc:
         raise EvaluationError(f"cannot fit a confidence calibration on {len(items)} utterances: {exc}") from exc
     before = reliability_table(confs, labels)
-    after = reliability_table([c for c, _ in cross], [ok for _, ok in cross])
+    after = reliability_table(*_flatten(cross))
     return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
             "hyp_words": len(labels), "correct_words": sum(labels),
             "calibration": fitted.to_json(), "auc": roc_auc(confs, labels),
@@ -988,9 +989,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = format_calibrate(report)
             if args.write_into is not None:
                 from streaming_model.checkpoint import update_info
+                from streaming_model.decoding import CALIBRATION_INFO_KEY
 
-                update_info(args.write_into, {"confidence_calibration": report["calibration"],
-                                              "confidence_calibration_fitted_on": args.manifest})
+                update_info(args.write_into, {CALIBRATION_INFO_KEY: report["calibration"],
+                                              f"{CALIBRATION_INFO_KEY}_fitted_on": args.manifest})
                 text += f"\nwrote the calibration into {args.write_into}"
         else:
             decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)

@@ -28,8 +28,9 @@ training sees exactly what streaming computes. ``R = 0`` is the plain chunked mo
 
 Relative positions: query ``i`` (0..L+R-1) sits at key coordinate ``M + i``; key ``j`` in 0..M+L+R-1.
 Because a frame sees its whole chunk, distances ``M + i - j`` are two-sided, ranging over
-``-(L+R-1) .. M+L+R-1``: we embed all ``M + 2(L+R) - 1`` of them and gather, rather than using Transformer-XL's causal-only rel-shift (its
-upper-right entries are garbage for non-causal keys; research note §1.2 caveat).
+``-(L+R-1) .. M+L+R-1``: we embed all ``M + 2(L+R) - 1`` of them and gather, rather than using
+Transformer-XL's causal-only rel-shift (its upper-right entries are garbage for non-causal keys; research
+note §1.2 caveat).
 
 The depthwise convolution and the subsampling front end are causal and carry their left context in the
 state, so they too are exact across chunk boundaries.
@@ -492,7 +493,7 @@ class StreamingTransformerXL(nn.Module):
                    keep: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 4T, n_mels) -> (B, T, D) and the front end's caches after the first ``keep`` feature frames."""
         x = (features - self.feat_mean) / self.feat_std
-        x, fe1_new = self.fe1(x, fe1, None if keep is None else keep)  # (B, 2T, C)
+        x, fe1_new = self.fe1(x, fe1, keep)  # (B, 2T, C)
         x, fe2_new = self.fe2(x, fe2, None if keep is None else keep // 2)  # (B, T, D)
         return self.fe_proj(x), fe1_new, fe2_new
 

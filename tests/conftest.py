@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 import torch
 
+from gateway.engine import Engine, ResultEvent, StreamParams
+from gateway.metrics import Metrics
+from gateway.runner import ModelRunner, ThreadRunner
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.config import ModelConfig
 from streaming_model.features import FbankConfig
@@ -61,3 +67,30 @@ def wordy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("model") / "wordy.safetensors"
     save_checkpoint(path, model, features=FbankConfig(), tokenizer=CharTokenizer(), trained=False)
     return str(path)
+
+
+async def engine_finals(loaded: LoadedModel, pcm: np.ndarray, params: StreamParams, *,
+                        piece_samples: int) -> list[str]:
+    """Stream ``pcm`` through a real engine and thread runner in pieces of ``piece_samples``; the finals' texts."""
+    engine = Engine(ThreadRunner(ModelRunner(loaded, max_streams=2)), metrics=Metrics(), max_streams=2,
+                    max_batch_size=2, max_wait_s=0.002, max_pending_chunks=4)
+    finals: list[str] = []
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(engine.run())
+        try:
+            (stream,) = engine.open_streams(1, params, protocol="websocket")
+
+            async def collect() -> None:
+                async for event in stream.events():
+                    if isinstance(event, ResultEvent) and event.is_final:
+                        finals.append(event.hypothesis.text)
+
+            reader = tg.create_task(collect())
+            for lo in range(0, pcm.shape[0], piece_samples):
+                await stream.feed(pcm[lo:lo + piece_samples])
+            await stream.stop()
+            await reader
+        finally:
+            engine.close()
+    await engine.runner.close()
+    return finals

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.engine import Engine, ResultEvent, StreamParams
-from gateway.metrics import Metrics
-from gateway.runner import EndpointParams, ModelRunner, ThreadRunner
+from gateway.engine import StreamParams
+from gateway.runner import EndpointParams
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.config import ModelConfig
 from streaming_model.decoding import GreedyDecoder
 from streaming_model.features import Fbank, FbankConfig, StreamingFbank, compute_fbank
 from streaming_model.tokenizer import CharTokenizer
-from tests.conftest import TINY, make_chatty_model
+from tests.conftest import TINY, engine_finals, make_chatty_model
 from tests.wsharness import noise_pcm
 
 
@@ -34,32 +33,6 @@ def _offline_text(loaded: LoadedModel, audio: np.ndarray) -> str:
     return decoder.finalize().text
 
 
-async def _engine_text(loaded: LoadedModel, audio: np.ndarray, piece: int) -> str:
-    engine = Engine(ThreadRunner(ModelRunner(loaded, max_streams=2)), metrics=Metrics(), max_streams=2,
-                    max_batch_size=2, max_wait_s=0.002, max_pending_chunks=4)
-    params = StreamParams(endpoint=EndpointParams(enabled=False))
-    texts: list[str] = []
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(engine.run())
-        try:
-            (stream,) = engine.open_streams(1, params, protocol="websocket")
-
-            async def collect() -> None:
-                async for event in stream.events():
-                    if isinstance(event, ResultEvent) and event.is_final:
-                        texts.append(event.hypothesis.text)
-
-            reader = tg.create_task(collect())
-            for lo in range(0, audio.shape[0], piece):
-                await stream.feed(audio[lo:lo + piece])
-            await stream.stop()
-            await reader
-        finally:
-            engine.close()
-    await engine.runner.close()
-    return " ".join(texts)
-
-
 @pytest.mark.parametrize("right_frames,seconds,piece", [(0, 2.37, 333), (2, 2.37, 333), (2, 1.9, 8000),
                                                         (6, 2.05, 160), (3, 0.1, 400)])
 def test_engine_with_look_ahead_equals_full_pass(right_frames: int, seconds: float, piece: int) -> None:
@@ -67,7 +40,8 @@ def test_engine_with_look_ahead_equals_full_pass(right_frames: int, seconds: flo
     audio = noise_pcm(seconds, seed=right_frames)
     expected = _offline_text(loaded, audio.astype(np.float32) / 32768.0)
     assert expected  # the chatty model always says something: the comparison is not vacuous
-    assert asyncio.run(_engine_text(loaded, audio, piece)) == expected
+    params = StreamParams(endpoint=EndpointParams(enabled=False))
+    assert " ".join(asyncio.run(engine_finals(loaded, audio, params, piece_samples=piece))) == expected
 
 
 @pytest.mark.parametrize("total_samples", [16 * 80 * 5, 16 * 80 * 5 + 37, 100, 16 * 80 + 8 * 80 + 1])

@@ -19,16 +19,15 @@ import pytest
 
 from gateway import offline
 from gateway.cli import main
-from gateway.engine import Engine, ResultEvent, StreamParams
-from gateway.metrics import Metrics
-from gateway.runner import DecoderParams, EndpointParams, ModelRunner, ThreadRunner
+from gateway.engine import StreamParams
+from gateway.runner import DecoderParams, EndpointParams, ModelRunner
 from protocols.audio.files import write_wav
 from protocols.audio.g711 import mulaw_encode
-from streaming_model.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.decoding import StreamDecoder
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
-from tests.conftest import make_tiny_model
+from tests.conftest import engine_finals, make_tiny_model
 
 TEXT_RE = re.compile(r"[a-z' ]*")
 
@@ -109,31 +108,9 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
     loaded = load_checkpoint(files["model"])
     params = StreamParams(sample_rate_hz=8000, endpoint=EndpointParams(silence_s=0.3),
                           decoder=DecoderParams(method="greedy"))
-    live_utts = asyncio.run(_stream_live(loaded, pcm, params))
+    live_utts = asyncio.run(engine_finals(loaded, pcm, params, piece_samples=160))
     assert offline_utts == live_utts
     assert offline_utts  # the comparison means something
-
-
-async def _stream_live(loaded: LoadedModel, pcm: np.ndarray, params: StreamParams) -> list[str]:
-    engine = Engine(ThreadRunner(ModelRunner(loaded, max_streams=2)), metrics=Metrics(), max_streams=2, max_batch_size=2,
-                    max_wait_s=0.01, max_pending_chunks=4)
-    finals: list[str] = []
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(engine.run())
-        (stream,) = engine.open_streams(1, params, protocol="websocket")
-
-        async def read() -> None:
-            async for ev in stream.events():
-                if isinstance(ev, ResultEvent) and ev.is_final:
-                    finals.append(ev.hypothesis.text)
-
-        reader = tg.create_task(read())
-        for i in range(0, len(pcm), 160):
-            await stream.feed(pcm[i:i + 160])
-        await stream.stop()
-        await reader
-        engine.close()
-    return finals
 
 
 def test_hotwords_and_decoding_reach_the_decoder(capsys: pytest.CaptureFixture[str], files: dict[str, str],
