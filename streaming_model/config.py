@@ -6,11 +6,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+FRONTEND_SUBSAMPLING = {"xl": 4, "whisper": 2}
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Geometry of the streaming Transformer-XL CTC encoder.
 
-    Times: a feature frame is 10 ms; the front end subsamples by 4, so an encoder frame is 40 ms.
+    Times: a feature frame is 10 ms. The ``"xl"`` front end (the from-scratch models) subsamples by 4, so
+    an encoder frame is 40 ms; the ``"whisper"`` one (Whisper's two convolutions made causal) by 2: 20 ms.
     ``chunk_frames`` and ``mem_frames`` count encoder frames.
     """
 
@@ -30,7 +34,10 @@ class ModelConfig:
     right_frames: int = 0
     dropout: float = 0.1
 
-    subsampling: int = 4  # fixed by the front end (two stride-2 convolutions)
+    subsampling: int = 4  # fixed by the front end: 4 for "xl", 2 for "whisper"
+    # "xl": two causal stride-2 convolutions. "whisper": Whisper's kernel-3 convolutions (stride 1, then 2)
+    # made causal, i.e. Whisper's front end delayed by one encoder frame (docs/model.md).
+    frontend: str = "xl"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -43,8 +50,11 @@ class ModelConfig:
             raise ValueError(f"right_frames must be >= 0, got {self.right_frames}")
         if self.conv_kernel == 1 or self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be 0 (off) or >= 2, got {self.conv_kernel}")
-        if self.subsampling != 4:
-            raise ValueError(f"the front end subsamples by exactly 4, got {self.subsampling}")
+        if self.frontend not in FRONTEND_SUBSAMPLING:
+            raise ValueError(f"frontend must be one of {sorted(FRONTEND_SUBSAMPLING)}, got {self.frontend!r}")
+        if self.subsampling != FRONTEND_SUBSAMPLING[self.frontend]:
+            raise ValueError(f"the {self.frontend} front end subsamples by exactly "
+                             f"{FRONTEND_SUBSAMPLING[self.frontend]}, got {self.subsampling}")
 
     @property
     def d_head(self) -> int:
@@ -76,6 +86,11 @@ class ModelConfig:
     @property
     def mem_ms(self) -> int:
         return self.mem_frames * self.subsampling * 10
+
+    @property
+    def frame_ms(self) -> int:
+        """Duration of one encoder frame."""
+        return self.subsampling * 10
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

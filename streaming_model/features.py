@@ -7,8 +7,18 @@ signal is treated as if ``win - hop`` zeros preceded it. A signal of ``N`` sampl
 in whole hops gets one frame per hop with no look-ahead and no lag. The streaming caller keeps the last
 ``win - hop`` samples of each window as the left context of the next one (:class:`StreamingFbank`).
 
-The mel range is 100-3800 Hz: telephone channels pass roughly 300-3400 Hz (G.711), synthetic and
-wideband-sourced 8 kHz audio reaches up to 4 kHz, and filters below ~100 Hz would only see hum.
+Two styles share that framing:
+
+* ``"ln"`` (the from-scratch models): 64 HTK mel bins over 100-3800 Hz, natural log. Telephone channels
+  pass roughly 300-3400 Hz (G.711), synthetic and wideband-sourced 8 kHz audio reaches up to 4 kHz, and
+  filters below ~100 Hz would only see hum.
+* ``"whisper"`` (models built on Whisper's encoder): Whisper's 80 Slaney mel bins of a 16 kHz, 400-point
+  STFT, computed from the 8 kHz signal without resampling. A 200-point periodic Hann window at 8 kHz is
+  the 400-point one at 16 kHz taken at even samples, so for audio band-limited to 4 kHz the 16 kHz STFT
+  bin ``k`` (40 Hz apart in both) is twice the 8 kHz one: power x4, and the bins above 4 kHz are empty.
+  Then Whisper's scaling: ``log10``, a floor 8 below a ceiling, ``(x + 4) / 4``. Whisper's ceiling is the
+  utterance maximum, which a stream cannot know: a fixed ceiling (``log_ceiling``) stands in for it
+  (research note pretrained-encoder-notes.md: training utterances peak at 0.58 in the median).
 
 Dimension legend: B batch, N samples, T frames, F FFT bins, D mel bins.
 """
@@ -20,6 +30,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+
+FEATURE_STYLES = ("ln", "whisper")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +47,15 @@ class FbankConfig:
     fmin_hz: float = 100.0
     fmax_hz: float = 3800.0
     log_floor: float = 1e-6
+    style: str = "ln"  # "ln" or "whisper" (see the module docstring)
+    log_ceiling: float = 1.5  # whisper style only: log10 power ceiling standing in for the utterance max
+
+    def __post_init__(self) -> None:
+        if self.style not in FEATURE_STYLES:
+            raise ValueError(f"feature style must be one of {FEATURE_STYLES}, got {self.style!r}")
+        if self.style == "whisper" and (self.sample_rate_hz, self.win_samples, self.hop_samples,
+                                        self.n_fft, self.n_mels) != (8000, 200, 80, 200, 80):
+            raise ValueError("whisper features are 8 kHz, 200-sample windows and FFT, 80-sample hop, 80 mels")
 
     @property
     def context_samples(self) -> int:
@@ -52,8 +74,40 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def whisper_features() -> FbankConfig:
+    """The feature geometry of models built on Whisper's encoder."""
+    return FbankConfig(n_fft=200, n_mels=80, style="whisper", log_floor=1e-10)
+
+
+def slaney_mel_filters(*, sample_rate_hz: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa's ``filters.mel`` with Slaney scale and area norm (Whisper's ``mel_filters.npz``): (D, F)."""
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        f = np.asarray(f, dtype=np.float64)
+        mel = f / (200.0 / 3)
+        log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+        return np.where(f >= 1000.0, log_part, mel)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=np.float64)
+        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+    fft_hz = np.linspace(0.0, sample_rate_hz / 2, n_fft // 2 + 1)
+    mel_hz = mel_to_hz(np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(sample_rate_hz / 2.0)),
+                                   n_mels + 2))
+    fdiff = np.diff(mel_hz)
+    ramps = mel_hz[:, None] - fft_hz[None, :]  # (D+2, F)
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))  # (D, F)
+    weights *= (2.0 / (mel_hz[2:n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
 def mel_filterbank(config: FbankConfig) -> np.ndarray:
-    """Triangular HTK-style mel filters, shape (F, D) with F = n_fft // 2 + 1."""
+    """The mel filters of a feature style, shape (F, D) with F = n_fft // 2 + 1."""
+    if config.style == "whisper":  # Whisper's 16 kHz filters on the bins an 8 kHz signal fills
+        filters = slaney_mel_filters(sample_rate_hz=16000, n_fft=400, n_mels=config.n_mels)  # (D, 201)
+        return np.ascontiguousarray(filters[:, :config.n_fft // 2 + 1].T)
     n_bins = config.n_fft // 2 + 1
     bin_hz = np.arange(n_bins) * config.sample_rate_hz / config.n_fft
     mel_edges = np.linspace(_hz_to_mel(np.array(config.fmin_hz)), _hz_to_mel(np.array(config.fmax_hz)),
@@ -88,6 +142,11 @@ class Fbank(torch.nn.Module):
             return windows.new_zeros((windows.shape[0], 0, cfg.n_mels))
         # (B, N) -> (B, T, win)
         frames = windows.unfold(-1, cfg.win_samples, cfg.hop_samples)[:, :num_frames]
+        if cfg.style == "whisper":
+            spec = torch.fft.rfft(frames * self.window, n=cfg.n_fft)  # (B, T, F)
+            power = 4.0 * (spec.real.square() + spec.imag.square())  # the 16 kHz STFT's scale (docstring)
+            log_mel = torch.log10((power @ self.mel).clamp_min(cfg.log_floor))  # (B, T, D)
+            return (log_mel.clamp_min(cfg.log_ceiling - 8.0) + 4.0) / 4.0
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC per frame (telephone hum, codecs)
         spec = torch.fft.rfft(frames * self.window, n=cfg.n_fft)  # (B, T, F)
         power = spec.real.square() + spec.imag.square()

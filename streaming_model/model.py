@@ -224,22 +224,24 @@ def sinusoid_table(distances: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class CausalStridedConv(nn.Module):
-    """Kernel-3 stride-2 convolution over time whose output ``j`` sees inputs ``2j-2 .. 2j``."""
+    """Kernel-3 convolution over time whose output ``j`` sees inputs ``s*j-2 .. s*j`` (stride ``s``, 1 or 2)."""
 
-    def __init__(self, d_in: int, d_out: int) -> None:
+    def __init__(self, d_in: int, d_out: int, stride: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(d_in, d_out, kernel_size=3, stride=2)
+        self.stride = stride
+        self.conv = nn.Conv1d(d_in, d_out, kernel_size=3, stride=stride)
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor,
                 keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, D) with T even; cache: (B, 2, D). Returns (B, T/2, D_out) and the cache for the next
+        """x: (B, T, D) with T a multiple of the stride; cache: (B, 2, D). Returns (B, T/s, D_out) and the cache for the next
         call: the last two of the first ``keep`` input frames (all of them when None; a step with
         look-ahead continues after its chunk, not after the look-ahead)."""
         xx = torch.cat([cache, x], dim=1)  # (B, T+2, D)
         # The convolution as one matrix product over stride-2 windows of 3 frames: the same weights and
         # sums as Conv1d, without oneDNN's per-call set-up (3.8 ms for a batch-8 streaming step, 0.2 here).
         b, t2, d = xx.shape
-        windows = xx.unfold(1, 3, 2).reshape(b, (t2 - 3) // 2 + 1, d * 3)  # (B, T/2, D*3): index d*3+k
+        s = self.stride
+        windows = xx.unfold(1, 3, s).reshape(b, (t2 - 3) // s + 1, d * 3)  # (B, T/s, D*3): index d*3+k
         y = F.linear(windows, self.conv.weight.reshape(self.conv.out_channels, d * 3), self.conv.bias)
         n = t2 - 2 if keep is None else keep
         return F.gelu(y), xx[:, n:n + 2]
@@ -475,8 +477,8 @@ class StreamingTransformerXL(nn.Module):
         self.config = c
         self.register_buffer("feat_mean", torch.zeros(c.n_mels))
         self.register_buffer("feat_std", torch.ones(c.n_mels))
-        self.fe1 = CausalStridedConv(c.n_mels, c.frontend_channels)
-        self.fe2 = CausalStridedConv(c.frontend_channels, c.d_model)
+        self.fe1 = CausalStridedConv(c.n_mels, c.frontend_channels, stride=2 if c.frontend == "xl" else 1)
+        self.fe2 = CausalStridedConv(c.frontend_channels, c.d_model, stride=2)
         self.fe_proj = nn.Linear(c.d_model, c.d_model)
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
@@ -491,17 +493,17 @@ class StreamingTransformerXL(nn.Module):
 
     def _front_end(self, features: torch.Tensor, fe1: torch.Tensor, fe2: torch.Tensor,
                    keep: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 4T, n_mels) -> (B, T, D) and the front end's caches after the first ``keep`` feature frames."""
+        """(B, sT, n_mels) -> (B, T, D) and the front end's caches after the first ``keep`` feature frames."""
         x = (features - self.feat_mean) / self.feat_std
-        x, fe1_new = self.fe1(x, fe1, keep)  # (B, 2T, C)
-        x, fe2_new = self.fe2(x, fe2, None if keep is None else keep // 2)  # (B, T, D)
+        x, fe1_new = self.fe1(x, fe1, keep)  # (B, sT/s1, C)
+        x, fe2_new = self.fe2(x, fe2, None if keep is None else keep // self.fe1.stride)  # (B, T, D)
         return self.fe_proj(x), fe1_new, fe2_new
 
     def _encode(self, x: torch.Tensor, ctx: _Context, num_frames: int) -> torch.Tensor:
-        """Encoder layers over ``x`` (frames then look-ahead copies); CTC logits of the first ``num_frames``."""
+        """Encoder layers over ``x`` (frames then look-ahead copies); final states of the first ``num_frames``."""
         for n, layer in enumerate(self.layers):
             x = layer(x, n, ctx)
-        return self.ctc(self.norm(x[:, :num_frames]))  # (B, T, V)
+        return self.norm(x[:, :num_frames])  # (B, T, D)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole utterances, exactly as streaming would see them.
@@ -510,8 +512,15 @@ class StreamingTransformerXL(nn.Module):
             features: (B, T, n_mels) log-mel frames; frames at or beyond ``lengths`` are ignored.
             lengths: (B,) number of real feature frames per utterance.
         Returns:
-            CTC logits (B, T', V) with T' = ceil(T_padded / 4), and (B,) output lengths ceil(lengths / 4).
+            CTC logits (B, T', V) with T' = ceil(T_padded / s), and (B,) output lengths ceil(lengths / s)
+            (s = ``config.subsampling``).
         """
+        states, out_lengths = self.forward_states(features, lengths)
+        return self.ctc(states), out_lengths
+
+    def forward_states(self, features: torch.Tensor,
+                       lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` before the CTC head: final encoder states (B, T', D) and output lengths (B,)."""
         c = self.config
         step = c.chunk_feature_frames
         t = features.shape[1]
@@ -550,7 +559,7 @@ class StreamingTransformerXL(nn.Module):
         out_lengths = (lengths + c.subsampling - 1) // c.subsampling  # real frames of the window
         ctx = _StepContext(self, state, out_lengths)
         x, fe1, fe2 = self._front_end(chunk, state.fe1, state.fe2, c.chunk_feature_frames)
-        logits = self._encode(x, ctx, c.chunk_frames)
+        logits = self.ctc(self._encode(x, ctx, c.chunk_frames))
         state.fe1, state.fe2 = fe1, fe2
         state.frames = state.frames + c.chunk_frames
         return logits, out_lengths.clamp(max=c.chunk_frames), state
