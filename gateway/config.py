@@ -28,9 +28,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from gateway.logging import LOG_FORMATS, LOG_LEVELS
+from gateway.session import (
+    DEFAULT_HOTWORD_BOOST,
+    DecodingMethod,
+    DecodingSettings,
+    EndpointingSettings,
+    Hotword,
+    StreamSettings,
+    merge_hotwords,
+)
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -54,7 +63,6 @@ ENV_PREFIX: Final = "XLGATE_"
 CONFIG_ENV_VAR: Final = "XLGATE_CONFIG"
 FILE_SECTION: Final = "serve"
 BUNDLED_MODEL: Final = "bundled"
-DEFAULT_HOTWORD_BOOST: Final = 2.0
 MAX_PORT: Final = 65535
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
@@ -77,13 +85,6 @@ class ConfigError(ValueError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"{source}: expected {expected}, got {actual}")
-
-
-class Hotword(NamedTuple):
-    """A phrase the decoder should favour, and how much (added to its log-probability score)."""
-
-    phrase: str
-    boost: float
 
 
 class Kind(enum.Enum):
@@ -205,6 +206,9 @@ _DECODING: Final = "Decoding"
 _LOGGING: Final = "Logging"
 _TLS: Final = "TLS"
 
+_ENDPOINTING: Final = EndpointingSettings()  # the session API declares the stream defaults once
+_DECODING_DEFAULTS: Final = DecodingSettings()
+
 OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("host", Kind.STR, "127.0.0.1", "Address the listeners bind to.", _NETWORK,
                check=_check_host, check_text="a host name or IP address"),
@@ -242,9 +246,9 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("max_pending_chunks", Kind.INT, 8,
                "Per-stream bound on audio chunks queued for the model.", _BATCHING,
                min_value=1, max_value=1024),
-    OptionSpec("endpoint_silence_ms", Kind.DURATION_MS, 1000,
+    OptionSpec("endpoint_silence_ms", Kind.DURATION_MS, round(_ENDPOINTING.silence_s * 1000),
                "Trailing silence that ends an utterance.", _STREAMING, min_value=100, max_value=60_000),
-    OptionSpec("max_utterance_ms", Kind.DURATION_MS, 20_000,
+    OptionSpec("max_utterance_ms", Kind.DURATION_MS, round(_ENDPOINTING.max_utterance_s * 1000),
                "Longest utterance; a longer one is cut and finalized.", _STREAMING,
                min_value=1000, max_value=3_600_000),
     OptionSpec("idle_timeout_ms", Kind.DURATION_MS, 15_000,
@@ -253,9 +257,9 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("drain_timeout_ms", Kind.DURATION_MS, 30_000,
                "On shutdown, how long open streams may finish before they are closed.", _STREAMING,
                min_value=0, max_value=3_600_000),
-    OptionSpec("decoding", Kind.STR, "greedy", "CTC decoding strategy.", _DECODING,
-               choices=("greedy", "beam")),
-    OptionSpec("beam_size", Kind.INT, 8, "Beam width when decoding is beam.", _DECODING,
+    OptionSpec("decoding", Kind.STR, _DECODING_DEFAULTS.method.value, "CTC decoding strategy.", _DECODING,
+               choices=tuple(m.value for m in DecodingMethod)),
+    OptionSpec("beam_size", Kind.INT, _DECODING_DEFAULTS.beam_size, "Beam width when decoding is beam.", _DECODING,
                min_value=1, max_value=256),
     OptionSpec("lm", Kind.STR, "bundled",
                "Word n-gram LM fused into beam search: 'bundled', 'none', or a path to an .npz/.arpa file "
@@ -313,6 +317,14 @@ class ServeSettings:
     log_transcripts: bool
     tls_cert: Path | None
     tls_key: Path | None
+
+    def stream_defaults(self) -> StreamSettings:
+        """The server's values for whatever a protocol's start message leaves out."""
+        return StreamSettings(
+            endpointing=EndpointingSettings(silence_s=self.endpoint_silence_s,
+                                            max_utterance_s=self.max_utterance_s),
+            decoding=DecodingSettings(method=DecodingMethod(self.decoding), beam_size=self.beam_size,
+                                      hotwords=self.hotwords))
 
 
 # --------------------------------------------------------------------------------------------- argparse
@@ -541,15 +553,6 @@ def load_hotwords_file(path: Path) -> tuple[Hotword, ...]:
     return tuple(hotwords)
 
 
-def _merge_hotwords(*lists: tuple[Hotword, ...]) -> tuple[Hotword, ...]:
-    """Concatenate, keeping first positions; a later duplicate phrase replaces the earlier boost."""
-    merged: dict[str, float] = {}
-    for hotwords in lists:
-        for hotword in hotwords:
-            merged[hotword.phrase] = hotword.boost
-    return tuple(Hotword(phrase, boost) for phrase, boost in merged.items())
-
-
 # ------------------------------------------------------------------------------------------ the file
 
 
@@ -684,9 +687,9 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str])
     values: dict[str, Any] = {spec.field_name: _to_field(spec, chosen[spec.name][0]) for spec in OPTION_SPECS}
     hotwords_file = values["hotwords_file"]
     if hotwords_file is not None:
-        values["hotwords"] = _merge_hotwords(values["hotwords"], load_hotwords_file(hotwords_file))
+        values["hotwords"] = merge_hotwords(values["hotwords"], load_hotwords_file(hotwords_file))
     else:
-        values["hotwords"] = _merge_hotwords(values["hotwords"])
+        values["hotwords"] = merge_hotwords(values["hotwords"])
     return ServeSettings(**values)
 
 

@@ -14,13 +14,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.runner import AsyncRunner, ChunkInput, DecoderParams, EndpointParams, StreamOutput
+from gateway.runner import AsyncRunner, ChunkInput, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
+from gateway.session import (
+    DecodingSettings,
+    EndpointingSettings,
+    Outcome,
+    ResultEvent,
+    SpeechEnded,
+    SpeechStarted,
+    StreamEnded,
+    StreamEvent,
+    StreamSettings,
+)
 from protocols.audio.resample import StreamingResampler
 from protocols.errors import GatewayError, OverloadedError
 from streaming_model.decoding import Hypothesis
@@ -43,67 +54,28 @@ class StreamClosedError(GatewayError):
     code = "stream_stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class StreamParams:
-    """Per-stream recognition parameters, set by the protocol from its start message or defaults."""
-
-    sample_rate_hz: int = 8000
-    endpoint: EndpointParams = field(default_factory=EndpointParams)
-    decoder: DecoderParams = field(default_factory=DecoderParams)
-    interim_results: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class ResultEvent:
-    """A partial or final result. ``arrival_s`` is when the last audio it covers arrived (monotonic)."""
-
-    is_final: bool
-    hypothesis: Hypothesis
-    audio_end_s: float
-    arrival_s: float
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    start_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechEnded:
-    end_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEnded:
-    outcome: str
-
-
-StreamEvent = ResultEvent | SpeechStarted | SpeechEnded | StreamEnded
-
-
 class Stream:
     """One audio channel being recognised. Created by :meth:`Engine.open_streams`.
 
-    Audio goes in with :meth:`feed` (int16 or float32 PCM at ``params.sample_rate_hz``); results come out
+    Audio goes in with :meth:`feed` (int16 or float32 PCM at ``settings.sample_rate_hz``); results come out
     of :meth:`events`. :meth:`stop` ends the audio (remaining finals follow, then :class:`StreamEnded`);
     :meth:`abort` drops the stream at once. Pausing discards audio without touching the model's memory.
     """
 
-    def __init__(self, engine: Engine, *, stream_id: int, slot: int, channel: int, params: StreamParams,
+    def __init__(self, engine: Engine, *, stream_id: int, slot: int, channel: int, settings: StreamSettings,
                  protocol: str) -> None:
         self.engine = engine
         self.stream_id = stream_id
         self.slot = slot
         self.channel = channel
-        self.params = params
+        self.settings = settings
         self.protocol = protocol
         self._fbank = StreamingFbank(engine.runner.info.features)
         self._model_rate_hz = engine.runner.info.features.sample_rate_hz
-        self._resampler = (StreamingResampler(params.sample_rate_hz, self._model_rate_hz)
-                           if params.sample_rate_hz != self._model_rate_hz else None)
+        self._resampler = (StreamingResampler(settings.sample_rate_hz, self._model_rate_hz)
+                           if settings.sample_rate_hz != self._model_rate_hz else None)
         self._first = True
-        self.outcome = "completed"
+        self.outcome = Outcome.COMPLETED
         self._stopped = False
         self._ended = False
         self.paused = False
@@ -131,8 +103,8 @@ class Stream:
         if pcm.size == 0:
             return
         samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
-        self.audio_received_s += samples.shape[0] / self.params.sample_rate_hz
-        self._audio_seconds.inc(samples.shape[0] / self.params.sample_rate_hz)
+        self.audio_received_s += samples.shape[0] / self.settings.sample_rate_hz
+        self._audio_seconds.inc(samples.shape[0] / self.settings.sample_rate_hz)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._fbank.accept(samples)
@@ -150,7 +122,7 @@ class Stream:
 
     def _submit(self, kind: ItemKind, window: np.ndarray | None, num_frames: int, *, force: bool = False) -> None:
         payload = ChunkInput(slot=self.slot, window=window, num_frames=num_frames, first=self._first,
-                             endpoint=self.params.endpoint, decoder=self.params.decoder,
+                             endpointing=self.settings.endpointing, decoding=self.settings.decoding,
                              audio_end_s=self._fbank.samples_taken / self._model_rate_hz)
         self._first = False
         item = WorkItem(stream_id=self.stream_id, kind=kind, arrival_s=self._last_audio_arrival_s, payload=payload)
@@ -164,7 +136,7 @@ class Stream:
             raise StreamClosedError(f"stream {self.stream_id} is stopped")
         self._submit(ItemKind.FINALIZE, None, 0, force=True)
 
-    async def stop(self, outcome: str = "completed") -> None:
+    async def stop(self, outcome: Outcome = Outcome.COMPLETED) -> None:
         """End of audio: the buffered tail is recognised, finals follow, then :class:`StreamEnded`.
 
         ``outcome`` is what the stream's end is counted as (completed, idle_timeout, drained).
@@ -182,7 +154,7 @@ class Stream:
             self._submit(ItemKind.AUDIO, chunk_window, real_frames, force=True)
         self._submit(ItemKind.END, window if frames else None, frames, force=True)
 
-    def abort(self, outcome: str = "aborted") -> None:
+    def abort(self, outcome: Outcome = Outcome.ABORTED) -> None:
         """Drop the stream now; pending work is discarded and no more events are produced."""
         if self._ended:
             return
@@ -203,9 +175,9 @@ class Stream:
         times are shifted so they stay on the stream's own timeline."""
         if num_samples <= 0:
             return
-        skipped_s = (self._skips[-1][1] if self._skips else 0.0) + num_samples / self.params.sample_rate_hz
+        skipped_s = (self._skips[-1][1] if self._skips else 0.0) + num_samples / self.settings.sample_rate_hz
         self._skips.append((self._model_samples / self._model_rate_hz, skipped_s))
-        self.audio_received_s += num_samples / self.params.sample_rate_hz
+        self.audio_received_s += num_samples / self.settings.sample_rate_hz
 
     def _stream_time(self, model_s: float) -> float:
         offset = 0.0
@@ -239,7 +211,7 @@ class Stream:
                 return
         if len(self._events) >= MAX_EVENTS_PER_STREAM:
             log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
-            self.abort("error")
+            self.abort(Outcome.ERROR)
             return
         self._events.append(event)
         self._events_ready.set()
@@ -248,7 +220,7 @@ class Stream:
         audio_end_s = self._stream_time(out.audio_end_s)
         if out.speech_started_s is not None:
             self._push(SpeechStarted(self._heard(out.speech_started_s, audio_end_s)))
-        if out.partial is not None and self.params.interim_results:
+        if out.partial is not None and self.settings.interim_results:
             self._seq += 1
             hyp = self._on_stream_timeline(out.partial, audio_end_s)
             self._push(ResultEvent(False, hyp, audio_end_s, arrival_s, self._seq))
@@ -259,7 +231,7 @@ class Stream:
         if out.speech_ended_s is not None:
             self._push(SpeechEnded(self._heard(out.speech_ended_s, audio_end_s)))
 
-    def _end(self, outcome: str) -> None:
+    def _end(self, outcome: Outcome) -> None:
         self._ended = True
         self._stopped = True
         self._room.set()
@@ -325,7 +297,7 @@ class Engine:
         # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
         return self.ready and count <= len(self._free_slots)
 
-    def open_streams(self, count: int, params: StreamParams, *, protocol: str) -> list[Stream]:
+    def open_streams(self, count: int, settings: StreamSettings, *, protocol: str) -> list[Stream]:
         """Admit ``count`` streams (one per channel) together, or none.
 
         Raises:
@@ -342,7 +314,7 @@ class Engine:
         streams = []
         for channel in range(count):
             stream = Stream(self, stream_id=self._next_id, slot=self._free_slots.pop(), channel=channel,
-                            params=params, protocol=protocol)
+                            settings=settings, protocol=protocol)
             self._next_id += 1
             self._streams[stream.stream_id] = stream
             self.scheduler.add_stream(stream.stream_id)
@@ -352,7 +324,7 @@ class Engine:
         self._idle.clear()
         return streams
 
-    def _forget(self, stream: Stream, outcome: str) -> None:
+    def _forget(self, stream: Stream, outcome: Outcome) -> None:
         if self._streams.pop(stream.stream_id, None) is None:
             return
         self.scheduler.remove_stream(stream.stream_id)
@@ -366,7 +338,7 @@ class Engine:
         if not self._streams:
             self._idle.set()
 
-    def _abort(self, stream: Stream, outcome: str) -> None:
+    def _abort(self, stream: Stream, outcome: Outcome) -> None:
         self._forget(stream, outcome)
         stream._end(outcome)
 
@@ -424,7 +396,7 @@ class Engine:
                 stream = self._streams.get(item.stream_id)
                 if stream is not None:
                     m.errors.labels(stream.protocol, "internal").inc()
-                    self._abort(stream, "error")
+                    self._abort(stream, Outcome.ERROR)
             return
         finally:
             m.step_duration.observe(self.clock() - started)
@@ -449,6 +421,14 @@ class Engine:
         """End the loop (after the step in flight); streams still live are aborted."""
         self._closing = True
         for stream in list(self._streams.values()):
-            stream.abort("aborted")
+            stream.abort(Outcome.ABORTED)
         self.metrics.ready.set(0)
         self.wake()
+
+
+def StreamParams(*, endpoint: EndpointingSettings | None = None, decoder: DecodingSettings | None = None,
+                 sample_rate_hz: int = 8000, interim_results: bool = True) -> StreamSettings:
+    """The old spelling of :class:`StreamSettings`, kept only for streaming_model/evaluate.py until issue 8
+    moves it onto the session API; nothing else may use it."""
+    return StreamSettings(sample_rate_hz=sample_rate_hz, interim_results=interim_results,
+                          endpointing=endpoint or EndpointingSettings(), decoding=decoder or DecodingSettings())

@@ -30,28 +30,13 @@ import numpy as np
 import torch
 
 from gateway.scheduler import ItemKind, WorkItem
+from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
 from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore
 
 log = logging.getLogger("xlgate.runner")
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointParams:
-    """When an utterance ends by itself (seconds; research note §4, WeNet/sherpa-onnx rule 2 and 3)."""
-
-    enabled: bool = True
-    silence_s: float = 1.0  # trailing silence after speech
-    max_utterance_s: float = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class DecoderParams:
-    method: str = "greedy"
-    beam_size: int = 8
-    hotwords: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +47,8 @@ class ChunkInput:
     window: np.ndarray | None  # float32 samples with left context; None for a control item
     num_frames: int  # real feature frames in the window (0 .. chunk + look-ahead)
     first: bool  # the stream's first item: reset its slot and create its decoder
-    endpoint: EndpointParams
-    decoder: DecoderParams
+    endpointing: EndpointingSettings
+    decoding: DecodingSettings
     audio_end_s: float  # how far into the stream's audio the stream is after this item
 
 
@@ -79,7 +64,7 @@ class StreamOutput:
     audio_end_s: float
 
 
-DecoderFactory = Callable[[DecoderParams], StreamDecoder]
+DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
 
 
@@ -181,7 +166,7 @@ class ModelRunner:
         self._decoder_factory = decoder_factory or self._default_decoder
         self.calibration = ConfidenceCalibration.from_info(loaded.info)  # validated by load_checkpoint
         self.lm = lm or LanguageModel(None)
-        self._graphs: dict[tuple[tuple[str, float], ...], Any] = {}
+        self._graphs: dict[tuple[Hotword, ...], Any] = {}
         self._thread: int | None = None
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_frames = self.config.step_feature_frames  # the chunk and its look-ahead
@@ -200,22 +185,20 @@ class ModelRunner:
             lookahead_frames=self.window_frames - self.chunk_frames,
             dev_wer=float(wer) if isinstance(wer := self.loaded.info.get("dev_wer"), int | float) else None)
 
-    def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
+    def _default_decoder(self, decoding: DecodingSettings) -> StreamDecoder:
         from streaming_model.beam import BeamConfig, BeamDecoder
 
         tokenizer = self.loaded.tokenizer
-        if params.method == "greedy" and not params.hotwords:
+        beam = decoding.method is DecodingMethod.BEAM
+        if not beam and not decoding.hotwords:
             return GreedyDecoder(tokenizer, frame_s=self.frame_s)
-        if params.method not in ("greedy", "beam"):
-            raise ValueError(f"decoding method: expected 'greedy' or 'beam', got {params.method!r}")
         # Hotwords need a search to act on, so greedy with hotwords runs a small beam (without the LM).
-        beam = params.method == "beam"
-        config = BeamConfig(beam_size=params.beam_size if beam else 4, lm_weight=self.lm.weight,
+        config = BeamConfig(beam_size=decoding.beam_size if beam else 4, lm_weight=self.lm.weight,
                             word_insertion_bonus=self.lm.word_bonus)
-        return BeamDecoder(tokenizer, config, frame_s=self.frame_s, context=self._context_graph(params.hotwords),
-                           lm=self.lm.model if beam else None)
+        return BeamDecoder(tokenizer, config, frame_s=self.frame_s,
+                           context=self._context_graph(decoding.hotwords), lm=self.lm.model if beam else None)
 
-    def _context_graph(self, hotwords: tuple[tuple[str, float], ...]) -> Any:
+    def _context_graph(self, hotwords: tuple[Hotword, ...]) -> Any:
         """The hotword graph of a list, built once per distinct list (server defaults repeat a lot)."""
         if not hotwords:
             return None
@@ -243,7 +226,7 @@ class ModelRunner:
         inputs: list[ChunkInput] = [i.payload for i in items]
         for inp in inputs:
             if inp.first:
-                self._decoders[inp.slot] = self._decoder_factory(inp.decoder)
+                self._decoders[inp.slot] = self._decoder_factory(inp.decoding)
                 self._last_partial[inp.slot] = ""
         audio_rows = [b for b, inp in enumerate(inputs) if inp.window is not None and inp.num_frames > 0]
         if audio_rows:
@@ -285,10 +268,10 @@ class ModelRunner:
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
         close = item.kind in (ItemKind.FINALIZE, ItemKind.END)
-        if not close and inp.endpoint.enabled and not hyp.is_empty:
+        if not close and inp.endpointing.enabled and not hyp.is_empty:
             silence_s = decoder.trailing_silence_frames * self.frame_s
             long_s = decoder.frames_decoded * self.frame_s - hyp.start_s
-            close = silence_s >= inp.endpoint.silence_s or long_s >= inp.endpoint.max_utterance_s
+            close = silence_s >= inp.endpointing.silence_s or long_s >= inp.endpointing.max_utterance_s
         partial: Hypothesis | None = None
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
@@ -438,3 +421,9 @@ class ProcessRunner:
 
         await asyncio.get_running_loop().run_in_executor(self._io, stop)
         self._io.shutdown(wait=True)
+
+
+# The names streaming_model/evaluate.py still imports; issue 8 moves it out of streaming_model/ and onto the
+# session API's names (gateway.session), after which these go. Nothing else may use them.
+DecoderParams = DecodingSettings
+EndpointParams = EndpointingSettings

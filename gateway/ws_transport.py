@@ -20,19 +20,21 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.engine import (
-    Engine,
+from gateway.engine import Engine, Stream, StreamClosedError
+from gateway.logging import LogPolicy, session_context
+from gateway.session import (
+    DecodingMethod,
+    DecodingSettings,
+    EndpointingSettings,
+    Hotword,
+    Outcome,
     ResultEvent,
     SpeechEnded,
     SpeechStarted,
-    Stream,
-    StreamClosedError,
     StreamEnded,
-    StreamParams,
+    StreamSettings,
+    merge_hotwords,
 )
-from gateway.logging import LogPolicy, session_context
-from gateway.runner import DecoderParams, EndpointParams
-from gateway.session import Outcome
 from protocols.errors import OverloadedError
 from protocols.websocket.connection import Connection, ConnectionState
 from protocols.websocket.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, InternalError
@@ -40,6 +42,8 @@ from protocols.websocket.events import (
     AudioDiscarded,
     AudioReceived,
     ConnectionLost,
+    DecodingParams,
+    EndpointingParams,
     Event,
     FinalizeRequested,
     KeepaliveReceived,
@@ -52,6 +56,7 @@ from protocols.websocket.events import (
     StreamStartRequested,
     Word,
 )
+from protocols.websocket.events import DecodingMethod as WireDecodingMethod
 
 log = logging.getLogger("xlgate.ws")
 
@@ -64,8 +69,8 @@ IDLE_RESCHEDULE_S = 1.0
 class WebSocketSettings:
     max_frame_bytes: int
     idle_timeout_s: float
-    defaults: StreamConfig = field(default_factory=StreamConfig)  # server values for fields a start omits
-    default_hotwords: tuple[tuple[str, float], ...] = ()  # merged with each stream's own list
+    # The server's values for what a start leaves out; its hotwords are merged with each stream's own.
+    defaults: StreamSettings = field(default_factory=StreamSettings)
 
 
 def _ms(seconds: float) -> int:
@@ -122,17 +127,30 @@ class WebSocketHandler:
                 self._sessions.discard(session)
 
 
-def _stream_params(config: StreamConfig, settings: WebSocketSettings) -> StreamParams:
-    own = {h.phrase: h.boost for h in config.hotwords}
-    hotwords = tuple((p, b) for p, b in settings.default_hotwords if p not in own) + tuple(own.items())
-    return StreamParams(
+# -- the edge: wire types in, session types out (and the server defaults the other way) ---------------------
+def _wire_defaults(defaults: StreamSettings) -> StreamConfig:
+    """The server's defaults as the Connection fills a ``start`` with them (hotwords are merged later)."""
+    return StreamConfig(
+        sample_rate_hz=defaults.sample_rate_hz, interim_results=defaults.interim_results,
+        endpointing=EndpointingParams(enabled=defaults.endpointing.enabled,
+                                      silence_ms=_ms(defaults.endpointing.silence_s),
+                                      max_utterance_ms=_ms(defaults.endpointing.max_utterance_s)),
+        decoding=DecodingParams(method=WireDecodingMethod(defaults.decoding.method.value),
+                                beam_size=defaults.decoding.beam_size))
+
+
+def _stream_settings(config: StreamConfig, defaults: StreamSettings) -> StreamSettings:
+    """A ``start`` message's settings for the session API: the one conversion of this protocol."""
+    own = tuple(Hotword(h.phrase, h.boost) for h in config.hotwords)
+    return StreamSettings(
         sample_rate_hz=config.sample_rate_hz,
-        endpoint=EndpointParams(enabled=config.endpointing.enabled,
-                                silence_s=config.endpointing.silence_ms / 1000,
-                                max_utterance_s=config.endpointing.max_utterance_ms / 1000),
-        decoder=DecoderParams(method=str(config.decoding.method), beam_size=config.decoding.beam_size,
-                              hotwords=hotwords),
         interim_results=config.interim_results,
+        endpointing=EndpointingSettings(enabled=config.endpointing.enabled,
+                                        silence_s=config.endpointing.silence_ms / 1000,
+                                        max_utterance_s=config.endpointing.max_utterance_ms / 1000),
+        decoding=DecodingSettings(method=DecodingMethod(config.decoding.method.value),
+                                  beam_size=config.decoding.beam_size,
+                                  hotwords=merge_hotwords(defaults.decoding.hotwords, own)),
     )
 
 
@@ -145,7 +163,7 @@ class _Session:
         self.ws = ws
         self.session_id = session_id
         self.conn = Connection(max_frame_bytes=handler.settings.max_frame_bytes,
-                               defaults=handler.settings.defaults)
+                               defaults=_wire_defaults(handler.settings.defaults))
         self.streams: list[Stream] = []
         self.send_lock = asyncio.Lock()
         self.outcome = Outcome.COMPLETED
@@ -288,9 +306,9 @@ class _Session:
                 raise AssertionError("ConnectionLost comes from connection_lost(), not from a message")
 
     async def _start(self, config: StreamConfig, tg: asyncio.TaskGroup) -> None:
-        params = _stream_params(config, self.h.settings)
+        settings = _stream_settings(config, self.h.settings.defaults)
         try:
-            self.streams = self.h.engine.open_streams(config.channels, params, protocol=PROTOCOL)
+            self.streams = self.h.engine.open_streams(config.channels, settings, protocol=PROTOCOL)
         except OverloadedError as exc:
             self.outcome = Outcome.REJECTED
             self.conn.fail(exc)

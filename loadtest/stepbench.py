@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from gateway.models import load_model
-from gateway.runner import ChunkInput, DecoderParams, EndpointParams, ModelRunner
+from gateway.runner import ChunkInput, ModelRunner
 from gateway.scheduler import ItemKind, WorkItem
+from gateway.session import DecodingSettings, EndpointingSettings
 
 
 def _items(n: int, first: bool, rng: np.random.Generator) -> list[WorkItem]:
     return [WorkItem(i, ItemKind.AUDIO, 0.0,
                      ChunkInput(slot=i, window=(rng.standard_normal(1400) * 0.1).astype(np.float32),
-                                num_frames=16, first=first, endpoint=EndpointParams(), decoder=DecoderParams(),
+                                num_frames=16, first=first, endpointing=EndpointingSettings(), decoding=DecodingSettings(),
                                 audio_end_s=0.0))
             for i in range(n)]
 

@@ -11,6 +11,7 @@ Dimension legend: T frames, V vocabulary.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -18,6 +19,14 @@ from typing import Protocol
 import numpy as np
 
 from streaming_model.tokenizer import BLANK_ID, Tokenizer
+
+
+class DecodingMethod(enum.StrEnum):
+    """The search a stream's decoder runs: :class:`GreedyDecoder`, or a beam search
+    (``streaming_model.beam.BeamDecoder``) that can fuse an LM and boost hotwords."""
+
+    GREEDY = "greedy"
+    BEAM = "beam"
 
 
 @dataclass(frozen=True, slots=True)

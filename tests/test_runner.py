@@ -10,14 +10,13 @@ import torch
 
 from gateway.runner import (
     ChunkInput,
-    DecoderParams,
-    EndpointParams,
     ModelRunner,
     ProcessRunner,
     RunnerCrashed,
     RunnerSpec,
 )
 from gateway.scheduler import ItemKind, WorkItem
+from gateway.session import DecodingSettings, EndpointingSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import ConfidenceCalibration, utterance_confidence
 from streaming_model.features import FbankConfig
@@ -29,8 +28,8 @@ def _items(n: int, *, first: bool, seed: int) -> list[WorkItem]:
     rng = np.random.default_rng(seed)
     return [WorkItem(i, ItemKind.AUDIO, 0.0,
                      ChunkInput(slot=i, window=(rng.standard_normal(1400) * 0.1).astype(np.float32),
-                                num_frames=16, first=first, endpoint=EndpointParams(enabled=False),
-                                decoder=DecoderParams(), audio_end_s=0.16))
+                                num_frames=16, first=first, endpointing=EndpointingSettings(enabled=False),
+                                decoding=DecodingSettings(), audio_end_s=0.16))
             for i in range(n)]
 
 
@@ -104,7 +103,7 @@ def test_runner_applies_the_checkpoints_confidence_calibration() -> None:
         partials.extend(zip(raw.run_step(items), mapped.run_step(items), strict=True))
     finish = [WorkItem(i, ItemKind.FINALIZE, 0.0,
                        ChunkInput(slot=i, window=None, num_frames=0, first=False,
-                                  endpoint=EndpointParams(enabled=False), decoder=DecoderParams(), audio_end_s=0.48))
+                                  endpointing=EndpointingSettings(enabled=False), decoding=DecodingSettings(), audio_end_s=0.48))
               for i in range(2)]
     finals = list(zip(raw.run_step(finish), mapped.run_step(finish), strict=True))
     pairs = [(a.partial, b.partial) for a, b in partials if a.partial is not None]
