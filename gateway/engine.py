@@ -62,11 +62,10 @@ class Stream:
     :meth:`abort` drops the stream at once. Pausing discards audio without touching the model's memory.
     """
 
-    def __init__(self, engine: Engine, *, stream_id: int, slot: int, channel: int, settings: StreamSettings,
+    def __init__(self, engine: Engine, *, stream_id: int, channel: int, settings: StreamSettings,
                  protocol: str) -> None:
         self.engine = engine
         self.stream_id = stream_id
-        self.slot = slot
         self.channel = channel
         self.settings = settings
         self.protocol = protocol
@@ -74,7 +73,6 @@ class Stream:
         self._model_rate_hz = engine.runner.info.features.sample_rate_hz
         self._resampler = (StreamingResampler(settings.sample_rate_hz, self._model_rate_hz)
                            if settings.sample_rate_hz != self._model_rate_hz else None)
-        self._first = True
         self.outcome = Outcome.COMPLETED
         self._stopped = False
         self._ended = False
@@ -121,10 +119,8 @@ class Stream:
             self._submit(ItemKind.AUDIO, window, frames + ahead)
 
     def _submit(self, kind: ItemKind, window: np.ndarray | None, num_frames: int, *, force: bool = False) -> None:
-        payload = ChunkInput(slot=self.slot, window=window, num_frames=num_frames, first=self._first,
-                             endpointing=self.settings.endpointing, decoding=self.settings.decoding,
+        payload = ChunkInput(window=window, num_frames=num_frames,
                              audio_end_s=self._fbank.samples_taken / self._model_rate_hz)
-        self._first = False
         item = WorkItem(stream_id=self.stream_id, kind=kind, arrival_s=self._last_audio_arrival_s, payload=payload)
         accepted = self.engine.scheduler.submit(item, force=force)
         assert accepted, "a full queue is waited for before submitting"
@@ -158,9 +154,7 @@ class Stream:
         """Drop the stream now; pending work is discarded and no more events are produced."""
         if self._ended:
             return
-        self._stopped = True
-        self._room.set()
-        self.engine._abort(self, outcome)
+        self.engine.remove_stream(self, outcome)
 
     def pause(self) -> None:
         """Audio fed from now on is not recognised (but counts on the stream's timeline); the model's
@@ -202,21 +196,10 @@ class Stream:
     def ended(self) -> bool:
         return self._ended
 
-    # -- output ----------------------------------------------------------------------------------------
-    def _push(self, event: StreamEvent) -> None:
-        if isinstance(event, ResultEvent) and not event.is_final and self._events:
-            last = self._events[-1]
-            if isinstance(last, ResultEvent) and not last.is_final:
-                self._events[-1] = event  # a newer partial supersedes an unsent one
-                return
-        if len(self._events) >= MAX_EVENTS_PER_STREAM:
-            log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
-            self.abort(Outcome.ERROR)
-            return
-        self._events.append(event)
-        self._events_ready.set()
-
-    def _deliver(self, out: StreamOutput, arrival_s: float) -> None:
+    # -- engine-facing: what the engine's step loop tells the stream ---------------------------------------
+    def deliver(self, out: StreamOutput, arrival_s: float) -> None:
+        """A step's output for this stream (called by the engine): its events are queued for
+        :meth:`events`, and its work queue has room again (the step took its oldest item)."""
         audio_end_s = self._stream_time(out.audio_end_s)
         if out.speech_started_s is not None:
             self._push(SpeechStarted(self._heard(out.speech_started_s, audio_end_s)))
@@ -230,12 +213,29 @@ class Stream:
                                    self._seq))
         if out.speech_ended_s is not None:
             self._push(SpeechEnded(self._heard(out.speech_ended_s, audio_end_s)))
+        self._room.set()
 
-    def _end(self, outcome: Outcome) -> None:
+    def close(self, outcome: Outcome) -> None:
+        """The stream has ended (called by the engine once it has forgotten it): no more input is taken, and
+        :class:`StreamEnded` is its last event."""
         self._ended = True
         self._stopped = True
         self._room.set()
         self._events.append(StreamEnded(outcome))
+        self._events_ready.set()
+
+    # -- output ----------------------------------------------------------------------------------------
+    def _push(self, event: StreamEvent) -> None:
+        if isinstance(event, ResultEvent) and not event.is_final and self._events:
+            last = self._events[-1]
+            if isinstance(last, ResultEvent) and not last.is_final:
+                self._events[-1] = event  # a newer partial supersedes an unsent one
+                return
+        if len(self._events) >= MAX_EVENTS_PER_STREAM:
+            log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
+            self.abort(Outcome.ERROR)
+            return
+        self._events.append(event)
         self._events_ready.set()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
@@ -269,11 +269,9 @@ class Engine:
         self.metrics = metrics
         self.max_streams = max_streams
         self.clock = clock
-        self.scheduler = Scheduler(max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+        self.scheduler = Scheduler(max_slots=max_streams, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                    max_pending_per_stream=max_pending_chunks)
         self._streams: dict[int, Stream] = {}
-        self._free_slots = list(range(max_streams - 1, -1, -1))
-        self._slots_after_step: list[int] = []
         self._next_id = 1
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -295,7 +293,7 @@ class Engine:
 
     def has_capacity(self, count: int = 1) -> bool:
         # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
-        return self.ready and count <= len(self._free_slots)
+        return self.ready and count <= self.scheduler.free_slots
 
     def open_streams(self, count: int, settings: StreamSettings, *, protocol: str) -> list[Stream]:
         """Admit ``count`` streams (one per channel) together, or none.
@@ -307,40 +305,34 @@ class Engine:
         if not self.ready:
             self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
             raise DrainingError("the gateway is draining and accepts no new streams")
-        if count > len(self._free_slots):
+        if count > self.scheduler.free_slots:
             self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)
             raise OverloadedError(
                 f"at capacity: {len(self._streams)} live streams, max {self.max_streams}, asked for {count}")
         streams = []
         for channel in range(count):
-            stream = Stream(self, stream_id=self._next_id, slot=self._free_slots.pop(), channel=channel,
-                            settings=settings, protocol=protocol)
+            stream = Stream(self, stream_id=self._next_id, channel=channel, settings=settings, protocol=protocol)
             self._next_id += 1
             self._streams[stream.stream_id] = stream
-            self.scheduler.add_stream(stream.stream_id)
+            self.scheduler.add_stream(stream.stream_id, info=settings)
             self.metrics.streams_started.labels(protocol).inc()
             self.metrics.live_streams.labels(protocol).inc()
             streams.append(stream)
         self._idle.clear()
         return streams
 
-    def _forget(self, stream: Stream, outcome: Outcome) -> None:
-        if self._streams.pop(stream.stream_id, None) is None:
-            return
-        self.scheduler.remove_stream(stream.stream_id)
-        in_flight = self.scheduler.in_flight
-        if in_flight is not None and any(i.stream_id == stream.stream_id for i in in_flight.items):
-            self._slots_after_step.append(stream.slot)
-        else:
-            self._free_slots.append(stream.slot)
-        self.metrics.live_streams.labels(stream.protocol).dec()
-        self.metrics.streams_ended.labels(stream.protocol, outcome).inc()
-        if not self._streams:
-            self._idle.set()
-
-    def _abort(self, stream: Stream, outcome: Outcome) -> None:
-        self._forget(stream, outcome)
-        stream._end(outcome)
+    def remove_stream(self, stream: Stream, outcome: Outcome) -> None:
+        """End ``stream`` now, counted as ``outcome``: its pending work is dropped, its slot freed (after
+        the step in flight, if it is in it), and :class:`StreamEnded` becomes its last event.
+        :meth:`Stream.abort` is the usual way to call this."""
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self.scheduler.remove_stream(stream.stream_id)
+            self.metrics.live_streams.labels(stream.protocol).dec()
+            self.metrics.streams_ended.labels(stream.protocol, outcome).inc()
+            if not self._streams:
+                self._idle.set()
+        if not stream.ended:
+            stream.close(outcome)
 
     # -- drain -----------------------------------------------------------------------------------------
     def start_drain(self) -> None:
@@ -387,35 +379,27 @@ class Engine:
             m.queue_wait.observe(max(0.0, started - item.arrival_s))
         m.batch_size.observe(plan.batch_size)
         try:
-            outputs = await self.runner.run_step(plan.items)
+            outputs = await self.runner.run_step(plan)
         except Exception:
             log.exception("model step %d failed; failing its %d streams", plan.step_id, plan.batch_size)
             self.scheduler.complete(plan)
-            self._release_after_step()
             for item in plan.items:
                 stream = self._streams.get(item.stream_id)
                 if stream is not None:
                     m.errors.labels(stream.protocol, "internal").inc()
-                    self._abort(stream, Outcome.ERROR)
+                    self.remove_stream(stream, Outcome.ERROR)
             return
         finally:
             m.step_duration.observe(self.clock() - started)
         self.scheduler.complete(plan)
         self.steps_run += 1
-        self._release_after_step()
         for item, out in zip(plan.items, outputs, strict=True):
             stream = self._streams.get(item.stream_id)
             if stream is None:
                 continue  # aborted while its step ran
-            stream._deliver(out, item.arrival_s)
-            stream._room.set()  # the step took this stream's oldest item: its queue has room again
+            stream.deliver(out, item.arrival_s)
             if item.kind is ItemKind.END:
-                self._forget(stream, stream.outcome)
-                stream._end(stream.outcome)
-
-    def _release_after_step(self) -> None:
-        self._free_slots.extend(self._slots_after_step)
-        self._slots_after_step.clear()
+                self.remove_stream(stream, stream.outcome)
 
     def close(self) -> None:
         """End the loop (after the step in flight); streams still live are aborted."""
