@@ -135,11 +135,11 @@ class Scheduler:
         self._new[stream_id] = NewStream(slot, info)
         return slot
 
-    def remove_stream(self, stream_id: int) -> list[WorkItem]:
-        """Forget a stream and free its slot; returns the items it still had pending (not in flight)."""
+    def remove_stream(self, stream_id: int) -> None:
+        """Forget a stream, drop the items it still had pending (not in flight), and free its slot."""
         queue = self._queues.pop(stream_id, None)
         if queue is None:
-            return []
+            return
         if self._new.pop(stream_id, None) is not None:
             self._free_slots.append(queue.slot)  # the runner never heard of it
         elif self._in_flight is not None and any(i.stream_id == stream_id for i in self._in_flight.items):
@@ -147,7 +147,6 @@ class Scheduler:
         else:
             self._freed.append(queue.slot)
             self._free_slots.append(queue.slot)
-        return list(queue.items)
 
     def has_room(self, stream_id: int) -> bool:
         queue = self._queues.get(stream_id)

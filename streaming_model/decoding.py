@@ -79,9 +79,6 @@ class StreamDecoder(Protocol):
 
     def finalize(self) -> Hypothesis: ...
 
-    @property
-    def has_speech(self) -> bool: ...
-
 
 def words_from_tokens(tokens: list[_Token], tokenizer: Tokenizer, frame_s: float) -> Hypothesis:
     """Group tokens into words (a ``▁`` piece starts a word) with times and confidences."""
@@ -230,10 +227,6 @@ class GreedyDecoder:
     trailing_silence_frames: int = 0
     _prev: int = BLANK_ID
     _tokens: list[_Token] = field(default_factory=list)
-
-    @property
-    def has_speech(self) -> bool:
-        return bool(self._tokens)
 
     def accept(self, log_probs: np.ndarray) -> None:
         """Consume (T, V) log-probabilities of the next T frames."""

@@ -66,7 +66,11 @@ def test_bounded_queue_and_force() -> None:
     assert not s.has_room(0)
     assert not s.submit(item(0, 1.2))
     assert s.submit(item(0, 1.3, ItemKind.END), force=True)
-    assert len(s.remove_stream(0)) == 3
+    taken = []
+    while (plan := s.schedule(9.0)) is not None:  # the queue holds all three, in order
+        taken.extend(plan.items)
+        s.complete(plan)
+    assert taken == [item(0, 1.0), item(0, 1.1), item(0, 1.3, ItemKind.END)]
 
 
 def test_in_flight_stream_not_planned_twice_and_removal() -> None:
@@ -76,7 +80,7 @@ def test_in_flight_stream_not_planned_twice_and_removal() -> None:
     assert plan is not None
     s.submit(item(1, 1.0))
     assert s.schedule(9.0) is None
-    assert s.remove_stream(1) == [item(1, 1.0)]
+    s.remove_stream(1)  # its pending item goes with it
     s.complete(plan)
     assert s.next_deadline() is None
     with pytest.raises(SchedulerError):
