@@ -9,13 +9,13 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from gateway.config import ConfigError, add_serve_arguments, resolve_serve_settings
+from gateway.config import ConfigError, EventLoop, add_serve_arguments, resolve_serve_settings
 from gateway.logging import configure_logging
 
 
-def run_async(coro: Coroutine[Any, Any, Any], event_loop: str = "uvloop") -> Any:
+def run_async(coro: Coroutine[Any, Any, Any], event_loop: EventLoop = EventLoop.UVLOOP) -> Any:
     """Run on uvloop when asked and available, else on asyncio's own loop."""
-    if event_loop == "uvloop":
+    if event_loop is EventLoop.UVLOOP:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -52,6 +52,7 @@ __all__ = [
     "Kind",
     "OptionSpec",
     "ServeSettings",
+    "add_option_arguments",
     "add_serve_arguments",
     "load_hotwords_file",
     "render_markdown",
@@ -85,6 +86,31 @@ class ConfigError(ValueError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"{source}: expected {expected}, got {actual}")
+
+
+class EventLoop(enum.StrEnum):
+    """The asyncio event loop implementation."""
+
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
+class Quantization(enum.StrEnum):
+    """The weights of the model's linear layers (gateway.runner.quantize_int8)."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
+class RunnerKind(enum.StrEnum):
+    """Where the model runs (gateway.runner.ProcessRunner or ThreadRunner)."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+
+
+def _values(closed_set: type[enum.StrEnum]) -> tuple[str, ...]:
+    return tuple(member.value for member in closed_set)
 
 
 class Kind(enum.Enum):
@@ -127,6 +153,7 @@ class OptionSpec:
         help: one sentence for --help and the docs.
         group: heading in --help and the docs.
         choices: accepted values (matched case-insensitively) for STR options.
+        closed_set: the enum a STR option's value becomes in ServeSettings (its values are the choices).
         min_value: inclusive lower bound for INT and DURATION_MS options.
         max_value: inclusive upper bound for INT and DURATION_MS options.
         check: extra validation; returns a description of what is expected when the value is bad.
@@ -140,6 +167,7 @@ class OptionSpec:
     help: str
     group: str
     choices: tuple[str, ...] = ()
+    closed_set: type[enum.StrEnum] | None = None
     min_value: int | None = None
     max_value: int | None = None
     check: Callable[[str], str | None] | None = None
@@ -227,15 +255,15 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
                check=_check_device, check_text="cpu, cuda or cuda:N"),
     OptionSpec("torch_threads", Kind.INT, 0, "Torch intra-op threads of the model thread (0 = all cores but one, which is left to the event loop).", _MODEL,
                min_value=0, max_value=1024),
-    OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
-               choices=("uvloop", "asyncio")),
-    OptionSpec("quantize", Kind.STR, "none",
+    OptionSpec("event_loop", Kind.STR, EventLoop.UVLOOP.value, "asyncio event loop implementation.", _MODEL,
+               choices=_values(EventLoop), closed_set=EventLoop),
+    OptionSpec("quantize", Kind.STR, Quantization.NONE.value,
                "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
                "CPU, but a stream's result then depends slightly on which streams share its batch).",
-               _MODEL, choices=("none", "int8")),
-    OptionSpec("runner", Kind.STR, "process",
+               _MODEL, choices=_values(Quantization), closed_set=Quantization),
+    OptionSpec("runner", Kind.STR, RunnerKind.PROCESS.value,
                "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
-               _MODEL, choices=("process", "thread")),
+               _MODEL, choices=_values(RunnerKind), closed_set=RunnerKind),
     OptionSpec("max_streams", Kind.INT, 64, "Concurrent streams; more are refused as overload.",
                _BATCHING, min_value=1, max_value=100_000),
     OptionSpec("max_batch_size", Kind.INT, 32, "Most streams advanced in one model step.", _BATCHING,
@@ -258,7 +286,7 @@ OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
                "On shutdown, how long open streams may finish before they are closed.", _STREAMING,
                min_value=0, max_value=3_600_000),
     OptionSpec("decoding", Kind.STR, _DECODING_DEFAULTS.method.value, "CTC decoding strategy.", _DECODING,
-               choices=tuple(m.value for m in DecodingMethod)),
+               choices=_values(DecodingMethod), closed_set=DecodingMethod),
     OptionSpec("beam_size", Kind.INT, _DECODING_DEFAULTS.beam_size, "Beam width when decoding is beam.", _DECODING,
                min_value=1, max_value=256),
     OptionSpec("lm", Kind.STR, "bundled",
@@ -296,9 +324,9 @@ class ServeSettings:
     model: str
     device: str
     torch_threads: int
-    event_loop: str
-    quantize: str
-    runner: str
+    event_loop: EventLoop
+    quantize: Quantization
+    runner: RunnerKind
     max_streams: int
     max_batch_size: int
     max_wait_s: float
@@ -307,7 +335,7 @@ class ServeSettings:
     max_utterance_s: float
     idle_timeout_s: float
     drain_timeout_s: float
-    decoding: str
+    decoding: DecodingMethod
     beam_size: int
     lm: str
     hotwords: tuple[Hotword, ...]
@@ -323,7 +351,7 @@ class ServeSettings:
         return StreamSettings(
             endpointing=EndpointingSettings(silence_s=self.endpoint_silence_s,
                                             max_utterance_s=self.max_utterance_s),
-            decoding=DecodingSettings(method=DecodingMethod(self.decoding), beam_size=self.beam_size,
+            decoding=DecodingSettings(method=self.decoding, beam_size=self.beam_size,
                                       hotwords=self.hotwords))
 
 
@@ -345,6 +373,30 @@ def _help_text(spec: OptionSpec) -> str:
         text += f" Accepts {constraint}."
     text += f" [env {spec.env_var}; default {spec.default_text()}]"
     return text.replace("%", "%%")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """Give another command (``transcribe``) the named serve options as flags, from the one declaration:
+    the same flag, parsing, range or choice check and default, instead of a re-declaration that drifts.
+
+    Unlike :func:`add_serve_arguments`, values are checked by argparse (no environment or file here) and
+    arrive as the boundary value (milliseconds stay milliseconds), a closed set as its enum.
+    """
+    for name in names:
+        spec = _SPECS_BY_NAME[name]
+
+        def convert(text: str, spec: OptionSpec = spec) -> object:
+            try:
+                value = _parse(spec, text, _Source(_Origin.FLAG, f"flag {spec.flag}"))
+            except ConfigError as exc:
+                raise argparse.ArgumentTypeError(f"expected {exc.expected}, got {exc.actual}") from None
+            return spec.closed_set(str(value)) if spec.closed_set is not None else value
+
+        default = spec.closed_set(spec.default) if spec.closed_set is not None else spec.default
+        constraint = spec.constraint_text()
+        help_text = spec.help + (f" Accepts {constraint}." if constraint and not spec.choices else "")
+        parser.add_argument(spec.flag, dest=spec.name, type=convert, default=default, metavar=_metavar(spec),
+                            help=f"{help_text} (default {spec.default_text()})".replace("%", "%%"))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -629,6 +681,9 @@ def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
 
 
 def _to_field(spec: OptionSpec, value: object) -> object:
+    if spec.closed_set is not None:
+        assert isinstance(value, str)
+        return spec.closed_set(value)
     if spec.kind is Kind.DURATION_MS:
         assert isinstance(value, int)
         return value / 1000.0

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from gateway.config import BUNDLED_MODEL, OPTION_SPECS, ConfigError, load_hotwords_file
+from gateway.config import BUNDLED_MODEL, ConfigError, add_option_arguments, load_hotwords_file
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
 from streaming_model.textnorm import normalise_for_scoring
@@ -72,7 +72,6 @@ OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyon
 SUBSET_WITHOUT_SLASH = "-"
 # protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
 RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
-_SERVE_DEFAULTS: Final = {spec.name: spec.default for spec in OPTION_SPECS}
 
 
 class TranscriptionFailedError(GatewayError):
@@ -396,7 +395,6 @@ def _hotwords(args: argparse.Namespace) -> tuple[Hotword, ...]:
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``xlgate transcribe`` flags; sets ``func`` to :func:`cmd_transcribe`."""
-    beam_size, silence_ms = _SERVE_DEFAULTS["beam_size"], _SERVE_DEFAULTS["endpoint_silence_ms"]
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="audio files (WAV, FLAC, OGG, MP3, ...; headerless .ul/.al/.raw by extension)")
     parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
@@ -405,18 +403,12 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default tsv)")
     parser.add_argument("--model", default=BUNDLED_MODEL, metavar="PATH",
                         help=f"a .safetensors checkpoint, or {BUNDLED_MODEL!r} (default)")
-    parser.add_argument("--device", default=_SERVE_DEFAULTS["device"],
-                        help=f"torch device (default {_SERVE_DEFAULTS['device']})")
     parser.add_argument("--raw-encoding", choices=RAW_ENCODINGS, default=None,
                         help="decode every file as headerless audio in this encoding, whatever its extension")
     parser.add_argument("--raw-sample-rate-hz", type=positive_int, default=8000, metavar="N",
                         help="sample rate of headerless files (default 8000)")
     parser.add_argument("--raw-channels", type=positive_int, default=1, metavar="N",
                         help="interleaved channels of headerless files (default 1)")
-    parser.add_argument("--decoding", choices=("greedy", "beam"), default=_SERVE_DEFAULTS["decoding"],
-                        help=f"CTC decoding (default {_SERVE_DEFAULTS['decoding']})")
-    parser.add_argument("--beam-size", type=positive_int, default=beam_size, metavar="N",
-                        help=f"beam width for --decoding beam (default {beam_size})")
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="favour a phrase (repeatable; boost defaults to the serve default)")
     parser.add_argument("--hotwords-file", default=None, metavar="F",
@@ -424,8 +416,7 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
                         help=f"streams (channels) recognised at once, batched together "
                              f"(default {DEFAULT_MAX_PARALLEL})")
-    parser.add_argument("--endpoint-silence-ms", type=positive_int, default=silence_ms, metavar="N",
-                        help=f"trailing silence that ends an utterance (default {silence_ms})")
+    add_option_arguments(parser, ("device", "decoding", "beam_size", "endpoint_silence_ms"))
     parser.set_defaults(func=cmd_transcribe)
 
 
@@ -457,8 +448,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
     try:
         run_async(run_transcription(loaded, args.files, params=params, read_options=read_options,
-                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter),
-                  "uvloop")
+                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter))
     except KeyboardInterrupt:
         reporter.close()
         print("xlgate transcribe: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from gateway.config import Quantization
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
@@ -152,7 +153,7 @@ class ModelRunner:
 
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
-                 quantize: str = "none", lm: LanguageModel | None = None,
+                 quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
@@ -160,11 +161,11 @@ class ModelRunner:
         self.compute_dtype = compute_dtype
         self.num_threads = num_threads
         self.model = loaded.model.to(self.device).eval()
-        self.quantize = quantize
-        if quantize == "int8":
+        if quantize not in tuple(Quantization):
+            raise ValueError(f"quantize: expected one of {', '.join(Quantization)}, got {quantize!r}")
+        self.quantize = Quantization(quantize)
+        if self.quantize is Quantization.INT8:
             self.model = quantize_int8(self.model)
-        elif quantize != "none":
-            raise ValueError(f"quantize: expected 'none' or 'int8', got {quantize!r}")
         self.fbank = Fbank(loaded.features).to(self.device)
         self.store = StateStore(self.config, max_streams, device=self.device)
         self.frame_s = self.config.subsampling * loaded.features.hop_samples / loaded.features.sample_rate_hz
@@ -336,7 +337,7 @@ class RunnerSpec:
     device: str
     max_streams: int
     num_threads: int
-    quantize: str = "none"
+    quantize: Quantization = Quantization.NONE
     lm: str = "bundled"
 
 

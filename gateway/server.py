@@ -25,7 +25,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
-from gateway.config import ServeSettings
+from gateway.config import RunnerKind, ServeSettings
 from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
@@ -176,7 +176,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
 
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
-    if settings.runner == "process":
+    if settings.runner is RunnerKind.PROCESS:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm))

@@ -223,3 +223,16 @@ def test_eval_malformed_line(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     rc, data, out = _eval(capsys, tmp_path, "a\tone\n", "a\tone\n\nno tab here\n")
     assert rc == 2 and not data
     assert f"{tmp_path / 'hyps.tsv'} line 3: expected 'id<TAB>text'" in out
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--beam-size", "0", "expected an integer between 1 and 256, got 0"),
+    ("--endpoint-silence-ms", "5", "expected an integer number of milliseconds between 100 and 60000, got 5"),
+    ("--decoding", "viterbi", "got 'viterbi'"),
+])
+def test_transcribe_takes_its_serve_options_from_the_one_declaration(
+        capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str) -> None:
+    """``transcribe`` reuses the serve options' declaration: their ranges and choices hold here too."""
+    with pytest.raises(SystemExit):
+        main(["transcribe", "a.wav", flag, value])
+    assert message in capsys.readouterr().err
