@@ -1,9 +1,15 @@
 """The engine: live streams, admission control, and the one loop that joins the scheduler and the runner.
 
-A protocol adapter (WebSocket, MRCP, gRPC, the offline ``transcribe`` command) opens one
-:class:`Stream` per audio channel with :meth:`Engine.open_streams`, feeds it PCM, and reads its events
-(partials, finals, speech start/end, end of stream). The engine loop asks the pure :class:`Scheduler`
-for the next step, runs it on the model runner's dedicated thread, and routes each stream's output back.
+A protocol adapter (WebSocket, MRCP, gRPC, the offline ``transcribe`` command) converts its request into a
+:class:`gateway.session.StreamSettings`, opens one :class:`Stream` per audio channel with
+:meth:`Engine.open_streams`, feeds it PCM, and reads its events (partials, finals, speech start/end, end
+of stream); docs/session-api.md is that contract. The engine loop asks the pure :class:`Scheduler` for
+the next step, runs it on the model runner, and routes each stream's output back.
+
+Ownership: the engine owns the streams (admission, metrics, :meth:`Engine.remove_stream`); the scheduler
+owns their queues and their state slots; the runner owns what lives in a slot (model state, decoder),
+told by each plan which slots changed hands. Stream and Engine talk through public methods only: the
+engine calls :meth:`Stream.deliver` and :meth:`Stream.close`, a stream calls :meth:`Engine.remove_stream`.
 """
 
 from __future__ import annotations

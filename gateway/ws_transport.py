@@ -84,6 +84,7 @@ class WebSocketHandler:
         self.engine = engine
         self.settings = settings
         self.policy = policy
+        self.wire_defaults = _wire_defaults(settings.defaults)  # what the Connection fills a start with
         self._sessions: set[_Session] = set()
         engine.add_finish_listener(self.finish_all)
 
@@ -163,7 +164,7 @@ class _Session:
         self.ws = ws
         self.session_id = session_id
         self.conn = Connection(max_frame_bytes=handler.settings.max_frame_bytes,
-                               defaults=_wire_defaults(handler.settings.defaults))
+                               defaults=handler.wire_defaults)
         self.streams: list[Stream] = []
         self.send_lock = asyncio.Lock()
         self.outcome = Outcome.COMPLETED
