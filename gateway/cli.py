@@ -1,4 +1,10 @@
-"""The ``xlgate`` command: serve, stream, transcribe, eval, version."""
+"""The ``xlgate`` command: one parser tree for serve, stream, transcribe, eval, train, bench and version.
+
+``train`` and ``bench`` hand their arguments, untouched, to the parsers of the trainer
+(``python -m streaming_model.train``, which stays as an alias) and of the load generator
+(``python -m loadtest``); every other command's flags are declared here or beside its implementation,
+and the serve options once, in :mod:`gateway.config`.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,16 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from gateway.config import ConfigError, add_serve_arguments, resolve_serve_settings
+from gateway.config import ConfigError, EventLoop, add_serve_arguments, resolve_serve_settings
 from gateway.logging import configure_logging
 
 
-def run_async(coro: Coroutine[Any, Any, Any], event_loop: str = "uvloop") -> Any:
+def run_async(coro: Coroutine[Any, Any, Any], event_loop: EventLoop = EventLoop.UVLOOP) -> Any:
     """Run on uvloop when asked and available, else on asyncio's own loop."""
-    if event_loop == "uvloop":
+    if event_loop is EventLoop.UVLOOP:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -52,6 +58,21 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return int(train_main(args.args))
 
 
+def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from loadtest.__main__ import main as loadtest_main
+
+    return int(loadtest_main(args.args))
+
+
+def _add_pass_through(sub: Any, name: str, *, help: str, description: str,
+                      func: Callable[[argparse.Namespace, argparse.ArgumentParser], int]) -> None:
+    """A command whose arguments (``--help`` included) all go to another parser: no character is an
+    option prefix here, so argparse hands every argument over as it was typed."""
+    parser = sub.add_parser(name, help=help, description=description, add_help=False, prefix_chars="\0")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=func)
+
+
 def cmd_version(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -84,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a hypotheses TSV against a references TSV (id<TAB>text), overall and per subset "
                     "(the part of an id before its first '/')."))
 
-    train = sub.add_parser("train", help="train the model (see docs/training.md)", add_help=False,
-                           description="Train, evaluate or export the acoustic model; arguments are those of "
-                                       "`python -m streaming_model.train` (try `xlgate train --help`).")
-    train.add_argument("args", nargs=argparse.REMAINDER)
-    train.set_defaults(func=cmd_train)
+    _add_pass_through(sub, "train", help="train the model (see docs/training.md)", func=cmd_train,
+                      description="Train, evaluate or export the acoustic model; arguments are those of "
+                                  "`python -m streaming_model.train` (try `xlgate train --help`).")
+    _add_pass_through(sub, "bench", help="concurrent real-time load against a gateway (make bench)",
+                      func=cmd_bench,
+                      description="The load generator and latency report; arguments are those of "
+                                  "`python -m loadtest` (try `xlgate bench --help`).")
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
@@ -96,13 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["train"]:  # the trainer has its own parser (and subcommands)
-        from streaming_model.train import main as train_main
-
-        return int(train_main(args_list[1:]))
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     return int(args.func(args, parser))
 
 

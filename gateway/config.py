@@ -1,23 +1,34 @@
-"""Settings for ``xlgate serve``: one table of option specs, four sources, one frozen result.
+"""Settings for ``xlgate serve``: one declaration of the options, four sources, one frozen result.
 
-Theory of operation: :data:`OPTION_SPECS` declares every option once (name, kind, default, help,
-validation). Everything else is derived from it: the argparse flags (:func:`add_serve_arguments`), the
-environment variable names (``XLGATE_<NAME>``), the keys of the TOML file's ``[serve]`` table, and
-``docs/configuration.md`` (:func:`render_markdown`). :func:`resolve_serve_settings` reads each option
-from flags, then the environment, then the file, then the default; the first source that sets it wins.
-Every value that is set anywhere is parsed and validated, even one a higher source overrides, so a
-broken file or environment fails today rather than on the day the override goes away.
+Theory of operation: :class:`ServeSettings` declares every option once, as a field carrying its
+:class:`OptionSpec` (kind, default, help, validation); :data:`OPTION_SPECS` is derived from its fields.
+Everything else is derived from that: the argparse flags (:func:`add_serve_arguments`, and
+:func:`add_option_arguments` for other commands), the environment variable names (``XLGATE_<NAME>``), the
+keys of the TOML file's ``[serve]`` table, and ``docs/configuration.md`` (:func:`render_markdown`).
+:func:`resolve_serve_settings` reads each option from flags, then the environment, then the file, then
+the default; the first source that sets it wins. Every value that is set anywhere is parsed and
+validated, even one a higher source overrides, so a broken file or environment fails today rather than
+on the day the override goes away.
 
 Durations are integer milliseconds at the boundary (``*_ms`` flags, variables and keys) and float
 seconds (``*_s``) in :class:`ServeSettings`.
 
-To add an option: append an :class:`OptionSpec` to :data:`OPTION_SPECS`, add the matching field to
-:class:`ServeSettings`, and regenerate the doc with ``python -m gateway.config > docs/configuration.md``.
+To add an option: add a field to :class:`ServeSettings` declared with ``field(metadata=_option(...))``
+(the settings type and the option list are one declaration, so mypy checks each field's type), and
+regenerate the doc with ``python -m gateway.config > docs/configuration.md``.
+
+Why not pydantic-settings (issue 9 asked to use it unless it loses something users need): it merges its
+sources (flags, environment, file) into one dict before it validates, so a bad value that a higher source
+overrides is never checked, and its errors name a field, not the flag, variable or file key that was
+wrong; an unknown ``XLGATE_`` variable in the environment is not reported. Rebuilding those on top of it
+(one validation per source, our messages, did-you-mean) would leave it only reading the sources, which
+is the small part of this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import enum
 import json
@@ -25,12 +36,21 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from gateway.logging import LOG_FORMATS, LOG_LEVELS
+from gateway.session import (
+    DEFAULT_HOTWORD_BOOST,
+    DecodingMethod,
+    DecodingSettings,
+    EndpointingSettings,
+    Hotword,
+    StreamSettings,
+    merge_hotwords,
+)
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -43,6 +63,7 @@ __all__ = [
     "Kind",
     "OptionSpec",
     "ServeSettings",
+    "add_option_arguments",
     "add_serve_arguments",
     "load_hotwords_file",
     "render_markdown",
@@ -54,7 +75,6 @@ ENV_PREFIX: Final = "XLGATE_"
 CONFIG_ENV_VAR: Final = "XLGATE_CONFIG"
 FILE_SECTION: Final = "serve"
 BUNDLED_MODEL: Final = "bundled"
-DEFAULT_HOTWORD_BOOST: Final = 2.0
 MAX_PORT: Final = 65535
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
@@ -79,11 +99,29 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: expected {expected}, got {actual}")
 
 
-class Hotword(NamedTuple):
-    """A phrase the decoder should favour, and how much (added to its log-probability score)."""
+class EventLoop(enum.StrEnum):
+    """The asyncio event loop implementation."""
 
-    phrase: str
-    boost: float
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
+class Quantization(enum.StrEnum):
+    """The weights of the model's linear layers (gateway.runner.quantize_int8)."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
+class RunnerKind(enum.StrEnum):
+    """Where the model runs (gateway.runner.ProcessRunner or ThreadRunner)."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+
+
+def _values(closed_set: type[enum.StrEnum]) -> tuple[str, ...]:
+    return tuple(member.value for member in closed_set)
 
 
 class Kind(enum.Enum):
@@ -126,6 +164,7 @@ class OptionSpec:
         help: one sentence for --help and the docs.
         group: heading in --help and the docs.
         choices: accepted values (matched case-insensitively) for STR options.
+        closed_set: the enum a STR option's value becomes in ServeSettings (its values are the choices).
         min_value: inclusive lower bound for INT and DURATION_MS options.
         max_value: inclusive upper bound for INT and DURATION_MS options.
         check: extra validation; returns a description of what is expected when the value is bad.
@@ -139,6 +178,7 @@ class OptionSpec:
     help: str
     group: str
     choices: tuple[str, ...] = ()
+    closed_set: type[enum.StrEnum] | None = None
     min_value: int | None = None
     max_value: int | None = None
     check: Callable[[str], str | None] | None = None
@@ -205,114 +245,133 @@ _DECODING: Final = "Decoding"
 _LOGGING: Final = "Logging"
 _TLS: Final = "TLS"
 
-OPTION_SPECS: Final[tuple[OptionSpec, ...]] = (
-    OptionSpec("host", Kind.STR, "127.0.0.1", "Address the listeners bind to.", _NETWORK,
-               check=_check_host, check_text="a host name or IP address"),
-    OptionSpec("ws_port", Kind.INT, 8080, "WebSocket streaming port (0 = any free port).", _NETWORK,
-               min_value=0, max_value=MAX_PORT),
-    OptionSpec("metrics_port", Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
-               _NETWORK, min_value=0, max_value=MAX_PORT),
-    OptionSpec("grpc_port", Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK,
-               min_value=0, max_value=MAX_PORT),
-    OptionSpec("max_frame_bytes", Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
-               _NETWORK, min_value=1024, max_value=16 * 1024 * 1024),
-    OptionSpec("model", Kind.MODEL, BUNDLED_MODEL,
-               "Checkpoint to serve: a .safetensors file, or 'bundled' for the packaged model.", _MODEL,
-               check_text="bundled or an existing .safetensors file"),
-    OptionSpec("device", Kind.STR, "cpu", "Torch device the model runs on.", _MODEL,
-               check=_check_device, check_text="cpu, cuda or cuda:N"),
-    OptionSpec("torch_threads", Kind.INT, 0, "Torch intra-op threads of the model thread (0 = all cores but one, which is left to the event loop).", _MODEL,
-               min_value=0, max_value=1024),
-    OptionSpec("event_loop", Kind.STR, "uvloop", "asyncio event loop implementation.", _MODEL,
-               choices=("uvloop", "asyncio")),
-    OptionSpec("quantize", Kind.STR, "none",
-               "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
-               "CPU, but a stream's result then depends slightly on which streams share its batch).",
-               _MODEL, choices=("none", "int8")),
-    OptionSpec("runner", Kind.STR, "process",
-               "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
-               _MODEL, choices=("process", "thread")),
-    OptionSpec("max_streams", Kind.INT, 64, "Concurrent streams; more are refused as overload.",
-               _BATCHING, min_value=1, max_value=100_000),
-    OptionSpec("max_batch_size", Kind.INT, 32, "Most streams advanced in one model step.", _BATCHING,
-               min_value=1, max_value=4096),
-    OptionSpec("max_wait_ms", Kind.DURATION_MS, 10,
-               "Batch window: longest a ready chunk waits for others to join its batch.", _BATCHING,
-               min_value=0, max_value=1000),
-    OptionSpec("max_pending_chunks", Kind.INT, 8,
-               "Per-stream bound on audio chunks queued for the model.", _BATCHING,
-               min_value=1, max_value=1024),
-    OptionSpec("endpoint_silence_ms", Kind.DURATION_MS, 1000,
-               "Trailing silence that ends an utterance.", _STREAMING, min_value=100, max_value=60_000),
-    OptionSpec("max_utterance_ms", Kind.DURATION_MS, 20_000,
-               "Longest utterance; a longer one is cut and finalized.", _STREAMING,
-               min_value=1000, max_value=3_600_000),
-    OptionSpec("idle_timeout_ms", Kind.DURATION_MS, 15_000,
-               "A stream that sends no audio for this long is closed.", _STREAMING,
-               min_value=1000, max_value=3_600_000),
-    OptionSpec("drain_timeout_ms", Kind.DURATION_MS, 30_000,
-               "On shutdown, how long open streams may finish before they are closed.", _STREAMING,
-               min_value=0, max_value=3_600_000),
-    OptionSpec("decoding", Kind.STR, "greedy", "CTC decoding strategy.", _DECODING,
-               choices=("greedy", "beam")),
-    OptionSpec("beam_size", Kind.INT, 8, "Beam width when decoding is beam.", _DECODING,
-               min_value=1, max_value=256),
-    OptionSpec("lm", Kind.STR, "bundled",
-               "Word n-gram LM fused into beam search: 'bundled', 'none', or a path to an .npz/.arpa file "
-               "(tuned weights in a .json beside it).", _DECODING),
-    OptionSpec("hotwords", Kind.HOTWORDS, (),
-               "Phrases to boost, as [[serve.hotwords]] tables with phrase and boost.", _DECODING,
-               file_only=True),
-    OptionSpec("hotwords_file", Kind.PATH, None,
-               "File of hotwords, one 'phrase<TAB>boost' per line; added to the inline ones.", _DECODING,
-               check_text="an existing file"),
-    OptionSpec("log_level", Kind.STR, "info", "Lowest level logged.", _LOGGING, choices=LOG_LEVELS),
-    OptionSpec("log_format", Kind.STR, "text", "Log line format.", _LOGGING, choices=LOG_FORMATS),
-    OptionSpec("log_transcripts", Kind.BOOL, False,
-               "Debug only: write transcripts to the logs (they are redacted otherwise; audio is never logged).",
-               _LOGGING),
-    OptionSpec("tls_cert", Kind.PATH, None, "PEM certificate chain; set together with tls_key.", _TLS,
-               check_text="an existing file"),
-    OptionSpec("tls_key", Kind.PATH, None, "PEM private key; set together with tls_cert.", _TLS,
-               check_text="an existing file"),
-)
+_ENDPOINTING: Final = EndpointingSettings()  # the session API declares the stream defaults once
+_DECODING_DEFAULTS: Final = DecodingSettings()
+_OPTION: Final = "xlgate.option"
 
-_SPECS_BY_NAME: Final[Mapping[str, OptionSpec]] = MappingProxyType({spec.name: spec for spec in OPTION_SPECS})
+
+def _option(kind: Kind, default: Any, help: str, group: str, **details: Any) -> Mapping[str, OptionSpec]:
+    """A :class:`ServeSettings` field's metadata: its option, all but the name (which is the field's)."""
+    return {_OPTION: OptionSpec("", kind, default, help, group, **details)}
 
 
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
-    """The resolved settings of ``xlgate serve``. Defaults live in OPTION_SPECS, not here."""
+    """The resolved settings of ``xlgate serve``, and the one declaration of their options: each field
+    carries its :class:`OptionSpec` (kind, default in boundary units, help, group, checks); its name is the
+    option's, ``*_s`` fields being ``*_ms`` options. :data:`OPTION_SPECS` is derived from these fields."""
 
-    host: str
-    ws_port: int
-    metrics_port: int
-    grpc_port: int
-    max_frame_bytes: int
-    model: str
-    device: str
-    torch_threads: int
-    event_loop: str
-    quantize: str
-    runner: str
-    max_streams: int
-    max_batch_size: int
-    max_wait_s: float
-    max_pending_chunks: int
-    endpoint_silence_s: float
-    max_utterance_s: float
-    idle_timeout_s: float
-    drain_timeout_s: float
-    decoding: str
-    beam_size: int
-    lm: str
-    hotwords: tuple[Hotword, ...]
-    hotwords_file: Path | None
-    log_level: str
-    log_format: str
-    log_transcripts: bool
-    tls_cert: Path | None
-    tls_key: Path | None
+    host: str = field(metadata=_option(
+        Kind.STR, "127.0.0.1", "Address the listeners bind to.", _NETWORK,
+        check=_check_host, check_text="a host name or IP address"))
+    ws_port: int = field(metadata=_option(
+        Kind.INT, 8080, "WebSocket streaming port (0 = any free port).", _NETWORK,
+        min_value=0, max_value=MAX_PORT))
+    metrics_port: int = field(metadata=_option(
+        Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
+        _NETWORK, min_value=0, max_value=MAX_PORT))
+    grpc_port: int = field(metadata=_option(
+        Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK, min_value=0, max_value=MAX_PORT))
+    max_frame_bytes: int = field(metadata=_option(
+        Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
+        _NETWORK, min_value=1024, max_value=16 * 1024 * 1024))
+    model: str = field(metadata=_option(
+        Kind.MODEL, BUNDLED_MODEL,
+        "Checkpoint to serve: a .safetensors file, or 'bundled' for the packaged model.", _MODEL,
+        check_text="bundled or an existing .safetensors file"))
+    device: str = field(metadata=_option(
+        Kind.STR, "cpu", "Torch device the model runs on.", _MODEL,
+        check=_check_device, check_text="cpu, cuda or cuda:N"))
+    torch_threads: int = field(metadata=_option(
+        Kind.INT, 0,
+        "Torch intra-op threads of the model thread (0 = all cores but one, which is left to the event loop).",
+        _MODEL, min_value=0, max_value=1024))
+    event_loop: EventLoop = field(metadata=_option(
+        Kind.STR, EventLoop.UVLOOP.value, "asyncio event loop implementation.", _MODEL,
+        choices=_values(EventLoop), closed_set=EventLoop))
+    quantize: Quantization = field(metadata=_option(
+        Kind.STR, Quantization.NONE.value,
+        "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
+        "CPU, but a stream's result then depends slightly on which streams share its batch).",
+        _MODEL, choices=_values(Quantization), closed_set=Quantization))
+    runner: RunnerKind = field(metadata=_option(
+        Kind.STR, RunnerKind.PROCESS.value,
+        "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
+        _MODEL, choices=_values(RunnerKind), closed_set=RunnerKind))
+    max_streams: int = field(metadata=_option(
+        Kind.INT, 64, "Concurrent streams; more are refused as overload.",
+        _BATCHING, min_value=1, max_value=100_000))
+    max_batch_size: int = field(metadata=_option(
+        Kind.INT, 32, "Most streams advanced in one model step.", _BATCHING, min_value=1, max_value=4096))
+    max_wait_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 10,
+        "Batch window: longest a ready chunk waits for others to join its batch.", _BATCHING,
+        min_value=0, max_value=1000))
+    max_pending_chunks: int = field(metadata=_option(
+        Kind.INT, 8, "Per-stream bound on audio chunks queued for the model.", _BATCHING,
+        min_value=1, max_value=1024))
+    endpoint_silence_s: float = field(metadata=_option(
+        Kind.DURATION_MS, round(_ENDPOINTING.silence_s * 1000),
+        "Trailing silence that ends an utterance.", _STREAMING, min_value=100, max_value=60_000))
+    max_utterance_s: float = field(metadata=_option(
+        Kind.DURATION_MS, round(_ENDPOINTING.max_utterance_s * 1000),
+        "Longest utterance; a longer one is cut and finalized.", _STREAMING,
+        min_value=1000, max_value=3_600_000))
+    idle_timeout_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 15_000, "A stream that sends no audio for this long is closed.", _STREAMING,
+        min_value=1000, max_value=3_600_000))
+    drain_timeout_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 30_000,
+        "On shutdown, how long open streams may finish before they are closed.", _STREAMING,
+        min_value=0, max_value=3_600_000))
+    decoding: DecodingMethod = field(metadata=_option(
+        Kind.STR, _DECODING_DEFAULTS.method.value, "CTC decoding strategy.", _DECODING,
+        choices=_values(DecodingMethod), closed_set=DecodingMethod))
+    beam_size: int = field(metadata=_option(
+        Kind.INT, _DECODING_DEFAULTS.beam_size, "Beam width when decoding is beam.", _DECODING,
+        min_value=1, max_value=256))
+    lm: str = field(metadata=_option(
+        Kind.STR, "bundled",
+        "Word n-gram LM fused into beam search: 'bundled', 'none', or a path to an .npz/.arpa file "
+        "(tuned weights in a .json beside it).", _DECODING))
+    hotwords: tuple[Hotword, ...] = field(metadata=_option(
+        Kind.HOTWORDS, (), "Phrases to boost, as [[serve.hotwords]] tables with phrase and boost.", _DECODING,
+        file_only=True))
+    hotwords_file: Path | None = field(metadata=_option(
+        Kind.PATH, None,
+        "File of hotwords, one 'phrase<TAB>boost' per line; added to the inline ones.", _DECODING,
+        check_text="an existing file"))
+    log_level: str = field(metadata=_option(
+        Kind.STR, "info", "Lowest level logged.", _LOGGING, choices=LOG_LEVELS))
+    log_format: str = field(metadata=_option(
+        Kind.STR, "text", "Log line format.", _LOGGING, choices=LOG_FORMATS))
+    log_transcripts: bool = field(metadata=_option(
+        Kind.BOOL, False,
+        "Debug only: write transcripts to the logs (they are redacted otherwise; audio is never logged).",
+        _LOGGING))
+    tls_cert: Path | None = field(metadata=_option(
+        Kind.PATH, None, "PEM certificate chain; set together with tls_key.", _TLS,
+        check_text="an existing file"))
+    tls_key: Path | None = field(metadata=_option(
+        Kind.PATH, None, "PEM private key; set together with tls_cert.", _TLS, check_text="an existing file"))
+
+    def stream_defaults(self) -> StreamSettings:
+        """The server's values for whatever a protocol's start message leaves out."""
+        return StreamSettings(
+            endpointing=EndpointingSettings(silence_s=self.endpoint_silence_s,
+                                            max_utterance_s=self.max_utterance_s),
+            decoding=DecodingSettings(method=self.decoding, beam_size=self.beam_size,
+                                      hotwords=self.hotwords))
+
+
+def _named(option: dataclasses.Field[Any]) -> OptionSpec:
+    spec: OptionSpec = option.metadata[_OPTION]
+    name = option.name.removesuffix("_s") + "_ms" if spec.kind is Kind.DURATION_MS else option.name
+    return dataclasses.replace(spec, name=name)
+
+
+OPTION_SPECS: Final[tuple[OptionSpec, ...]] = tuple(_named(f) for f in dataclasses.fields(ServeSettings))
+_SPECS_BY_NAME: Final[Mapping[str, OptionSpec]] = MappingProxyType({spec.name: spec for spec in OPTION_SPECS})
 
 
 # --------------------------------------------------------------------------------------------- argparse
@@ -333,6 +392,30 @@ def _help_text(spec: OptionSpec) -> str:
         text += f" Accepts {constraint}."
     text += f" [env {spec.env_var}; default {spec.default_text()}]"
     return text.replace("%", "%%")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """Give another command (``transcribe``) the named serve options as flags, from the one declaration:
+    the same flag, parsing, range or choice check and default, instead of a re-declaration that drifts.
+
+    Unlike :func:`add_serve_arguments`, values are checked by argparse (no environment or file here) and
+    arrive as the boundary value (milliseconds stay milliseconds), a closed set as its enum.
+    """
+    for name in names:
+        spec = _SPECS_BY_NAME[name]
+
+        def convert(text: str, spec: OptionSpec = spec) -> object:
+            try:
+                value = _parse(spec, text, _Source(_Origin.FLAG, f"flag {spec.flag}"))
+            except ConfigError as exc:
+                raise argparse.ArgumentTypeError(f"expected {exc.expected}, got {exc.actual}") from None
+            return spec.closed_set(str(value)) if spec.closed_set is not None else value
+
+        default = spec.closed_set(spec.default) if spec.closed_set is not None else spec.default
+        constraint = spec.constraint_text()
+        help_text = spec.help + (f" Accepts {constraint}." if constraint and not spec.choices else "")
+        parser.add_argument(spec.flag, dest=spec.name, type=convert, default=default, metavar=_metavar(spec),
+                            help=f"{help_text} (default {spec.default_text()})".replace("%", "%%"))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -541,15 +624,6 @@ def load_hotwords_file(path: Path) -> tuple[Hotword, ...]:
     return tuple(hotwords)
 
 
-def _merge_hotwords(*lists: tuple[Hotword, ...]) -> tuple[Hotword, ...]:
-    """Concatenate, keeping first positions; a later duplicate phrase replaces the earlier boost."""
-    merged: dict[str, float] = {}
-    for hotwords in lists:
-        for hotword in hotwords:
-            merged[hotword.phrase] = hotword.boost
-    return tuple(Hotword(phrase, boost) for phrase, boost in merged.items())
-
-
 # ------------------------------------------------------------------------------------------ the file
 
 
@@ -626,6 +700,9 @@ def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
 
 
 def _to_field(spec: OptionSpec, value: object) -> object:
+    if spec.closed_set is not None:
+        assert isinstance(value, str)
+        return spec.closed_set(value)
     if spec.kind is Kind.DURATION_MS:
         assert isinstance(value, int)
         return value / 1000.0
@@ -646,8 +723,9 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str])
         The settings, durations in seconds, hotwords from the file table and the hotwords file merged.
 
     Raises:
-        ConfigError: any set value is malformed or out of range, the file has an unknown key, or two
-            options contradict each other. The message names the flag, variable or file key.
+        ConfigError: any set value is malformed or out of range, the file has an unknown key, an
+            ``XLGATE_`` variable names no option, or two options contradict each other. The message names
+            the flag, variable or file key (with a did-you-mean for an unknown name).
     """
     config_raw: str | None = getattr(args, "config", None)
     config_source = _Source(_Origin.FLAG, "flag --config")
@@ -658,6 +736,12 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str])
     file_source = _DEFAULT_SOURCE
     if config_raw is not None:
         file_values, file_source = _read_config_file(Path(config_raw).expanduser(), config_source)
+
+    for name in unknown_environment_variables(environ):
+        close = difflib.get_close_matches(name, _known_environment_variables(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(source=f"environment variable {name}", expected=f"a known {ENV_PREFIX} variable{hint}",
+                          actual="an unknown name")
 
     chosen: dict[str, tuple[object, _Source]] = {}
     for spec in OPTION_SPECS:
@@ -684,15 +768,20 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str])
     values: dict[str, Any] = {spec.field_name: _to_field(spec, chosen[spec.name][0]) for spec in OPTION_SPECS}
     hotwords_file = values["hotwords_file"]
     if hotwords_file is not None:
-        values["hotwords"] = _merge_hotwords(values["hotwords"], load_hotwords_file(hotwords_file))
+        values["hotwords"] = merge_hotwords(values["hotwords"], load_hotwords_file(hotwords_file))
     else:
-        values["hotwords"] = _merge_hotwords(values["hotwords"])
+        values["hotwords"] = merge_hotwords(values["hotwords"])
     return ServeSettings(**values)
 
 
+def _known_environment_variables() -> list[str]:
+    return [spec.env_var for spec in OPTION_SPECS if not spec.file_only] + [CONFIG_ENV_VAR]
+
+
 def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
-    """Names of ``XLGATE_*`` variables that match no option: likely typos, worth a warning at startup."""
-    known = {spec.env_var for spec in OPTION_SPECS if not spec.file_only} | {CONFIG_ENV_VAR}
+    """Names of ``XLGATE_*`` variables that match no option: likely typos, refused by
+    :func:`resolve_serve_settings` (with a did-you-mean) rather than silently ignored."""
+    known = set(_known_environment_variables())
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
@@ -738,8 +827,8 @@ def render_markdown() -> str:
         "- Durations are integer milliseconds and their names end in `_ms`.",
         "- Relative paths in the file are relative to the file's directory; relative paths in flags and",
         "  variables are relative to the working directory. `~` is expanded. Files must exist.",
-        f"- A key the `[{FILE_SECTION}]` table does not know, or a table other than `[{FILE_SECTION}]`, is an",
-        f"  error. Unknown `{ENV_PREFIX}*` variables are not an error.",
+        f"- A key the `[{FILE_SECTION}]` table does not know, a table other than `[{FILE_SECTION}]`, and an",
+        f"  `{ENV_PREFIX}*` variable that names no option are errors, with a did-you-mean for a near name.",
         "",
         "## Options",
     ]

@@ -1,9 +1,15 @@
 """The engine: live streams, admission control, and the one loop that joins the scheduler and the runner.
 
-A protocol adapter (WebSocket, MRCP, gRPC, the offline ``transcribe`` command) opens one
-:class:`Stream` per audio channel with :meth:`Engine.open_streams`, feeds it PCM, and reads its events
-(partials, finals, speech start/end, end of stream). The engine loop asks the pure :class:`Scheduler`
-for the next step, runs it on the model runner's dedicated thread, and routes each stream's output back.
+A protocol adapter (WebSocket, MRCP, gRPC, the offline ``transcribe`` command) converts its request into a
+:class:`gateway.session.StreamSettings`, opens one :class:`Stream` per audio channel with
+:meth:`Engine.open_streams`, feeds it PCM, and reads its events (partials, finals, speech start/end, end
+of stream); docs/session-api.md is that contract. The engine loop asks the pure :class:`Scheduler` for
+the next step, runs it on the model runner, and routes each stream's output back.
+
+Ownership: the engine owns the streams (admission, metrics, :meth:`Engine.remove_stream`); the scheduler
+owns their queues and their state slots; the runner owns what lives in a slot (model state, decoder),
+told by each plan which slots changed hands. Stream and Engine talk through public methods only: the
+engine calls :meth:`Stream.deliver` and :meth:`Stream.close`, a stream calls :meth:`Engine.remove_stream`.
 """
 
 from __future__ import annotations
@@ -14,13 +20,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.runner import AsyncRunner, ChunkInput, DecoderParams, EndpointParams, StreamOutput
+from gateway.runner import AsyncRunner, ChunkInput, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
+from gateway.session import (
+    DecodingSettings,
+    EndpointingSettings,
+    Outcome,
+    ResultEvent,
+    SpeechEnded,
+    SpeechStarted,
+    StreamEnded,
+    StreamEvent,
+    StreamSettings,
+)
 from protocols.audio.resample import StreamingResampler
 from protocols.errors import GatewayError, OverloadedError
 from streaming_model.decoding import Hypothesis
@@ -43,67 +60,26 @@ class StreamClosedError(GatewayError):
     code = "stream_stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class StreamParams:
-    """Per-stream recognition parameters, set by the protocol from its start message or defaults."""
-
-    sample_rate_hz: int = 8000
-    endpoint: EndpointParams = field(default_factory=EndpointParams)
-    decoder: DecoderParams = field(default_factory=DecoderParams)
-    interim_results: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class ResultEvent:
-    """A partial or final result. ``arrival_s`` is when the last audio it covers arrived (monotonic)."""
-
-    is_final: bool
-    hypothesis: Hypothesis
-    audio_end_s: float
-    arrival_s: float
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    start_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechEnded:
-    end_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEnded:
-    outcome: str
-
-
-StreamEvent = ResultEvent | SpeechStarted | SpeechEnded | StreamEnded
-
-
 class Stream:
     """One audio channel being recognised. Created by :meth:`Engine.open_streams`.
 
-    Audio goes in with :meth:`feed` (int16 or float32 PCM at ``params.sample_rate_hz``); results come out
+    Audio goes in with :meth:`feed` (int16 or float32 PCM at ``settings.sample_rate_hz``); results come out
     of :meth:`events`. :meth:`stop` ends the audio (remaining finals follow, then :class:`StreamEnded`);
     :meth:`abort` drops the stream at once. Pausing discards audio without touching the model's memory.
     """
 
-    def __init__(self, engine: Engine, *, stream_id: int, slot: int, channel: int, params: StreamParams,
+    def __init__(self, engine: Engine, *, stream_id: int, channel: int, settings: StreamSettings,
                  protocol: str) -> None:
         self.engine = engine
         self.stream_id = stream_id
-        self.slot = slot
         self.channel = channel
-        self.params = params
+        self.settings = settings
         self.protocol = protocol
         self._fbank = StreamingFbank(engine.runner.info.features)
         self._model_rate_hz = engine.runner.info.features.sample_rate_hz
-        self._resampler = (StreamingResampler(params.sample_rate_hz, self._model_rate_hz)
-                           if params.sample_rate_hz != self._model_rate_hz else None)
-        self._first = True
-        self.outcome = "completed"
+        self._resampler = (StreamingResampler(settings.sample_rate_hz, self._model_rate_hz)
+                           if settings.sample_rate_hz != self._model_rate_hz else None)
+        self.outcome = Outcome.COMPLETED
         self._stopped = False
         self._ended = False
         self.paused = False
@@ -131,8 +107,8 @@ class Stream:
         if pcm.size == 0:
             return
         samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
-        self.audio_received_s += samples.shape[0] / self.params.sample_rate_hz
-        self._audio_seconds.inc(samples.shape[0] / self.params.sample_rate_hz)
+        self.audio_received_s += samples.shape[0] / self.settings.sample_rate_hz
+        self._audio_seconds.inc(samples.shape[0] / self.settings.sample_rate_hz)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._fbank.accept(samples)
@@ -149,10 +125,8 @@ class Stream:
             self._submit(ItemKind.AUDIO, window, frames + ahead)
 
     def _submit(self, kind: ItemKind, window: np.ndarray | None, num_frames: int, *, force: bool = False) -> None:
-        payload = ChunkInput(slot=self.slot, window=window, num_frames=num_frames, first=self._first,
-                             endpoint=self.params.endpoint, decoder=self.params.decoder,
+        payload = ChunkInput(window=window, num_frames=num_frames,
                              audio_end_s=self._fbank.samples_taken / self._model_rate_hz)
-        self._first = False
         item = WorkItem(stream_id=self.stream_id, kind=kind, arrival_s=self._last_audio_arrival_s, payload=payload)
         accepted = self.engine.scheduler.submit(item, force=force)
         assert accepted, "a full queue is waited for before submitting"
@@ -164,7 +138,7 @@ class Stream:
             raise StreamClosedError(f"stream {self.stream_id} is stopped")
         self._submit(ItemKind.FINALIZE, None, 0, force=True)
 
-    async def stop(self, outcome: str = "completed") -> None:
+    async def stop(self, outcome: Outcome = Outcome.COMPLETED) -> None:
         """End of audio: the buffered tail is recognised, finals follow, then :class:`StreamEnded`.
 
         ``outcome`` is what the stream's end is counted as (completed, idle_timeout, drained).
@@ -182,13 +156,11 @@ class Stream:
             self._submit(ItemKind.AUDIO, chunk_window, real_frames, force=True)
         self._submit(ItemKind.END, window if frames else None, frames, force=True)
 
-    def abort(self, outcome: str = "aborted") -> None:
+    def abort(self, outcome: Outcome = Outcome.ABORTED) -> None:
         """Drop the stream now; pending work is discarded and no more events are produced."""
         if self._ended:
             return
-        self._stopped = True
-        self._room.set()
-        self.engine._abort(self, outcome)
+        self.engine.remove_stream(self, outcome)
 
     def pause(self) -> None:
         """Audio fed from now on is not recognised (but counts on the stream's timeline); the model's
@@ -203,9 +175,9 @@ class Stream:
         times are shifted so they stay on the stream's own timeline."""
         if num_samples <= 0:
             return
-        skipped_s = (self._skips[-1][1] if self._skips else 0.0) + num_samples / self.params.sample_rate_hz
+        skipped_s = (self._skips[-1][1] if self._skips else 0.0) + num_samples / self.settings.sample_rate_hz
         self._skips.append((self._model_samples / self._model_rate_hz, skipped_s))
-        self.audio_received_s += num_samples / self.params.sample_rate_hz
+        self.audio_received_s += num_samples / self.settings.sample_rate_hz
 
     def _stream_time(self, model_s: float) -> float:
         offset = 0.0
@@ -230,25 +202,14 @@ class Stream:
     def ended(self) -> bool:
         return self._ended
 
-    # -- output ----------------------------------------------------------------------------------------
-    def _push(self, event: StreamEvent) -> None:
-        if isinstance(event, ResultEvent) and not event.is_final and self._events:
-            last = self._events[-1]
-            if isinstance(last, ResultEvent) and not last.is_final:
-                self._events[-1] = event  # a newer partial supersedes an unsent one
-                return
-        if len(self._events) >= MAX_EVENTS_PER_STREAM:
-            log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
-            self.abort("error")
-            return
-        self._events.append(event)
-        self._events_ready.set()
-
-    def _deliver(self, out: StreamOutput, arrival_s: float) -> None:
+    # -- engine-facing: what the engine's step loop tells the stream ---------------------------------------
+    def deliver(self, out: StreamOutput, arrival_s: float) -> None:
+        """A step's output for this stream (called by the engine): its events are queued for
+        :meth:`events`, and its work queue has room again (the step took its oldest item)."""
         audio_end_s = self._stream_time(out.audio_end_s)
         if out.speech_started_s is not None:
             self._push(SpeechStarted(self._heard(out.speech_started_s, audio_end_s)))
-        if out.partial is not None and self.params.interim_results:
+        if out.partial is not None and self.settings.interim_results:
             self._seq += 1
             hyp = self._on_stream_timeline(out.partial, audio_end_s)
             self._push(ResultEvent(False, hyp, audio_end_s, arrival_s, self._seq))
@@ -258,12 +219,29 @@ class Stream:
                                    self._seq))
         if out.speech_ended_s is not None:
             self._push(SpeechEnded(self._heard(out.speech_ended_s, audio_end_s)))
+        self._room.set()
 
-    def _end(self, outcome: str) -> None:
+    def close(self, outcome: Outcome) -> None:
+        """The stream has ended (called by the engine once it has forgotten it): no more input is taken, and
+        :class:`StreamEnded` is its last event."""
         self._ended = True
         self._stopped = True
         self._room.set()
         self._events.append(StreamEnded(outcome))
+        self._events_ready.set()
+
+    # -- output ----------------------------------------------------------------------------------------
+    def _push(self, event: StreamEvent) -> None:
+        if isinstance(event, ResultEvent) and not event.is_final and self._events:
+            last = self._events[-1]
+            if isinstance(last, ResultEvent) and not last.is_final:
+                self._events[-1] = event  # a newer partial supersedes an unsent one
+                return
+        if len(self._events) >= MAX_EVENTS_PER_STREAM:
+            log.warning("stream %d: reader too slow, %d events unread; aborting", self.stream_id, len(self._events))
+            self.abort(Outcome.ERROR)
+            return
+        self._events.append(event)
         self._events_ready.set()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
@@ -297,11 +275,9 @@ class Engine:
         self.metrics = metrics
         self.max_streams = max_streams
         self.clock = clock
-        self.scheduler = Scheduler(max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+        self.scheduler = Scheduler(max_slots=max_streams, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                    max_pending_per_stream=max_pending_chunks)
         self._streams: dict[int, Stream] = {}
-        self._free_slots = list(range(max_streams - 1, -1, -1))
-        self._slots_after_step: list[int] = []
         self._next_id = 1
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -323,9 +299,9 @@ class Engine:
 
     def has_capacity(self, count: int = 1) -> bool:
         # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
-        return self.ready and count <= len(self._free_slots)
+        return self.ready and count <= self.scheduler.free_slots
 
-    def open_streams(self, count: int, params: StreamParams, *, protocol: str) -> list[Stream]:
+    def open_streams(self, count: int, settings: StreamSettings, *, protocol: str) -> list[Stream]:
         """Admit ``count`` streams (one per channel) together, or none.
 
         Raises:
@@ -335,40 +311,34 @@ class Engine:
         if not self.ready:
             self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
             raise DrainingError("the gateway is draining and accepts no new streams")
-        if count > len(self._free_slots):
+        if count > self.scheduler.free_slots:
             self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)
             raise OverloadedError(
                 f"at capacity: {len(self._streams)} live streams, max {self.max_streams}, asked for {count}")
         streams = []
         for channel in range(count):
-            stream = Stream(self, stream_id=self._next_id, slot=self._free_slots.pop(), channel=channel,
-                            params=params, protocol=protocol)
+            stream = Stream(self, stream_id=self._next_id, channel=channel, settings=settings, protocol=protocol)
             self._next_id += 1
             self._streams[stream.stream_id] = stream
-            self.scheduler.add_stream(stream.stream_id)
+            self.scheduler.add_stream(stream.stream_id, info=settings)
             self.metrics.streams_started.labels(protocol).inc()
             self.metrics.live_streams.labels(protocol).inc()
             streams.append(stream)
         self._idle.clear()
         return streams
 
-    def _forget(self, stream: Stream, outcome: str) -> None:
-        if self._streams.pop(stream.stream_id, None) is None:
-            return
-        self.scheduler.remove_stream(stream.stream_id)
-        in_flight = self.scheduler.in_flight
-        if in_flight is not None and any(i.stream_id == stream.stream_id for i in in_flight.items):
-            self._slots_after_step.append(stream.slot)
-        else:
-            self._free_slots.append(stream.slot)
-        self.metrics.live_streams.labels(stream.protocol).dec()
-        self.metrics.streams_ended.labels(stream.protocol, outcome).inc()
-        if not self._streams:
-            self._idle.set()
-
-    def _abort(self, stream: Stream, outcome: str) -> None:
-        self._forget(stream, outcome)
-        stream._end(outcome)
+    def remove_stream(self, stream: Stream, outcome: Outcome) -> None:
+        """End ``stream`` now, counted as ``outcome``: its pending work is dropped, its slot freed (after
+        the step in flight, if it is in it), and :class:`StreamEnded` becomes its last event.
+        :meth:`Stream.abort` is the usual way to call this."""
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self.scheduler.remove_stream(stream.stream_id)
+            self.metrics.live_streams.labels(stream.protocol).dec()
+            self.metrics.streams_ended.labels(stream.protocol, outcome).inc()
+            if not self._streams:
+                self._idle.set()
+        if not stream.ended:
+            stream.close(outcome)
 
     # -- drain -----------------------------------------------------------------------------------------
     def start_drain(self) -> None:
@@ -415,40 +385,40 @@ class Engine:
             m.queue_wait.observe(max(0.0, started - item.arrival_s))
         m.batch_size.observe(plan.batch_size)
         try:
-            outputs = await self.runner.run_step(plan.items)
+            outputs = await self.runner.run_step(plan)
         except Exception:
             log.exception("model step %d failed; failing its %d streams", plan.step_id, plan.batch_size)
             self.scheduler.complete(plan)
-            self._release_after_step()
             for item in plan.items:
                 stream = self._streams.get(item.stream_id)
                 if stream is not None:
                     m.errors.labels(stream.protocol, "internal").inc()
-                    self._abort(stream, "error")
+                    self.remove_stream(stream, Outcome.ERROR)
             return
         finally:
             m.step_duration.observe(self.clock() - started)
         self.scheduler.complete(plan)
         self.steps_run += 1
-        self._release_after_step()
         for item, out in zip(plan.items, outputs, strict=True):
             stream = self._streams.get(item.stream_id)
             if stream is None:
                 continue  # aborted while its step ran
-            stream._deliver(out, item.arrival_s)
-            stream._room.set()  # the step took this stream's oldest item: its queue has room again
+            stream.deliver(out, item.arrival_s)
             if item.kind is ItemKind.END:
-                self._forget(stream, stream.outcome)
-                stream._end(stream.outcome)
-
-    def _release_after_step(self) -> None:
-        self._free_slots.extend(self._slots_after_step)
-        self._slots_after_step.clear()
+                self.remove_stream(stream, stream.outcome)
 
     def close(self) -> None:
         """End the loop (after the step in flight); streams still live are aborted."""
         self._closing = True
         for stream in list(self._streams.values()):
-            stream.abort("aborted")
+            stream.abort(Outcome.ABORTED)
         self.metrics.ready.set(0)
         self.wake()
+
+
+def StreamParams(*, endpoint: EndpointingSettings | None = None, decoder: DecodingSettings | None = None,
+                 sample_rate_hz: int = 8000, interim_results: bool = True) -> StreamSettings:
+    """The old spelling of :class:`StreamSettings`, kept only for streaming_model/evaluate.py until issue 8
+    moves it onto the session API; nothing else may use it."""
+    return StreamSettings(sample_rate_hz=sample_rate_hz, interim_results=interim_results,
+                          endpointing=endpoint or EndpointingSettings(), decoding=decoder or DecodingSettings())

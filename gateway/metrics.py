@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.session import Outcome
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
                      0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
-OUTCOMES = ("completed", "client_closed", "idle_timeout", "drained", "error", "aborted")
+OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
 class Metrics:

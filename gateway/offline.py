@@ -27,14 +27,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from gateway.config import BUNDLED_MODEL, DEFAULT_HOTWORD_BOOST, OPTION_SPECS, ConfigError, load_hotwords_file
+from gateway.config import BUNDLED_MODEL, ConfigError, add_option_arguments, load_hotwords_file
+from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
 from streaming_model.textnorm import normalise_for_scoring
 
 # The engine, torch and the audio stack are imported where they are used: the CLI builds every
 # subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
 if TYPE_CHECKING:
-    from gateway.engine import Engine, Stream, StreamParams
+    from gateway.engine import Engine, Stream
     from protocols.audio.files import AudioClip
     from streaming_model.checkpoint import LoadedModel
     from streaming_model.decoding import Hypothesis
@@ -71,7 +72,6 @@ OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyon
 SUBSET_WITHOUT_SLASH = "-"
 # protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
 RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
-_SERVE_DEFAULTS: Final = {spec.name: spec.default for spec in OPTION_SPECS}
 
 
 class TranscriptionFailedError(GatewayError):
@@ -138,18 +138,18 @@ class _StreamBudget:
 
 
 async def _collect_finals(stream: Stream) -> tuple[Hypothesis, ...]:
-    from gateway.engine import ResultEvent, StreamEnded
+    from gateway.session import Outcome, ResultEvent, StreamEnded
 
     finals: list[Hypothesis] = []
     async for event in stream.events():
         if isinstance(event, ResultEvent) and event.is_final:
             finals.append(event.hypothesis)
-        elif isinstance(event, StreamEnded) and event.outcome != "completed":
+        elif isinstance(event, StreamEnded) and event.outcome is not Outcome.COMPLETED:
             raise TranscriptionFailedError(f"channel {stream.channel}: recognition ended as {event.outcome!r}")
     return tuple(finals)
 
 
-async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamParams, *,
+async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSettings, *,
                           piece_s: float = FEED_PIECE_S) -> tuple[ChannelTranscript, ...]:
     """Recognise every channel of ``clip`` through ``engine``, as fast as backpressure allows.
 
@@ -204,7 +204,7 @@ def _is_expected(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError)
 
 
-async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: StreamParams,
+async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: StreamSettings,
                            read_options: ReadOptions, on_result: Callable[[FileTranscript], None]) -> None:
     """Transcribe ``paths`` through ``engine``, with up to ``engine.max_streams`` channels live at once.
 
@@ -248,7 +248,7 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
             tg.create_task(run_one(index, path, clip), name=f"transcribe-{index}")
 
 
-async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params: StreamParams,
+async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params: StreamSettings,
                             read_options: ReadOptions, max_parallel: int, device: str,
                             on_result: Callable[[FileTranscript], None]) -> None:
     """Build a runner and an engine for ``loaded``, transcribe ``paths`` (see :func:`transcribe_files`),
@@ -387,20 +387,14 @@ def parse_hotword(text: str) -> tuple[str, float]:
     return phrase, boost
 
 
-def _hotwords(args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
+def _hotwords(args: argparse.Namespace) -> tuple[Hotword, ...]:
     """The hotwords file first, then the flags; a repeated phrase keeps the last boost given."""
-    merged: dict[str, float] = {}
-    if args.hotwords_file is not None:
-        merged.update(load_hotwords_file(Path(args.hotwords_file)))
-    for item in args.hotword:
-        phrase, boost = parse_hotword(item)
-        merged[phrase] = boost
-    return tuple(merged.items())
+    from_file = load_hotwords_file(Path(args.hotwords_file)) if args.hotwords_file is not None else ()
+    return merge_hotwords(from_file, (Hotword(*parse_hotword(item)) for item in args.hotword))
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``xlgate transcribe`` flags; sets ``func`` to :func:`cmd_transcribe`."""
-    beam_size, silence_ms = _SERVE_DEFAULTS["beam_size"], _SERVE_DEFAULTS["endpoint_silence_ms"]
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="audio files (WAV, FLAC, OGG, MP3, ...; headerless .ul/.al/.raw by extension)")
     parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
@@ -409,18 +403,12 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default tsv)")
     parser.add_argument("--model", default=BUNDLED_MODEL, metavar="PATH",
                         help=f"a .safetensors checkpoint, or {BUNDLED_MODEL!r} (default)")
-    parser.add_argument("--device", default=_SERVE_DEFAULTS["device"],
-                        help=f"torch device (default {_SERVE_DEFAULTS['device']})")
     parser.add_argument("--raw-encoding", choices=RAW_ENCODINGS, default=None,
                         help="decode every file as headerless audio in this encoding, whatever its extension")
     parser.add_argument("--raw-sample-rate-hz", type=positive_int, default=8000, metavar="N",
                         help="sample rate of headerless files (default 8000)")
     parser.add_argument("--raw-channels", type=positive_int, default=1, metavar="N",
                         help="interleaved channels of headerless files (default 1)")
-    parser.add_argument("--decoding", choices=("greedy", "beam"), default=_SERVE_DEFAULTS["decoding"],
-                        help=f"CTC decoding (default {_SERVE_DEFAULTS['decoding']})")
-    parser.add_argument("--beam-size", type=positive_int, default=beam_size, metavar="N",
-                        help=f"beam width for --decoding beam (default {beam_size})")
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="favour a phrase (repeatable; boost defaults to the serve default)")
     parser.add_argument("--hotwords-file", default=None, metavar="F",
@@ -428,18 +416,16 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
                         help=f"streams (channels) recognised at once, batched together "
                              f"(default {DEFAULT_MAX_PARALLEL})")
-    parser.add_argument("--endpoint-silence-ms", type=positive_int, default=silence_ms, metavar="N",
-                        help=f"trailing silence that ends an utterance (default {silence_ms})")
+    add_option_arguments(parser, ("device", "decoding", "beam_size", "endpoint_silence_ms"))
     parser.set_defaults(func=cmd_transcribe)
 
 
 def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``xlgate transcribe``. Returns 0, 1 when any file failed, 2 for a bad model or settings."""
     from gateway.cli import run_async
-    from gateway.engine import StreamParams
     from gateway.logging import configure_logging
     from gateway.models import load_model
-    from gateway.runner import DecoderParams, EndpointParams
+    from gateway.session import DecodingSettings, EndpointingSettings, StreamSettings
     from streaming_model.checkpoint import CheckpointError
 
     configure_logging(level="warning", fmt="text")
@@ -447,9 +433,9 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         hotwords = _hotwords(args)
     except (ValueError, ConfigError) as exc:
         parser.error(str(exc))
-    params = StreamParams(
-        endpoint=EndpointParams(silence_s=args.endpoint_silence_ms / 1000),
-        decoder=DecoderParams(method=args.decoding, beam_size=args.beam_size, hotwords=hotwords),
+    params = StreamSettings(
+        endpointing=EndpointingSettings(silence_s=args.endpoint_silence_ms / 1000),
+        decoding=DecodingSettings(method=args.decoding, beam_size=args.beam_size, hotwords=hotwords),
         interim_results=False)
     read_options = ReadOptions(raw_encoding=args.raw_encoding, raw_sample_rate_hz=args.raw_sample_rate_hz,
                                raw_channels=args.raw_channels)
@@ -462,8 +448,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
     try:
         run_async(run_transcription(loaded, args.files, params=params, read_options=read_options,
-                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter),
-                  "uvloop")
+                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter))
     except KeyboardInterrupt:
         reporter.close()
         print("xlgate transcribe: interrupted", file=sys.stderr)

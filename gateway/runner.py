@@ -29,42 +29,35 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gateway.scheduler import ItemKind, WorkItem
+from gateway.config import Quantization
+from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
+from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
 from streaming_model.features import Fbank, FbankConfig
-from streaming_model.model import StateStore
+from streaming_model.model import StateStore, StreamState
 
 log = logging.getLogger("xlgate.runner")
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointParams:
-    """When an utterance ends by itself (seconds; research note §4, WeNet/sherpa-onnx rule 2 and 3)."""
-
-    enabled: bool = True
-    silence_s: float = 1.0  # trailing silence after speech
-    max_utterance_s: float = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class DecoderParams:
-    method: str = "greedy"
-    beam_size: int = 8
-    hotwords: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class ChunkInput:
-    """The runner's input for one stream in one step (``WorkItem.payload``)."""
+    """The runner's input for one stream in one step (``WorkItem.payload``); the stream's slot is the
+    plan's, and its settings came with the plan that announced it (``StepPlan.new_streams``)."""
 
-    slot: int
     window: np.ndarray | None  # float32 samples with left context; None for a control item
     num_frames: int  # real feature frames in the window (0 .. chunk + look-ahead)
-    first: bool  # the stream's first item: reset its slot and create its decoder
-    endpoint: EndpointParams
-    decoder: DecoderParams
     audio_end_s: float  # how far into the stream's audio the stream is after this item
+
+
+@dataclass(slots=True)
+class _SlotState:
+    """What the runner keeps per live slot besides the model state: from the plan that announced the
+    stream until the plan that frees its slot."""
+
+    decoder: StreamDecoder
+    endpointing: EndpointingSettings
+    last_partial: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +72,7 @@ class StreamOutput:
     audio_end_s: float
 
 
-DecoderFactory = Callable[[DecoderParams], StreamDecoder]
+DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
 
 
@@ -153,14 +146,14 @@ class RunnerInfo:
 class ModelRunner:
     """Runs steps for up to ``max_streams`` concurrent streams on one device.
 
-    Slot numbers (0 .. max_streams-1) are handed out by the engine; a stream's first item resets its slot
-    and creates its decoder, its END item drops the decoder. An aborted stream's decoder is simply
-    replaced when its slot is next used.
+    Slot numbers (0 .. max_streams-1) are handed out by the scheduler; each plan says which slots were
+    freed (their decoders are dropped) and which new streams took one (its state is reset, its decoder
+    created). The runner never decides about slots itself.
     """
 
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
-                 quantize: str = "none", lm: LanguageModel | None = None,
+                 quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
@@ -168,20 +161,19 @@ class ModelRunner:
         self.compute_dtype = compute_dtype
         self.num_threads = num_threads
         self.model = loaded.model.to(self.device).eval()
-        self.quantize = quantize
-        if quantize == "int8":
+        if quantize not in tuple(Quantization):
+            raise ValueError(f"quantize: expected one of {', '.join(Quantization)}, got {quantize!r}")
+        self.quantize = Quantization(quantize)
+        if self.quantize is Quantization.INT8:
             self.model = quantize_int8(self.model)
-        elif quantize != "none":
-            raise ValueError(f"quantize: expected 'none' or 'int8', got {quantize!r}")
         self.fbank = Fbank(loaded.features).to(self.device)
         self.store = StateStore(self.config, max_streams, device=self.device)
         self.frame_s = self.config.subsampling * loaded.features.hop_samples / loaded.features.sample_rate_hz
-        self._decoders: dict[int, StreamDecoder] = {}
-        self._last_partial: dict[int, str] = {}
+        self._slots: dict[int, _SlotState] = {}
         self._decoder_factory = decoder_factory or self._default_decoder
         self.calibration = ConfidenceCalibration.from_info(loaded.info)  # validated by load_checkpoint
         self.lm = lm or LanguageModel(None)
-        self._graphs: dict[tuple[tuple[str, float], ...], Any] = {}
+        self._graphs: dict[tuple[Hotword, ...], Any] = {}
         self._thread: int | None = None
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_frames = self.config.step_feature_frames  # the chunk and its look-ahead
@@ -200,22 +192,20 @@ class ModelRunner:
             lookahead_frames=self.window_frames - self.chunk_frames,
             dev_wer=float(wer) if isinstance(wer := self.loaded.info.get("dev_wer"), int | float) else None)
 
-    def _default_decoder(self, params: DecoderParams) -> StreamDecoder:
+    def _default_decoder(self, decoding: DecodingSettings) -> StreamDecoder:
         from streaming_model.beam import BeamConfig, BeamDecoder
 
         tokenizer = self.loaded.tokenizer
-        if params.method == "greedy" and not params.hotwords:
+        beam = decoding.method is DecodingMethod.BEAM
+        if not beam and not decoding.hotwords:
             return GreedyDecoder(tokenizer, frame_s=self.frame_s)
-        if params.method not in ("greedy", "beam"):
-            raise ValueError(f"decoding method: expected 'greedy' or 'beam', got {params.method!r}")
         # Hotwords need a search to act on, so greedy with hotwords runs a small beam (without the LM).
-        beam = params.method == "beam"
-        config = BeamConfig(beam_size=params.beam_size if beam else 4, lm_weight=self.lm.weight,
+        config = BeamConfig(beam_size=decoding.beam_size if beam else 4, lm_weight=self.lm.weight,
                             word_insertion_bonus=self.lm.word_bonus)
-        return BeamDecoder(tokenizer, config, frame_s=self.frame_s, context=self._context_graph(params.hotwords),
-                           lm=self.lm.model if beam else None)
+        return BeamDecoder(tokenizer, config, frame_s=self.frame_s,
+                           context=self._context_graph(decoding.hotwords), lm=self.lm.model if beam else None)
 
-    def _context_graph(self, hotwords: tuple[tuple[str, float], ...]) -> Any:
+    def _context_graph(self, hotwords: tuple[Hotword, ...]) -> Any:
         """The hotword graph of a list, built once per distinct list (server defaults repeat a lot)."""
         if not hotwords:
             return None
@@ -237,21 +227,37 @@ class ModelRunner:
         assert self._thread == ident, "ModelRunner used from two threads"
 
     @torch.inference_mode()
-    def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
-        """Execute one step; ``items`` carry :class:`ChunkInput` payloads, one per stream."""
+    def run_step(self, plan: StepPlan) -> list[StreamOutput]:
+        """Execute one step: apply the plan's freed and new slots, then its items (:class:`ChunkInput`
+        payloads, one per stream). Returns one output per item, in order."""
         self._check_thread()
-        inputs: list[ChunkInput] = [i.payload for i in items]
-        for inp in inputs:
-            if inp.first:
-                self._decoders[inp.slot] = self._decoder_factory(inp.decoder)
-                self._last_partial[inp.slot] = ""
+        for slot in plan.freed_slots:
+            self._slots.pop(slot, None)
+        if plan.new_streams:
+            self._admit(plan.new_streams)
+        inputs: list[ChunkInput] = [i.payload for i in plan.items]
         audio_rows = [b for b, inp in enumerate(inputs) if inp.window is not None and inp.num_frames > 0]
         if audio_rows:
-            self._encode([inputs[b] for b in audio_rows])
-        outputs = [self._finish(item, inp) for item, inp in zip(items, inputs, strict=True)]
-        return outputs
+            self._encode([inputs[b] for b in audio_rows], [plan.slots[b] for b in audio_rows])
+        return [self._finish(item, slot, inp)
+                for item, slot, inp in zip(plan.items, plan.slots, inputs, strict=True)]
 
-    def _encode(self, inputs: list[ChunkInput]) -> None:
+    def _admit(self, new_streams: Sequence[NewStream]) -> None:
+        """New streams: a fresh decoder each, and their slots' state reset (a slot may hold a previous
+        owner's)."""
+        for new in new_streams:
+            settings: StreamSettings = new.info
+            self._slots[new.slot] = _SlotState(self._decoder_factory(settings.decoding), settings.endpointing)
+        self.reset_slots([new.slot for new in new_streams])
+
+    def reset_slots(self, slots: Sequence[int]) -> None:
+        """Return ``slots`` of the state store to the initial (empty-memory) state."""
+        # TODO(issue 8): this is StateStore.reset(slots), which belongs in streaming_model/model.py (frozen
+        # while issue 8 rebuilds the model); until then the store's public scatter writes a zero state.
+        index = torch.tensor(list(slots), device=self.device)
+        self.store.scatter(index, StreamState.zeros(self.config, len(slots), device=self.device))
+
+    def _encode(self, inputs: list[ChunkInput], slots: list[int]) -> None:
         windows = np.zeros((len(inputs), self.window_samples), dtype=np.float32)
         for b, inp in enumerate(inputs):
             assert inp.window is not None
@@ -260,48 +266,39 @@ class ModelRunner:
         feats = self.fbank(torch.from_numpy(windows).to(self.device))  # (B, chunk + look-ahead, n_mels)
         real = torch.arange(self.window_frames, device=self.device)[None, :] < num_frames[:, None]
         feats = feats * real[..., None]  # short last chunks: zero padding, as forward() pads
-        slots = torch.tensor([inp.slot for inp in inputs], device=self.device)
-        fresh = [b for b, inp in enumerate(inputs) if inp.first]
-        state = self.store.view(slots)
-        if fresh:
-            # A new stream's slot may hold a previous owner's state: its position and caches start from
-            # zero. Its rings need no reset: at position 0 every ring slot is masked until written.
-            rows = torch.tensor(fresh, device=self.device)
-            for t in [state.fe1, state.fe2, *state.conv, state.frames]:
-                t.index_fill_(0, rows, 0)
+        index = torch.tensor(slots, device=self.device)
+        state = self.store.view(index)
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
             logits, out_lengths, state = self.model.step(feats, num_frames, state)
-        self.store.commit(slots, state)
+        self.store.commit(index, state)
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()  # (B, L, V)
         lengths = out_lengths.cpu().numpy()
-        for b, inp in enumerate(inputs):
-            self._decoders[inp.slot].accept(log_probs[b, : int(lengths[b])])
+        for b, slot in enumerate(slots):
+            self._slots[slot].decoder.accept(log_probs[b, : int(lengths[b])])
 
-    def _finish(self, item: WorkItem, inp: ChunkInput) -> StreamOutput:
-        decoder = self._decoders[inp.slot]
-        had_speech = bool(self._last_partial.get(inp.slot))
+    def _finish(self, item: WorkItem, slot: int, inp: ChunkInput) -> StreamOutput:
+        state = self._slots[slot]
+        decoder, endpointing = state.decoder, state.endpointing
+        had_speech = bool(state.last_partial)
         hyp = decoder.partial()
         finals: list[Hypothesis] = []
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
         close = item.kind in (ItemKind.FINALIZE, ItemKind.END)
-        if not close and inp.endpoint.enabled and not hyp.is_empty:
+        if not close and endpointing.enabled and not hyp.is_empty:
             silence_s = decoder.trailing_silence_frames * self.frame_s
             long_s = decoder.frames_decoded * self.frame_s - hyp.start_s
-            close = silence_s >= inp.endpoint.silence_s or long_s >= inp.endpoint.max_utterance_s
+            close = silence_s >= endpointing.silence_s or long_s >= endpointing.max_utterance_s
         partial: Hypothesis | None = None
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
             if not final.is_empty:
                 finals.append(final)
                 ended = final.end_s
-            self._last_partial[inp.slot] = ""
-        elif hyp.text != self._last_partial.get(inp.slot, ""):
+            state.last_partial = ""
+        elif hyp.text != state.last_partial:
             partial = self.calibration.hypothesis(hyp)  # only what is sent pays for the mapping
-            self._last_partial[inp.slot] = hyp.text
-        if item.kind is ItemKind.END:
-            self._decoders.pop(inp.slot, None)
-            self._last_partial.pop(inp.slot, None)
+            state.last_partial = hyp.text
         return StreamOutput(stream_id=item.stream_id, partial=partial, finals=tuple(finals),
                             speech_started_s=started, speech_ended_s=ended, audio_end_s=inp.audio_end_s)
 
@@ -311,7 +308,7 @@ class AsyncRunner(Protocol):
 
     info: RunnerInfo
 
-    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]: ...
+    async def run_step(self, plan: StepPlan) -> list[StreamOutput]: ...
 
     async def close(self) -> None: ...
 
@@ -324,9 +321,9 @@ class ThreadRunner:
         self.info = runner.info
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
 
-    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
+    async def run_step(self, plan: StepPlan) -> list[StreamOutput]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.run_step, items)
+        return await loop.run_in_executor(self._executor, self.runner.run_step, plan)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
@@ -340,7 +337,7 @@ class RunnerSpec:
     device: str
     max_streams: int
     num_threads: int
-    quantize: str = "none"
+    quantize: Quantization = Quantization.NONE
     lm: str = "bundled"
 
 
@@ -365,13 +362,13 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         return
     while True:
         try:
-            items = conn.recv()
+            plan = conn.recv()
         except EOFError:
             return
-        if items is None:
+        if plan is None:
             return
         try:
-            conn.send(("ok", runner.run_step(items)))
+            conn.send(("ok", runner.run_step(plan)))
         except Exception as exc:
             log.exception("model step failed")
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -410,9 +407,9 @@ class ProcessRunner:
         except (EOFError, OSError) as exc:
             raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
 
-    def _roundtrip(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
+    def _roundtrip(self, plan: StepPlan) -> list[StreamOutput]:
         try:
-            self._conn.send(list(items))
+            self._conn.send(plan)
         except (BrokenPipeError, OSError) as exc:
             raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
         kind, payload = self._recv()
@@ -420,8 +417,8 @@ class ProcessRunner:
             raise RunnerCrashed(f"model step failed in the model process: {payload}")
         return payload  # type: ignore[no-any-return]
 
-    async def run_step(self, items: Sequence[WorkItem]) -> list[StreamOutput]:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, items)
+    async def run_step(self, plan: StepPlan) -> list[StreamOutput]:
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, plan)
 
     async def close(self) -> None:
         def stop() -> None:
@@ -438,3 +435,9 @@ class ProcessRunner:
 
         await asyncio.get_running_loop().run_in_executor(self._io, stop)
         self._io.shutdown(wait=True)
+
+
+# The names streaming_model/evaluate.py still imports; issue 8 moves it out of streaming_model/ and onto the
+# session API's names (gateway.session), after which these go. Nothing else may use them.
+DecoderParams = DecodingSettings
+EndpointParams = EndpointingSettings

@@ -13,6 +13,14 @@ Overflow policy: :meth:`Scheduler.submit` refuses an item when its stream's FIFO
 waits (:meth:`Scheduler.has_room`) before reading more audio, which pushes back on the transport (the peer's
 TCP window or RTP socket buffer). Audio is never dropped silently.
 
+Slots: the scheduler is the one owner of the runner's state slots (0 .. ``max_slots`` - 1), as vLLM's
+scheduler owns the KV cache blocks. :meth:`Scheduler.add_stream` gives a stream a slot,
+:meth:`Scheduler.remove_stream` takes it back, at once or, when the stream is in the step in flight, when
+that step completes. Each :class:`StepPlan` tells the runner which slots changed hands since the last
+plan (``freed_slots`` first, then ``new_streams``, as vLLM v1's ``SchedulerOutput`` carries finished and
+new requests), so the runner resets a slot's state and creates or drops its decoder without ever
+deciding about slots itself. A stream removed before any plan announced it is never announced.
+
 No asyncio, no torch, no clock: time comes in as ``now`` (seconds, any monotonic origin).
 """
 
@@ -45,12 +53,25 @@ class WorkItem:
 
 
 @dataclass(frozen=True, slots=True)
+class NewStream:
+    """A stream the runner has not seen: reset ``slot``'s state and set it up from ``info`` (opaque here:
+    the stream's settings)."""
+
+    slot: int
+    info: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class StepPlan:
-    """The items of one model step, one per stream, in batch order."""
+    """One model step: its items (one per stream, in batch order) and the slot of each, and the slots that
+    changed hands since the previous plan (apply ``freed_slots``, then ``new_streams``, then the items)."""
 
     step_id: int
     items: tuple[WorkItem, ...]
+    slots: tuple[int, ...]
     planned_s: float
+    new_streams: tuple[NewStream, ...] = ()
+    freed_slots: tuple[int, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -59,6 +80,7 @@ class StepPlan:
 
 @dataclass(slots=True)
 class _StreamQueue:
+    slot: int
     items: deque[WorkItem] = field(default_factory=deque)
 
 
@@ -67,44 +89,68 @@ class SchedulerError(RuntimeError):
 
 
 class Scheduler:
-    """Forms batches from the pending items of all live streams (see the module docstring)."""
+    """Forms batches from the pending items of all live streams and owns their slots (see the module
+    docstring)."""
 
-    def __init__(self, *, max_batch_size: int, max_wait_s: float, max_pending_per_stream: int) -> None:
+    def __init__(self, *, max_slots: int, max_batch_size: int, max_wait_s: float,
+                 max_pending_per_stream: int) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         if max_pending_per_stream < 1:
             raise ValueError(f"max_pending_per_stream must be >= 1, got {max_pending_per_stream}")
+        self.max_slots = max_slots
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_pending_per_stream = max_pending_per_stream
         self._queues: dict[int, _StreamQueue] = {}
+        self._free_slots = list(range(max_slots - 1, -1, -1))  # popped from the end: 0 first
+        self._new: dict[int, NewStream] = {}  # by stream id: added since the last plan
+        self._freed: list[int] = []  # freed since the last plan, after the runner knew them
+        self._freed_after_step: list[int] = []  # freed while in the step in flight
         self._in_flight: StepPlan | None = None
         self._next_step_id = 0
 
-    # -- streams ---------------------------------------------------------------------------------------
-    def add_stream(self, stream_id: int) -> None:
+    # -- streams and slots -----------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        """Slots a new stream could take now (a removed stream's slot is busy until its step ends)."""
+        return len(self._free_slots)
+
+    def add_stream(self, stream_id: int, *, info: Any = None) -> int:
+        """Admit a stream; returns its slot. ``info`` reaches the runner in the next plan's ``new_streams``.
+
+        Raises:
+            SchedulerError: the stream is already known, or no slot is free (check :attr:`free_slots`).
+        """
         if stream_id in self._queues:
             raise SchedulerError(f"stream {stream_id} already added")
-        self._queues[stream_id] = _StreamQueue()
+        if not self._free_slots:
+            raise SchedulerError(f"all {self.max_slots} slots are taken")
+        slot = self._free_slots.pop()
+        self._queues[stream_id] = _StreamQueue(slot)
+        self._new[stream_id] = NewStream(slot, info)
+        return slot
 
-    def remove_stream(self, stream_id: int) -> list[WorkItem]:
-        """Forget a stream; returns the items it still had pending (not in flight)."""
+    def remove_stream(self, stream_id: int) -> None:
+        """Forget a stream, drop the items it still had pending (not in flight), and free its slot."""
         queue = self._queues.pop(stream_id, None)
-        return list(queue.items) if queue else []
+        if queue is None:
+            return
+        if self._new.pop(stream_id, None) is not None:
+            self._free_slots.append(queue.slot)  # the runner never heard of it
+        elif self._in_flight is not None and any(i.stream_id == stream_id for i in self._in_flight.items):
+            self._freed_after_step.append(queue.slot)
+        else:
+            self._freed.append(queue.slot)
+            self._free_slots.append(queue.slot)
 
     def has_room(self, stream_id: int) -> bool:
         queue = self._queues.get(stream_id)
         return queue is not None and len(queue.items) < self.max_pending_per_stream
-
-    def pending(self, stream_id: int) -> int:
-        queue = self._queues.get(stream_id)
-        return len(queue.items) if queue else 0
-
-    @property
-    def in_flight(self) -> StepPlan | None:
-        return self._in_flight
 
     # -- items -----------------------------------------------------------------------------------------
     def submit(self, item: WorkItem, *, force: bool = False) -> bool:
@@ -140,13 +186,20 @@ class Scheduler:
         heads = sorted(self._heads(), key=lambda h: h.arrival_s)[: self.max_batch_size]
         for h in heads:
             self._queues[h.stream_id].items.popleft()
-        plan = StepPlan(step_id=self._next_step_id, items=tuple(heads), planned_s=now)
+        plan = StepPlan(step_id=self._next_step_id, items=tuple(heads),
+                        slots=tuple(self._queues[h.stream_id].slot for h in heads), planned_s=now,
+                        new_streams=tuple(self._new.values()), freed_slots=tuple(self._freed))
+        self._new.clear()
+        self._freed.clear()
         self._next_step_id += 1
         self._in_flight = plan
         return plan
 
     def complete(self, plan: StepPlan) -> None:
-        """The step of ``plan`` has finished."""
+        """The step of ``plan`` has finished (or failed): slots freed during it become free."""
         if self._in_flight is None or self._in_flight.step_id != plan.step_id:
             raise SchedulerError(f"step {plan.step_id} is not the step in flight")
         self._in_flight = None
+        self._freed.extend(self._freed_after_step)
+        self._free_slots.extend(self._freed_after_step)
+        self._freed_after_step.clear()

@@ -25,7 +25,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
-from gateway.config import ServeSettings
+from gateway.config import RunnerKind, ServeSettings
 from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
@@ -39,7 +39,6 @@ from gateway.runner import (
     ThreadRunner,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
-from protocols.websocket.events import DecodingMethod, DecodingParams, EndpointingParams, StreamConfig
 
 log = logging.getLogger("xlgate.server")
 
@@ -140,14 +139,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks)
-    defaults = StreamConfig(
-        endpointing=EndpointingParams(enabled=True, silence_ms=round(settings.endpoint_silence_s * 1000),
-                                      max_utterance_ms=round(settings.max_utterance_s * 1000)),
-        decoding=DecodingParams(method=DecodingMethod(settings.decoding), beam_size=settings.beam_size))
     handler = WebSocketHandler(engine, WebSocketSettings(
-        max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s, defaults=defaults,
-        default_hotwords=tuple((h.phrase, h.boost) for h in settings.hotwords)),
-        LogPolicy(log_transcripts=settings.log_transcripts))
+        max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
+        defaults=settings.stream_defaults()), LogPolicy(log_transcripts=settings.log_transcripts))
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,7 +176,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
 
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
-    if settings.runner == "process":
+    if settings.runner is RunnerKind.PROCESS:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm))

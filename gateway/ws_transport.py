@@ -20,23 +20,31 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.engine import (
-    Engine,
+from gateway.engine import Engine, Stream, StreamClosedError
+from gateway.logging import LogPolicy, session_context
+from gateway.session import (
+    DecodingMethod,
+    DecodingSettings,
+    EndpointingSettings,
+    Hotword,
+    Outcome,
     ResultEvent,
     SpeechEnded,
     SpeechStarted,
-    Stream,
-    StreamClosedError,
     StreamEnded,
-    StreamParams,
+    StreamSettings,
+    merge_hotwords,
 )
-from gateway.logging import LogPolicy, session_context
-from gateway.runner import DecoderParams, EndpointParams
 from protocols.errors import OverloadedError
 from protocols.websocket.connection import Connection, ConnectionState
+from protocols.websocket.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, InternalError
 from protocols.websocket.events import (
     AudioDiscarded,
     AudioReceived,
+    ConnectionLost,
+    DecodingParams,
+    EndpointingParams,
+    Event,
     FinalizeRequested,
     KeepaliveReceived,
     PauseRequested,
@@ -48,14 +56,12 @@ from protocols.websocket.events import (
     StreamStartRequested,
     Word,
 )
+from protocols.websocket.events import DecodingMethod as WireDecodingMethod
 
 log = logging.getLogger("xlgate.ws")
 
 STREAM_PATH = "/v1/stream"
 PROTOCOL = "websocket"
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 IDLE_RESCHEDULE_S = 1.0
 
 
@@ -63,8 +69,8 @@ IDLE_RESCHEDULE_S = 1.0
 class WebSocketSettings:
     max_frame_bytes: int
     idle_timeout_s: float
-    defaults: StreamConfig = field(default_factory=StreamConfig)  # server values for fields a start omits
-    default_hotwords: tuple[tuple[str, float], ...] = ()  # merged with each stream's own list
+    # The server's values for what a start leaves out; its hotwords are merged with each stream's own.
+    defaults: StreamSettings = field(default_factory=StreamSettings)
 
 
 def _ms(seconds: float) -> int:
@@ -78,13 +84,14 @@ class WebSocketHandler:
         self.engine = engine
         self.settings = settings
         self.policy = policy
+        self.wire_defaults = _wire_defaults(settings.defaults)  # what the Connection fills a start with
         self._sessions: set[_Session] = set()
         engine.add_finish_listener(self.finish_all)
 
     def finish_all(self) -> None:
         """Drain: every live session stops reading, gets its finals, and closes with 1001."""
         for session in list(self._sessions):
-            session.interrupt("drained")
+            session.interrupt()
 
     # -- HTTP side of the handshake ---------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -115,138 +122,166 @@ class WebSocketHandler:
             self._sessions.add(session)
             try:
                 if self.engine.drain_requested.is_set():
-                    session.interrupt("drained")
+                    session.interrupt()
                 await session.run()
             finally:
                 self._sessions.discard(session)
 
 
-def _stream_params(config: StreamConfig, settings: WebSocketSettings) -> StreamParams:
-    own = {h.phrase: h.boost for h in config.hotwords}
-    hotwords = tuple((p, b) for p, b in settings.default_hotwords if p not in own) + tuple(own.items())
-    return StreamParams(
+# -- the edge: wire types in, session types out (and the server defaults the other way) ---------------------
+def _wire_defaults(defaults: StreamSettings) -> StreamConfig:
+    """The server's defaults as the Connection fills a ``start`` with them (hotwords are merged later)."""
+    return StreamConfig(
+        sample_rate_hz=defaults.sample_rate_hz, interim_results=defaults.interim_results,
+        endpointing=EndpointingParams(enabled=defaults.endpointing.enabled,
+                                      silence_ms=_ms(defaults.endpointing.silence_s),
+                                      max_utterance_ms=_ms(defaults.endpointing.max_utterance_s)),
+        decoding=DecodingParams(method=WireDecodingMethod(defaults.decoding.method.value),
+                                beam_size=defaults.decoding.beam_size))
+
+
+def _stream_settings(config: StreamConfig, defaults: StreamSettings) -> StreamSettings:
+    """A ``start`` message's settings for the session API: the one conversion of this protocol."""
+    own = tuple(Hotword(h.phrase, h.boost) for h in config.hotwords)
+    return StreamSettings(
         sample_rate_hz=config.sample_rate_hz,
-        endpoint=EndpointParams(enabled=config.endpointing.enabled,
-                                silence_s=config.endpointing.silence_ms / 1000,
-                                max_utterance_s=config.endpointing.max_utterance_ms / 1000),
-        decoder=DecoderParams(method=str(config.decoding.method), beam_size=config.decoding.beam_size,
-                              hotwords=hotwords),
         interim_results=config.interim_results,
+        endpointing=EndpointingSettings(enabled=config.endpointing.enabled,
+                                        silence_s=config.endpointing.silence_ms / 1000,
+                                        max_utterance_s=config.endpointing.max_utterance_ms / 1000),
+        decoding=DecodingSettings(method=DecodingMethod(config.decoding.method.value),
+                                  beam_size=config.decoding.beam_size,
+                                  hotwords=merge_hotwords(defaults.decoding.hotwords, own)),
     )
 
 
 class _Session:
-    """State of one WebSocket client: its Connection, its streams (one per channel), its send lock."""
+    """One WebSocket client: its Connection (which holds how the conversation closes), its streams (one per
+    channel), its send lock, and how it ended."""
 
     def __init__(self, handler: WebSocketHandler, ws: ServerConnection, session_id: str) -> None:
         self.h = handler
         self.ws = ws
         self.session_id = session_id
         self.conn = Connection(max_frame_bytes=handler.settings.max_frame_bytes,
-                               defaults=handler.settings.defaults)
+                               defaults=handler.wire_defaults)
         self.streams: list[Stream] = []
         self.send_lock = asyncio.Lock()
-        self.outcome = "completed"
-        self.close_code = CLOSE_NORMAL
-        self.close_reason = ""
-        self.fatal: Exception | None = None  # the error that ends the session, sent after pending results
-        self.fatal_close_code = 1011
+        self.outcome = Outcome.COMPLETED
         self._timeout: asyncio.Timeout | None = None
-        self._interrupt: str | None = None
+        self._draining = False
 
     async def send(self, text: str) -> None:
         await self.ws.send(text)
+
+    @property
+    def _reading(self) -> bool:
+        return self.conn.state in (ConnectionState.AWAITING_START, ConnectionState.STREAMING)
 
     async def run(self) -> None:
         log.info("client connected from %s", self.ws.remote_address)
         try:
             async with asyncio.TaskGroup() as tg:
                 await self._read_loop(tg)
-                if self.fatal is not None:
-                    # Stop recognising, but let the forwarders send the results already produced.
-                    for stream in self.streams:
-                        stream.abort("error")
-                else:
+                if self.outcome in (Outcome.COMPLETED, Outcome.IDLE_TIMEOUT, Outcome.DRAINED):
                     for stream in self.streams:
                         await stream.stop(self.outcome)
+                else:
+                    # Stop recognising; the forwarders still send the results already produced (unless
+                    # the client is gone).
+                    for stream in self.streams:
+                        stream.abort(self.outcome)
             # Every forwarder has finished: all results are out. Exactly one closing message follows.
-            if self.fatal is not None:
-                async with self.send_lock:
-                    await self.send(self.conn.send_error(self.fatal))
-                code = self.conn.close_code_to_send or self.fatal_close_code
-            elif self.streams:
-                async with self.send_lock:
-                    await self.send(self.conn.send_end())
-                code = self.close_code
-            else:
-                code = self.close_code
-            await self.ws.close(code, self.close_reason)
+            async with self.send_lock:
+                closing = self.conn.send_closing()
+                if closing is not None:
+                    await self.send(closing)
+            if self.conn.close_code_to_send is not None:
+                await self.ws.close(self.conn.close_code_to_send, self.conn.close_reason_to_send)
         except ConnectionClosed:
-            self.outcome = "client_closed"
+            self.outcome = Outcome.CLIENT_CLOSED
         except Exception:
             log.exception("session failed")
-            self.outcome = "error"
-            self.h.engine.metrics.errors.labels(PROTOCOL, "internal").inc()
+            self.outcome = Outcome.ERROR
+            self.h.engine.metrics.errors.labels(PROTOCOL, InternalError.code).inc()
             with contextlib.suppress(Exception):
-                await self.ws.close(1011, "internal error")
+                await self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             for stream in self.streams:
                 stream.abort(self.outcome)
             log.info("client session ended: %s", self.outcome)
 
-    def interrupt(self, reason: str) -> None:
+    def interrupt(self) -> None:
         """End the read loop now (drain): the streams are then stopped and get their finals."""
-        self._interrupt = reason
+        self._draining = True
         if self._timeout is not None and not self._timeout.expired():
             self._timeout.reschedule(asyncio.get_running_loop().time())
 
     async def _read_loop(self, tg: asyncio.TaskGroup) -> None:
-        """Read and act on messages until ``stop``, a fatal error, the idle timeout or a drain."""
+        """Read and act on messages until ``stop``, a fatal error, the idle timeout, a drain, or the client
+        going away (a hang-up: ``ws.recv()`` raises ConnectionClosed, which must not escape into the
+        TaskGroup, where it would come out as an ExceptionGroup)."""
         loop = asyncio.get_running_loop()
         idle_s = self.h.settings.idle_timeout_s
         try:
             async with asyncio.timeout(idle_s) as timeout:
                 self._timeout = timeout
-                if self._interrupt is not None:
+                if self._draining:
                     timeout.reschedule(loop.time())
                 # The idle deadline is pushed back at most once a second (not per 20 ms frame): it then
                 # fires between idle_s - 1 and idle_s after the last message.
                 pushed_at = loop.time()
-                while self.conn.state in (ConnectionState.AWAITING_START, ConnectionState.STREAMING):
+                while self._reading:
                     message = await self.ws.recv()
                     now = loop.time()
-                    if now - pushed_at > IDLE_RESCHEDULE_S and self._interrupt is None:
+                    if now - pushed_at > IDLE_RESCHEDULE_S and not self._draining:
                         timeout.reschedule(now + idle_s)
                         pushed_at = now
                     events = (self.conn.receive_text(message) if isinstance(message, str)
                               else self.conn.receive_bytes(message))
                     for event in events:
-                        if not await self._on_event(event, tg):
-                            return
+                        await self._on_event(event, tg)
         except TimeoutError:
-            if self._interrupt == "drained":
-                self.outcome, self.close_code, self.close_reason = "drained", CLOSE_GOING_AWAY, "server draining"
+            if self._draining:
+                self.outcome = Outcome.DRAINED
+                self.conn.go_away()
             else:
-                self.outcome, self.close_reason = "idle_timeout", "idle timeout"
+                self.outcome = Outcome.IDLE_TIMEOUT
                 log.info("no message for %.1f s: finalising", idle_s)
-                if not self.streams:
-                    self.close_code = CLOSE_POLICY  # no start within the idle timeout
+                self.conn.time_out()
+        except ConnectionClosed as exc:
+            self._connection_lost(exc)
         finally:
             self._timeout = None
 
-    async def _on_event(self, event: object, tg: asyncio.TaskGroup) -> bool:
-        """Act on one protocol event; False when the read loop must end."""
+    def _connection_lost(self, exc: ConnectionClosed) -> None:
+        """The client is gone. When we closed first with 1009, the ``websockets`` library refused a message
+        over its ``max_size``: that is the client's protocol error, the rest are hang-ups."""
+        too_big = exc.sent is not None and exc.sent.code == CLOSE_MESSAGE_TOO_BIG and not exc.rcvd_then_sent
+        for event in self.conn.connection_lost(message_too_big=too_big):
+            if isinstance(event, ProtocolViolation):
+                self.h.engine.metrics.errors.labels(PROTOCOL, event.error.code).inc()
+                self.outcome = Outcome.ERROR
+            else:
+                self.outcome = Outcome.CLIENT_CLOSED
+            log.info("client gone (%s)", exc)
+        for stream in self.streams:
+            stream.abort(self.outcome)
+
+    async def _on_event(self, event: Event, tg: asyncio.TaskGroup) -> None:
+        """Act on one protocol event."""
         try:
-            return await self._dispatch(event, tg)
+            await self._dispatch(event, tg)
         except StreamClosedError as exc:
+            if self.conn.state is ConnectionState.CLOSED:
+                return  # the session is ending already (the client went away while we fed audio)
             # The engine ended a stream under us (its model step failed, or we fell too far behind
             # reading its results): the session cannot go on. Results already produced still go out.
             log.warning("stream ended by the engine: %s", exc)
-            self.outcome, self.fatal, self.fatal_close_code = "error", exc, 1011
-            self.close_reason = "internal error"
-            return False
+            self.outcome = Outcome.ERROR
+            self.conn.fail(exc)
 
-    async def _dispatch(self, event: object, tg: asyncio.TaskGroup) -> bool:
+    async def _dispatch(self, event: Event, tg: asyncio.TaskGroup) -> None:
         match event:
             case AudioReceived(channels=channels):
                 for stream, pcm in zip(self.streams, channels, strict=True):
@@ -255,39 +290,36 @@ class _Session:
                 for stream in self.streams:
                     stream.skip_samples(n)
             case StreamStartRequested(config=config):
-                return await self._start(config, tg)
-            case StopRequested():
-                return False
+                await self._start(config, tg)
             case FinalizeRequested():
                 for stream in self.streams:
                     await stream.finalize()
-            case PauseRequested() | ResumeRequested() | KeepaliveReceived():
-                pass  # pause is the Connection's job (audio arrives as AudioDiscarded)
+            case StopRequested() | PauseRequested() | ResumeRequested() | KeepaliveReceived():
+                pass  # stop ends the read loop (the Connection is STOPPING); pause is the Connection's job
             case ProtocolViolation(error=error):
                 self.h.engine.metrics.errors.labels(PROTOCOL, error.code).inc()
-                if error.close_code is not None:
-                    self.outcome, self.fatal, self.fatal_close_code = "error", error, error.close_code
-                    self.close_reason = error.code
-                    return False
+                if error.is_fatal:
+                    self.outcome = Outcome.ERROR  # sent by send_closing after the pending results
+                    return
                 async with self.send_lock:
                     await self.send(self.conn.send_error(error))
-        return True
+            case ConnectionLost():
+                raise AssertionError("ConnectionLost comes from connection_lost(), not from a message")
 
-    async def _start(self, config: StreamConfig, tg: asyncio.TaskGroup) -> bool:
-        params = _stream_params(config, self.h.settings)
+    async def _start(self, config: StreamConfig, tg: asyncio.TaskGroup) -> None:
+        settings = _stream_settings(config, self.h.settings.defaults)
         try:
-            self.streams = self.h.engine.open_streams(config.channels, params, protocol=PROTOCOL)
+            self.streams = self.h.engine.open_streams(config.channels, settings, protocol=PROTOCOL)
         except OverloadedError as exc:
-            self.outcome, self.fatal, self.fatal_close_code = "rejected", exc, exc.ws_close_code
-            self.close_reason = exc.code
-            return False
+            self.outcome = Outcome.REJECTED
+            self.conn.fail(exc)
+            return
         async with self.send_lock:
             await self.send(self.conn.send_ready(self.session_id))
         log.info("stream started: %d channel(s), %s %d Hz", config.channels, config.encoding,
                  config.sample_rate_hz)
         for stream in self.streams:
             tg.create_task(self._forward(stream, config), name=f"ws-forward-{stream.stream_id}")
-        return True
 
     async def _forward(self, stream: Stream, config: StreamConfig) -> None:
         """Send one channel's events as they come, until the stream ends."""
@@ -308,8 +340,8 @@ class _Session:
                     stream.record_sent(event)
                     if event.is_final:
                         log.debug("final: %s", self.h.policy.transcript(event.hypothesis.text))
-        except ConnectionClosed:
-            stream.abort("client_closed")
+        except ConnectionClosed as exc:
+            self._connection_lost(exc)
 
     @staticmethod
     def _result(event: ResultEvent, stream: Stream, config: StreamConfig) -> ResultMessage:

@@ -18,16 +18,18 @@ import numpy as np
 import torch
 
 from gateway.models import load_model
-from gateway.runner import ChunkInput, DecoderParams, EndpointParams, ModelRunner
-from gateway.scheduler import ItemKind, WorkItem
+from gateway.runner import ChunkInput, ModelRunner
+from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
+from gateway.session import StreamSettings
 
 
-def _items(n: int, first: bool, rng: np.random.Generator) -> list[WorkItem]:
-    return [WorkItem(i, ItemKind.AUDIO, 0.0,
-                     ChunkInput(slot=i, window=(rng.standard_normal(1400) * 0.1).astype(np.float32),
-                                num_frames=16, first=first, endpoint=EndpointParams(), decoder=DecoderParams(),
-                                audio_end_s=0.0))
-            for i in range(n)]
+def _items(n: int, first: bool, rng: np.random.Generator) -> StepPlan:
+    items = tuple(WorkItem(i, ItemKind.AUDIO, 0.0,
+                           ChunkInput(window=(rng.standard_normal(1400) * 0.1).astype(np.float32), num_frames=16,
+                                      audio_end_s=0.0))
+                  for i in range(n))
+    return StepPlan(step_id=0, items=items, slots=tuple(range(n)), planned_s=0.0,
+                    new_streams=tuple(NewStream(i, StreamSettings()) for i in range(n)) if first else ())
 
 
 def main() -> None:

@@ -162,10 +162,6 @@ class BeamDecoder:
         self._last = np.zeros(1, dtype=np.int64)  # (B,) last token per prefix (blank for the root)
         self._hyp_cache = None
 
-    @property
-    def has_speech(self) -> bool:
-        return self._best() is not self._root
-
     def _scores(self) -> np.ndarray:
         total: np.ndarray = np.logaddexp(self._pb, self._pnb) if self._sum else np.maximum(self._pb, self._pnb)
         return total + np.fromiter((n.bonus for n in self._nodes), np.float64, len(self._nodes))  # (B,)

@@ -11,6 +11,7 @@ Dimension legend: T frames, V vocabulary.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -18,6 +19,14 @@ from typing import Protocol
 import numpy as np
 
 from streaming_model.tokenizer import BLANK_ID, Tokenizer
+
+
+class DecodingMethod(enum.StrEnum):
+    """The search a stream's decoder runs: :class:`GreedyDecoder`, or a beam search
+    (``streaming_model.beam.BeamDecoder``) that can fuse an LM and boost hotwords."""
+
+    GREEDY = "greedy"
+    BEAM = "beam"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +78,6 @@ class StreamDecoder(Protocol):
     def partial(self) -> Hypothesis: ...
 
     def finalize(self) -> Hypothesis: ...
-
-    @property
-    def has_speech(self) -> bool: ...
 
 
 def words_from_tokens(tokens: list[_Token], tokenizer: Tokenizer, frame_s: float) -> Hypothesis:
@@ -221,10 +227,6 @@ class GreedyDecoder:
     trailing_silence_frames: int = 0
     _prev: int = BLANK_ID
     _tokens: list[_Token] = field(default_factory=list)
-
-    @property
-    def has_speech(self) -> bool:
-        return bool(self._tokens)
 
     def accept(self, log_probs: np.ndarray) -> None:
         """Consume (T, V) log-probabilities of the next T frames."""

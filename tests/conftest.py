@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.engine import Engine, ResultEvent, StreamParams
+from gateway.engine import Engine
 from gateway.metrics import Metrics
 from gateway.runner import ModelRunner, ThreadRunner
+from gateway.session import ResultEvent, StreamSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.config import ModelConfig
 from streaming_model.features import FbankConfig
@@ -69,7 +70,7 @@ def wordy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-async def engine_finals(loaded: LoadedModel, pcm: np.ndarray, params: StreamParams, *,
+async def engine_finals(loaded: LoadedModel, pcm: np.ndarray, params: StreamSettings, *,
                         piece_samples: int) -> list[str]:
     """Stream ``pcm`` through a real engine and thread runner in pieces of ``piece_samples``; the finals' texts."""
     engine = Engine(ThreadRunner(ModelRunner(loaded, max_streams=2)), metrics=Metrics(), max_streams=2,

@@ -113,14 +113,14 @@ def test_streaming_in_pieces_equals_one_shot() -> None:
 
 def test_finalize_starts_a_new_utterance_on_the_same_frame_clock() -> None:
     d = BeamDecoder(TOK, BeamConfig(beam_size=4), frame_s=FRAME_S)
-    assert not d.has_speech
+    assert d.partial().is_empty
     first = frames([{"": 0.9999}] * 3 + spell("hi") + [{"": 0.9999}] * 5)  # 12 frames
     d.accept(first)
-    assert d.has_speech and d.partial().text == "hi"
+    assert d.partial().text == "hi"
     assert d.trailing_silence_frames == 6
     hyp = d.finalize()
     assert hyp.text == "hi" and hyp.words[0].start_s == pytest.approx(3 * FRAME_S)
-    assert not d.has_speech and d.partial().is_empty
+    assert d.partial().is_empty
     d.accept(frames([{"": 0.9999}] * 4 + spell("yo")))
     hyp = d.finalize()
     assert hyp.text == "yo"

@@ -559,6 +559,13 @@ def test_unknown_environment_variables() -> None:
     assert unknown_environment_variables(environ) == ["XLGATE_HOTWORDS", "XLGATE_WS_PROT"]
 
 
+def test_an_unknown_environment_variable_is_an_error_with_a_did_you_mean() -> None:
+    assert resolve_error([], {"XLGATE_WS_PROT": "1"}) == (
+        "environment variable XLGATE_WS_PROT: expected a known XLGATE_ variable (did you mean XLGATE_WS_PORT?), "
+        "got an unknown name")
+    assert "did you mean" not in resolve_error([], {"XLGATE_ZZZZZZZZ": "1"})
+
+
 # ------------------------------------------------------------------------------------------ docs, help
 
 

@@ -10,8 +10,9 @@ from collections import deque
 
 import numpy as np
 
-from gateway.runner import ChunkInput, DecoderParams, EndpointParams, ModelRunner
-from gateway.scheduler import ItemKind, WorkItem
+from gateway.runner import ChunkInput, ModelRunner
+from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
+from gateway.session import EndpointingSettings, StreamSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import GreedyDecoder
 from streaming_model.features import FbankConfig
@@ -54,11 +55,11 @@ def run(script: str, *, silence_s: float, max_utt_s: float = 20.0, end_after: in
         last = k == steps
         window = np.zeros(1400 if not last else 120, dtype=np.float32)
         item = WorkItem(0, ItemKind.END if last else ItemKind.AUDIO, 0.0,
-                        ChunkInput(slot=0, window=window, num_frames=0 if last else 16, first=k == 0,
-                                   endpoint=EndpointParams(enabled=enabled, silence_s=silence_s,
-                                                           max_utterance_s=max_utt_s),
-                                   decoder=DecoderParams(), audio_end_s=0.16 * (k + 1)))
-        outputs.append(runner.run_step([item]))
+                        ChunkInput(window=window, num_frames=0 if last else 16, audio_end_s=0.16 * (k + 1)))
+        settings = StreamSettings(endpointing=EndpointingSettings(enabled=enabled, silence_s=silence_s,
+                                                                  max_utterance_s=max_utt_s))
+        outputs.append(runner.run_step(StepPlan(step_id=k, items=(item,), slots=(0,), planned_s=0.0,
+                                                new_streams=(NewStream(0, settings),) if k == 0 else ())))
     return [o[0] for o in outputs]
 
 

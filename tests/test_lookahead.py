@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.engine import StreamParams
-from gateway.runner import EndpointParams
+from gateway.session import EndpointingSettings, StreamSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.config import ModelConfig
 from streaming_model.decoding import GreedyDecoder
@@ -40,7 +39,7 @@ def test_engine_with_look_ahead_equals_full_pass(right_frames: int, seconds: flo
     audio = noise_pcm(seconds, seed=right_frames)
     expected = _offline_text(loaded, audio.astype(np.float32) / 32768.0)
     assert expected  # the chatty model always says something: the comparison is not vacuous
-    params = StreamParams(endpoint=EndpointParams(enabled=False))
+    params = StreamSettings(endpointing=EndpointingSettings(enabled=False))
     assert " ".join(asyncio.run(engine_finals(loaded, audio, params, piece_samples=piece))) == expected
 
 

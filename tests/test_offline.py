@@ -19,8 +19,8 @@ import pytest
 
 from gateway import offline
 from gateway.cli import main
-from gateway.engine import StreamParams
-from gateway.runner import DecoderParams, EndpointParams, ModelRunner
+from gateway.runner import ModelRunner
+from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from protocols.audio.files import write_wav
 from protocols.audio.g711 import mulaw_encode
 from streaming_model.checkpoint import load_checkpoint, save_checkpoint
@@ -106,8 +106,8 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
 
     pcm = float32_to_int16(read_audio_file(files["mono"]).channels[0])
     loaded = load_checkpoint(files["model"])
-    params = StreamParams(sample_rate_hz=8000, endpoint=EndpointParams(silence_s=0.3),
-                          decoder=DecoderParams(method="greedy"))
+    params = StreamSettings(sample_rate_hz=8000, endpointing=EndpointingSettings(silence_s=0.3),
+                            decoding=DecodingSettings(method=DecodingMethod.GREEDY))
     live_utts = asyncio.run(engine_finals(loaded, pcm, params, piece_samples=160))
     assert offline_utts == live_utts
     assert offline_utts  # the comparison means something
@@ -115,10 +115,10 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
 
 def test_hotwords_and_decoding_reach_the_decoder(capsys: pytest.CaptureFixture[str], files: dict[str, str],
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[DecoderParams] = []
+    seen: list[DecodingSettings] = []
     original = ModelRunner._default_decoder
 
-    def spy(self: ModelRunner, params: DecoderParams) -> StreamDecoder:
+    def spy(self: ModelRunner, params: DecodingSettings) -> StreamDecoder:
         seen.append(params)
         return original(self, params)
 
@@ -129,8 +129,9 @@ def test_hotwords_and_decoding_reach_the_decoder(capsys: pytest.CaptureFixture[s
         "--decoding", "beam", "--beam-size", "4", "--hotwords-file", str(hotwords_file),
         "--hotword", "acme corp:5", "--hotword", "xl gate"))
     assert rc == 0
-    assert seen == [DecoderParams(method="beam", beam_size=4,
-                                  hotwords=(("acme corp", 5.0), ("re:invent", 2.0), ("xl gate", 2.0)))]
+    assert seen == [DecodingSettings(method=DecodingMethod.BEAM, beam_size=4,
+                                     hotwords=(Hotword("acme corp", 5.0), Hotword("re:invent", 2.0),
+                                               Hotword("xl gate", 2.0)))]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -222,3 +223,16 @@ def test_eval_malformed_line(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     rc, data, out = _eval(capsys, tmp_path, "a\tone\n", "a\tone\n\nno tab here\n")
     assert rc == 2 and not data
     assert f"{tmp_path / 'hyps.tsv'} line 3: expected 'id<TAB>text'" in out
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--beam-size", "0", "expected an integer between 1 and 256, got 0"),
+    ("--endpoint-silence-ms", "5", "expected an integer number of milliseconds between 100 and 60000, got 5"),
+    ("--decoding", "viterbi", "got 'viterbi'"),
+])
+def test_transcribe_takes_its_serve_options_from_the_one_declaration(
+        capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str) -> None:
+    """``transcribe`` reuses the serve options' declaration: their ranges and choices hold here too."""
+    with pytest.raises(SystemExit):
+        main(["transcribe", "a.wav", flag, value])
+    assert message in capsys.readouterr().err

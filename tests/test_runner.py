@@ -10,28 +10,35 @@ import torch
 
 from gateway.runner import (
     ChunkInput,
-    DecoderParams,
-    EndpointParams,
     ModelRunner,
     ProcessRunner,
     RunnerCrashed,
     RunnerSpec,
 )
-from gateway.scheduler import ItemKind, WorkItem
+from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
+from gateway.session import EndpointingSettings, StreamSettings
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import ConfidenceCalibration, utterance_confidence
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
 from tests.conftest import make_chatty_model
 
+NO_ENDPOINTING = StreamSettings(endpointing=EndpointingSettings(enabled=False))
 
-def _items(n: int, *, first: bool, seed: int) -> list[WorkItem]:
+
+def plan_of(items: list[WorkItem], *, first: bool, step_id: int = 0) -> StepPlan:
+    """A plan of ``items`` on slots 0..n-1; ``first`` announces their streams as new."""
+    slots = tuple(range(len(items)))
+    return StepPlan(step_id=step_id, items=tuple(items), slots=slots, planned_s=0.0,
+                    new_streams=tuple(NewStream(s, NO_ENDPOINTING) for s in slots) if first else ())
+
+
+def _items(n: int, *, first: bool, seed: int) -> StepPlan:
     rng = np.random.default_rng(seed)
-    return [WorkItem(i, ItemKind.AUDIO, 0.0,
-                     ChunkInput(slot=i, window=(rng.standard_normal(1400) * 0.1).astype(np.float32),
-                                num_frames=16, first=first, endpoint=EndpointParams(enabled=False),
-                                decoder=DecoderParams(), audio_end_s=0.16))
-            for i in range(n)]
+    return plan_of([WorkItem(i, ItemKind.AUDIO, 0.0,
+                             ChunkInput(window=(rng.standard_normal(1400) * 0.1).astype(np.float32),
+                                        num_frames=16, audio_end_s=0.16))
+                    for i in range(n)], first=first, step_id=seed)
 
 
 def test_int8_logits_track_float32() -> None:
@@ -102,10 +109,8 @@ def test_runner_applies_the_checkpoints_confidence_calibration() -> None:
     for step in range(3):
         items = _items(2, first=step == 0, seed=20 + step)
         partials.extend(zip(raw.run_step(items), mapped.run_step(items), strict=True))
-    finish = [WorkItem(i, ItemKind.FINALIZE, 0.0,
-                       ChunkInput(slot=i, window=None, num_frames=0, first=False,
-                                  endpoint=EndpointParams(enabled=False), decoder=DecoderParams(), audio_end_s=0.48))
-              for i in range(2)]
+    finish = plan_of([WorkItem(i, ItemKind.FINALIZE, 0.0, ChunkInput(window=None, num_frames=0, audio_end_s=0.48))
+                      for i in range(2)], first=False)
     finals = list(zip(raw.run_step(finish), mapped.run_step(finish), strict=True))
     pairs = [(a.partial, b.partial) for a, b in partials if a.partial is not None]
     pairs += [(fa, fb) for a, b in finals for fa, fb in zip(a.finals, b.finals, strict=True)]

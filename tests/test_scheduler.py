@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.scheduler import ItemKind, Scheduler, SchedulerError, WorkItem
+from gateway.scheduler import ItemKind, NewStream, Scheduler, SchedulerError, WorkItem
 
 
 def item(sid: int, t: float, kind: ItemKind = ItemKind.AUDIO) -> WorkItem:
@@ -12,7 +12,7 @@ def item(sid: int, t: float, kind: ItemKind = ItemKind.AUDIO) -> WorkItem:
 
 
 def make(batch: int = 3, wait: float = 0.010, pending: int = 2, streams: int = 5) -> Scheduler:
-    s = Scheduler(max_batch_size=batch, max_wait_s=wait, max_pending_per_stream=pending)
+    s = Scheduler(max_slots=8, max_batch_size=batch, max_wait_s=wait, max_pending_per_stream=pending)
     for sid in range(streams):
         s.add_stream(sid)
     return s
@@ -66,7 +66,11 @@ def test_bounded_queue_and_force() -> None:
     assert not s.has_room(0)
     assert not s.submit(item(0, 1.2))
     assert s.submit(item(0, 1.3, ItemKind.END), force=True)
-    assert s.pending(0) == 3
+    taken = []
+    while (plan := s.schedule(9.0)) is not None:  # the queue holds all three, in order
+        taken.extend(plan.items)
+        s.complete(plan)
+    assert taken == [item(0, 1.0), item(0, 1.1), item(0, 1.3, ItemKind.END)]
 
 
 def test_in_flight_stream_not_planned_twice_and_removal() -> None:
@@ -76,7 +80,7 @@ def test_in_flight_stream_not_planned_twice_and_removal() -> None:
     assert plan is not None
     s.submit(item(1, 1.0))
     assert s.schedule(9.0) is None
-    assert s.remove_stream(1) == [item(1, 1.0)]
+    s.remove_stream(1)  # its pending item goes with it
     s.complete(plan)
     assert s.next_deadline() is None
     with pytest.raises(SchedulerError):
@@ -87,7 +91,59 @@ def test_in_flight_stream_not_planned_twice_and_removal() -> None:
 
 def test_validation() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        Scheduler(max_batch_size=0, max_wait_s=0.0, max_pending_per_stream=1)
+        Scheduler(max_slots=1, max_batch_size=0, max_wait_s=0.0, max_pending_per_stream=1)
+    with pytest.raises(ValueError, match="max_slots"):
+        Scheduler(max_slots=0, max_batch_size=1, max_wait_s=0.0, max_pending_per_stream=1)
     s = make()
     with pytest.raises(SchedulerError):
         s.add_stream(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Slots: one owner, and every change of hands reaches the runner through a plan.
+
+
+def test_plans_announce_new_streams_once_with_their_info() -> None:
+    s = Scheduler(max_slots=2, max_batch_size=4, max_wait_s=0.0, max_pending_per_stream=2)
+    a = s.add_stream(10, info="settings-a")
+    b = s.add_stream(11, info="settings-b")
+    assert {a, b} == {0, 1} and s.free_slots == 0
+    with pytest.raises(SchedulerError, match="slots"):
+        s.add_stream(12)
+    s.submit(item(10, 1.0))
+    plan = s.schedule(1.0)
+    assert plan is not None and plan.slots == (a,) and plan.freed_slots == ()
+    assert plan.new_streams == (NewStream(a, "settings-a"), NewStream(b, "settings-b"))
+    s.complete(plan)
+    s.submit(item(11, 2.0))
+    plan = s.schedule(2.0)
+    assert plan is not None and plan.slots == (b,) and plan.new_streams == ()
+
+
+def test_a_slot_in_the_step_in_flight_is_freed_when_the_step_completes() -> None:
+    s = Scheduler(max_slots=1, max_batch_size=4, max_wait_s=0.0, max_pending_per_stream=2)
+    slot = s.add_stream(1)
+    s.submit(item(1, 1.0))
+    plan = s.schedule(1.0)
+    assert plan is not None
+    s.remove_stream(1)
+    assert s.free_slots == 0  # the runner is still using it
+    s.complete(plan)
+    assert s.free_slots == 1
+    again = s.add_stream(2, info="next")
+    assert again == slot
+    s.submit(item(2, 2.0))
+    plan = s.schedule(2.0)
+    # Freed first, then new: the runner drops the old decoder, then resets the slot for the new owner.
+    assert plan is not None and plan.freed_slots == (slot,) and plan.new_streams == (NewStream(slot, "next"),)
+
+
+def test_a_stream_removed_before_any_plan_is_never_announced() -> None:
+    s = Scheduler(max_slots=1, max_batch_size=4, max_wait_s=0.0, max_pending_per_stream=2)
+    s.add_stream(1)
+    s.remove_stream(1)
+    assert s.free_slots == 1
+    s.add_stream(2)
+    s.submit(item(2, 1.0))
+    plan = s.schedule(1.0)
+    assert plan is not None and plan.freed_slots == () and [n.slot for n in plan.new_streams] == [0]

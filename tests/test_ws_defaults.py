@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from gateway.ws_transport import WebSocketSettings, _stream_params
+from gateway.session import DecodingSettings, EndpointingSettings, StreamSettings
+from gateway.session import Hotword as SessionHotword
+from gateway.ws_transport import _stream_settings, _wire_defaults
 from protocols.websocket.connection import Connection
 from protocols.websocket.events import (
     DecodingMethod,
@@ -44,8 +46,23 @@ def test_without_server_defaults_the_documented_ones_apply() -> None:
 
 
 def test_server_hotwords_merge_with_the_stream_list_stream_boost_wins() -> None:
-    settings = WebSocketSettings(max_frame_bytes=64000, idle_timeout_s=10,
-                                 default_hotwords=(("acme premium", 1.5), ("roaming", 2.0)))
+    defaults = StreamSettings(decoding=DecodingSettings(
+        hotwords=(SessionHotword("acme premium", 1.5), SessionHotword("roaming", 2.0))))
     config = StreamConfig(hotwords=(Hotword("roaming", 4.0), Hotword("xlgate", 2.0)))
-    params = _stream_params(config, settings)
-    assert dict(params.decoder.hotwords) == {"acme premium": 1.5, "roaming": 4.0, "xlgate": 2.0}
+    settings = _stream_settings(config, defaults)
+    assert dict(settings.decoding.hotwords) == {"acme premium": 1.5, "roaming": 4.0, "xlgate": 2.0}
+
+
+def test_the_protocols_documented_defaults_are_the_session_defaults() -> None:
+    """protocol v1 documents its defaults on the wire (docs/websocket-protocol.md); the session API declares
+    the server's; they must agree, and a start converts back to exactly the session settings."""
+    assert _wire_defaults(StreamSettings()) == StreamConfig()
+    assert Hotword("x").boost == SessionHotword("x").boost
+    assert _stream_settings(StreamConfig(), StreamSettings()) == StreamSettings()
+
+
+def test_server_defaults_round_trip_through_the_wire() -> None:
+    server = StreamSettings(endpointing=EndpointingSettings(silence_s=0.6, max_utterance_s=15.0),
+                            decoding=DecodingSettings(method="beam", beam_size=6))
+    config = start(Connection(defaults=_wire_defaults(server)))
+    assert _stream_settings(config, server) == server

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,9 @@ from protocols.websocket import (
     AudioEncoding,
     AudioReceived,
     Connection,
+    ConnectionLost,
     ConnectionState,
+    End,
     ErrorReply,
     Event,
     FinalizeRequested,
@@ -37,8 +37,6 @@ from protocols.websocket import (
     Word,
     decode_server_message,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------------------
 # Each rule in each state.
@@ -454,21 +452,71 @@ def test_bad_limits_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sans-I/O.
+# Server-side endings: the Connection records how to close, the transport only reads it.
 
 
-@pytest.mark.parametrize(
-    "path", [*sorted((ROOT / "protocols" / "websocket").glob("*.py")), ROOT / "protocols" / "errors.py"]
-)
-def test_no_io_imports(path: Path) -> None:
-    banned = {"asyncio", "socket", "time", "websockets", "grpc", "threading", "selectors"}
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        for name in names:
-            assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+def test_idle_timeout_before_start_closes_1008_with_nothing_to_send() -> None:
+    conn = Connection()
+    conn.time_out()
+    assert conn.state is ConnectionState.CLOSED
+    assert conn.send_closing() is None
+    assert (conn.close_code_to_send, conn.close_reason_to_send) == (1008, "idle timeout")
+
+
+def test_idle_timeout_while_streaming_stops_reading_then_ends_with_1000() -> None:
+    conn = streaming()
+    conn.time_out()
+    assert conn.state is ConnectionState.STOPPING and conn.close_code_to_send is None
+    conn.send_result(final())  # the finals of the stopped stream still go out
+    assert decode_server_message(conn.send_closing() or "") == End()
+    assert (conn.close_code_to_send, conn.close_reason_to_send) == (1000, "idle timeout")
+    assert conn.send_closing() is None  # exactly one closing message
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_go_away_closes_1001(start: bool) -> None:
+    conn = streaming() if start else Connection()
+    conn.go_away()
+    closing = conn.send_closing()
+    assert (closing is not None) == start
+    assert (conn.close_code_to_send, conn.close_reason_to_send) == (1001, "server draining")
+
+
+@pytest.mark.parametrize(("error", "code", "close"), [
+    (OverloadedError("busy"), "overloaded", 1013),
+    (RuntimeError("/secret"), "internal_error", 1011),
+])
+def test_fail_sends_the_error_after_pending_results(error: Exception, code: str, close: int) -> None:
+    conn = streaming()
+    conn.fail(error)
+    assert conn.state is ConnectionState.CLOSED and conn.receive_text('{"type": "stop"}') == []
+    conn.send_result(final())
+    reply = decode_server_message(conn.send_closing() or "")
+    assert isinstance(reply, ErrorReply) and reply.code == code and reply.fatal and "secret" not in reply.message
+    assert conn.close_code_to_send == close
+
+
+def test_a_fatal_violation_is_the_closing_message() -> None:
+    conn = streaming()
+    [violation] = conn.receive_bytes(bytes(100_000))
+    assert isinstance(violation, ProtocolViolation)
+    reply = decode_server_message(conn.send_closing() or "")
+    assert isinstance(reply, ErrorReply) and reply.code == "frame_too_large"
+    assert conn.close_code_to_send == 1009
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_connection_lost_is_a_hang_up_with_nothing_to_send(started: bool) -> None:
+    conn = streaming() if started else Connection()
+    assert conn.connection_lost() == [ConnectionLost()]
+    assert conn.connection_lost() == []  # told twice (reader and writer both saw it): one event
+    assert conn.state is ConnectionState.CLOSED and conn.close_code_to_send is None
+    assert conn.send_closing() is None
+    assert conn.receive_bytes(b"\x00\x00") == []
+
+
+def test_message_refused_by_the_framing_layer_is_frame_too_large() -> None:
+    conn = streaming()
+    [event] = conn.connection_lost(message_too_big=True)
+    assert isinstance(event, ProtocolViolation) and event.error.code == "frame_too_large"
+    assert conn.send_closing() is None and conn.close_code_to_send is None

@@ -24,7 +24,16 @@ Incoming side, :class:`ConnectionState`::
 * STOPPING: the client said ``stop``; the server still sends its remaining finals, so anything the client
   sends now is refused without closing (closing would lose those finals).
 * CLOSED: the Connection has decided to close with :attr:`Connection.close_code_to_send`; input that was in
-  flight is ignored (returns no events).
+  flight is ignored (returns no events). After :meth:`Connection.connection_lost` (the client is gone)
+  there is nothing left to send and ``close_code_to_send`` is None.
+
+The server ends a conversation through commands too, so the transport never keeps its own copy of how to
+close: :meth:`Connection.time_out` (the client was idle), :meth:`Connection.go_away` (the server drains),
+:meth:`Connection.fail` (an error of the server's, such as overload, ends the stream). Each stops the
+incoming side and records the close; :meth:`Connection.send_closing` then gives the one closing message
+(the pending fatal ``error``, or ``end``, or nothing when no stream was ever accepted) once the results
+already produced are out, and :attr:`Connection.close_code_to_send` / :attr:`close_reason_to_send` say how
+to close the WebSocket.
 
 Outgoing side: ``ready`` goes first and once; results and speech events only after it; exactly one closing
 message (``end``, or an ``error`` whose class has a close code) after which nothing more is sent. Results
@@ -40,7 +49,9 @@ import math
 from protocols.errors import OverloadedError
 from protocols.websocket import codec
 from protocols.websocket.errors import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
     AudioBeforeStart,
     ControlBeforeStart,
     DuplicateStart,
@@ -55,6 +66,7 @@ from protocols.websocket.errors import (
 from protocols.websocket.events import (
     AudioDiscarded,
     AudioReceived,
+    ConnectionLost,
     End,
     ErrorReply,
     Event,
@@ -125,6 +137,8 @@ class Connection:
         self._next_seq = 0
         self._close_code: int | None = None
         self._close_reason = ""
+        self._fatal: Exception | None = None  # the error the closing message carries, if any
+        self._end_close: tuple[int, str] = (CLOSE_NORMAL, "")  # how to close after ``end``
 
     # -----------------------------------------------------------------------------------------------------
     # State.
@@ -167,6 +181,7 @@ class Connection:
     def _violation(self, error: WebSocketError) -> list[Event]:
         if error.close_code is not None:
             self._close(error.close_code, error.code)
+            self._fatal = error
         return [ProtocolViolation(error)]
 
     # -----------------------------------------------------------------------------------------------------
@@ -265,6 +280,79 @@ class Connection:
         if self._paused:
             return [AudioDiscarded(num_samples=num_samples, start_sample=start_sample)]
         return [AudioReceived(channels=codec.decode_audio(data, self._config), start_sample=start_sample)]
+
+    def connection_lost(self, *, message_too_big: bool = False) -> list[Event]:
+        """The WebSocket is closed under us: the client closed or reset it, or the framing layer refused a
+        message over its own size limit (``message_too_big``: it has already closed with 1009).
+
+        Returns:
+            ``[ConnectionLost]``, or ``[ProtocolViolation(FrameTooLarge)]`` for ``message_too_big``; ``[]``
+            when the Connection already knew.
+        """
+        if self._closing_sent and self._close_code is None:
+            return []
+        self._state = ConnectionState.CLOSED
+        self._close_code = None
+        self._close_reason = ""
+        self._fatal = None
+        self._closing_sent = True  # nothing can be sent any more
+        if message_too_big:
+            return [ProtocolViolation(FrameTooLarge(
+                f"expected a message of at most {self.max_frame_bytes} bytes, got one over the transport's limit"))]
+        return [ConnectionLost()]
+
+    # -----------------------------------------------------------------------------------------------------
+    # Commands that end the conversation (the server's decision). Results already produced may still be
+    # sent afterwards; ``send_closing`` then gives the one closing message.
+
+    def time_out(self) -> None:
+        """The client sent nothing for the idle timeout. Before a stream was accepted the Connection closes
+        at once (1008, nothing to send); otherwise it stops reading, and ``end`` closes with 1000."""
+        self._stop_reading(CLOSE_POLICY_VIOLATION, CLOSE_NORMAL, "idle timeout")
+
+    def go_away(self) -> None:
+        """The server is draining: stop reading; the close after ``end`` (or at once, before a stream was
+        accepted) is 1001 Going Away."""
+        self._stop_reading(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, "server draining")
+
+    def _stop_reading(self, code_before_start: int, code_after_end: int, reason: str) -> None:
+        if self._state is ConnectionState.CLOSED:
+            return
+        if not self._ready_sent:
+            self._close(code_before_start, reason)
+            return
+        self._state = ConnectionState.STOPPING
+        self._end_close = (code_after_end, reason)
+
+    def fail(self, error: Exception) -> None:
+        """End the conversation with ``error`` (overload, a failed stream, a bug): stop reading and close
+        with the error's close code once :meth:`send_closing` has sent it. A non-:class:`WebSocketError`
+        goes out as a generic ``internal_error`` (1011), as :meth:`send_error` says."""
+        if self._state is ConnectionState.CLOSED:
+            return
+        wire = _wire_error(error)
+        code = wire.close_code if wire.close_code is not None else InternalError.close_code
+        assert code is not None
+        self._close(code, wire.code)
+        self._fatal = error
+
+    def send_closing(self) -> str | None:
+        """The one closing message, once the results already produced are out: the fatal ``error`` that
+        ended the conversation, else ``end`` when a stream was accepted; None when nothing is to be sent
+        (no stream was accepted, the client is gone, or the closing message went out already).
+
+        Afterwards :attr:`close_code_to_send` is the close to send (None when the client is gone).
+        """
+        if self._closing_sent:
+            return None
+        if self._fatal is not None:
+            return self.send_error(self._fatal)
+        if not self._ready_sent:
+            self._closing_sent = True
+            if self._state is not ConnectionState.CLOSED:
+                self._close(*self._end_close)
+            return None
+        return self.send_end()
 
     # -----------------------------------------------------------------------------------------------------
     # Commands.
@@ -376,15 +464,7 @@ class Connection:
         """
         self._check_can_send("an error")
         retry_after_ms = None
-        wire: WebSocketError
-        if isinstance(error, WebSocketError) and not isinstance(error, WebSocketLocalError | InternalError):
-            wire = error
-        elif isinstance(error, OverloadedError):
-            wire = WebSocketOverloaded(
-                str(error) or "the gateway is at capacity", retry_after_s=error.retry_after_s
-            )
-        else:
-            wire = InternalError(_GENERIC_INTERNAL_MESSAGE)
+        wire = _wire_error(error)
         if isinstance(wire, OverloadedError):
             retry_after_ms = max(0, round(wire.retry_after_s * 1000))
         if wire.close_code is not None:
@@ -398,7 +478,8 @@ class Connection:
         )
 
     def send_end(self) -> str:
-        """Send ``end`` after the last final; the Connection is CLOSED with close code 1000.
+        """Send ``end`` after the last final; the Connection is CLOSED with close code 1000 (1001 after
+        :meth:`go_away`, and the reason ``idle timeout`` after :meth:`time_out`).
 
         Raises:
             WebSocketLocalError: before ``ready``, after a fatal violation, or after the closing message.
@@ -409,5 +490,15 @@ class Connection:
                 f"cannot send end: closing with {self._close_code} ({self._close_reason})"
             )
         self._closing_sent = True
-        self._close(CLOSE_NORMAL, "")
+        self._close(*self._end_close)
         return codec.encode_server_message(End())
+
+
+def _wire_error(error: Exception) -> WebSocketError:
+    """The error as it goes on the wire: a client's own error as is, overload as ``overloaded``, anything
+    else (our own bugs included) as a generic ``internal_error`` that reveals nothing."""
+    if isinstance(error, WebSocketError) and not isinstance(error, WebSocketLocalError | InternalError):
+        return error
+    if isinstance(error, OverloadedError):
+        return WebSocketOverloaded(str(error) or "the gateway is at capacity", retry_after_s=error.retry_after_s)
+    return InternalError(_GENERIC_INTERNAL_MESSAGE)

@@ -13,6 +13,7 @@ from typing import ClassVar
 from protocols.errors import GatewayError, LocalProtocolError, OverloadedError, RemoteProtocolError
 
 __all__ = [
+    "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_INVALID_PAYLOAD",
     "CLOSE_MESSAGE_TOO_BIG",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 CLOSE_NORMAL = 1000  # RFC 6455 §7.4.1
+CLOSE_GOING_AWAY = 1001  # RFC 6455 §7.4.1: the server is going down (drain)
 CLOSE_INVALID_PAYLOAD = 1007  # RFC 6455 §7.4.1: data inconsistent with the message type
 CLOSE_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 CLOSE_MESSAGE_TOO_BIG = 1009  # RFC 6455 §7.4.1

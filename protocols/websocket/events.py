@@ -22,6 +22,7 @@ __all__ = [
     "AudioDiscarded",
     "AudioEncoding",
     "AudioReceived",
+    "ConnectionLost",
     "DecodingMethod",
     "DecodingParams",
     "End",
@@ -185,6 +186,12 @@ class ProtocolViolation:
     error: WebSocketError
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The client went away (closed without ``stop``, reset the connection, or stopped answering pings):
+    nothing more can be sent. A hang-up, not an error."""
+
+
 Event = (
     StreamStartRequested
     | AudioReceived
@@ -195,6 +202,7 @@ Event = (
     | ResumeRequested
     | KeepaliveReceived
     | ProtocolViolation
+    | ConnectionLost
 )
 
 
