@@ -14,7 +14,9 @@ from pathlib import Path
 
 EXCHANGE = Path(__file__).parent / "fixtures" / "mrcp" / "unimrcp-exchange.txt"
 
-_FRAME = re.compile(r"^\[frame (\d+), t=\+[\d.]+s\] (\S+) (\S+)? ?(?:SIP|MRCP)? ?\S* -> .*\((UDP|TCP), (\d+) bytes\)")
+_FRAME = re.compile(
+    r"^\[frame (\d+), t=\+[\d.]+s\] (\S+) (\S+)? ?(?:SIP|MRCP)? ?\S* -> .*\((UDP|TCP), (\d+) bytes\)"
+)
 _VARIANT = re.compile(r"^--- (client|server) -> (client|server) \((\d+) bytes\)")
 
 
@@ -89,7 +91,9 @@ def load_exchange() -> list[Captured]:
         if vmatch:
             j = i + 1
             while j < len(lines) and not (
-                lines[j].startswith("--- ") or re.match(r"^3[a-z]\. ", lines[j]) or lines[j].startswith("####")
+                lines[j].startswith("--- ")
+                or re.match(r"^3[a-z]\. ", lines[j])
+                or lines[j].startswith("####")
             ):
                 j += 1
             data = _build(lines[i + 1 : j], int(vmatch.group(3)))
@@ -102,9 +106,17 @@ def load_exchange() -> list[Captured]:
 
 def mrcp_messages(*, from_client: bool | None = None) -> list[Captured]:
     """The MRCP messages, optionally only one direction."""
-    return [c for c in load_exchange() if c.protocol == "mrcp" and (from_client is None or c.from_client == from_client)]
+    return [
+        c
+        for c in load_exchange()
+        if c.protocol == "mrcp" and (from_client is None or c.from_client == from_client)
+    ]
 
 
 def sip_messages(*, from_client: bool | None = None) -> list[Captured]:
     """The SIP messages, optionally only one direction."""
-    return [c for c in load_exchange() if c.protocol == "sip" and (from_client is None or c.from_client == from_client)]
+    return [
+        c
+        for c in load_exchange()
+        if c.protocol == "sip" and (from_client is None or c.from_client == from_client)
+    ]

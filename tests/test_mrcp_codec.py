@@ -51,7 +51,11 @@ def test_message_kinds_and_fields() -> None:
     server = mrcp_messages(from_client=False)
     response = parse_message(server[1].data)
     assert isinstance(response, MrcpResponse)
-    assert (response.request_id, response.status_code, response.request_state) == (2, 200, RequestState.IN_PROGRESS)
+    assert (response.request_id, response.status_code, response.request_state) == (
+        2,
+        200,
+        RequestState.IN_PROGRESS,
+    )
     event = parse_message(server[3].data)
     assert isinstance(event, MrcpEvent) and event.event_name == "RECOGNITION-COMPLETE"
     assert event.header("Completion-Cause") == "000 success"
@@ -127,7 +131,9 @@ def test_content_length_must_match_the_framed_body() -> None:
 
 def test_serialize_length_with_digit_carry() -> None:
     for size in range(0, 200):
-        data = serialize(MrcpRequest("SET-PARAMS", 1, (("Channel-Identifier", "c@speechrecog"),), b"x" * size))
+        data = serialize(
+            MrcpRequest("SET-PARAMS", 1, (("Channel-Identifier", "c@speechrecog"),), b"x" * size)
+        )
         assert int(data.split(b" ")[1]) == len(data)
         assert parse_message(data).body == b"x" * size
 
