@@ -217,3 +217,56 @@ def test_fuzz_jitter_buffer_keeps_audio_time_exact(order: list[int], lost: set[i
         total = sum(len(f.samples) for f in released)
         first = min(f.timestamp for f in released)
         assert total == kept[-1] * 160 + 160 - first
+
+
+def test_port_allocator_even_ports_round_robin_and_exhaustion() -> None:
+    from protocols.rtp.ports import PortAllocator, PortsExhausted
+
+    allocator = PortAllocator(20001, 20007)
+    assert allocator.capacity == 3
+    ports = [allocator.allocate() for _ in range(3)]
+    assert ports == [20002, 20004, 20006] and allocator.in_use == 3
+    with pytest.raises(PortsExhausted) as info:
+        allocator.allocate()
+    assert info.value.sip_status == 503
+    allocator.release(20004)
+    allocator.release(20004)
+    assert allocator.allocate() == 20004
+    for port in ports:
+        allocator.release(port)
+    assert allocator.in_use == 0
+
+
+def test_rtp_endpoint_over_loopback_releases_its_port() -> None:
+    import asyncio
+    import socket
+
+    from protocols.rtp.ports import PortAllocator
+    from protocols.rtp.transport import open_rtp_endpoint
+
+    async def scenario() -> None:
+        allocator = PortAllocator(41000, 41100)
+        events: list[object] = []
+        endpoint = await open_rtp_endpoint(
+            "127.0.0.1",
+            allocator,
+            RtpReceiverConfig(payload_type=0, codec="PCMU", telephone_event_payload_type=101),
+            events.append,
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for seq in range(1, 6):
+                sender.sendto(_pcmu(seq), ("127.0.0.1", endpoint.port))
+            sender.sendto(
+                serialize_rtp(RtpPacket(101, 6, 960, SSRC, struct.pack("!BBH", 11, 10, 160))),
+                ("127.0.0.1", endpoint.port),
+            )
+            for _ in range(100):
+                if len([e for e in events if isinstance(e, (AudioReceived, DtmfReceived))]) >= 6:
+                    break
+                await asyncio.sleep(0.01)
+        endpoint.close()
+        assert len([e for e in events if isinstance(e, AudioReceived)]) == 5
+        assert DtmfReceived("#", 960) in events
+        assert allocator.in_use == 0
+
+    asyncio.run(scenario())
