@@ -196,3 +196,59 @@ async def test_tcp_several_requests_on_one_connection_and_overload() -> None:
     finally:
         await server.aclose()
     assert server.task_count == 0
+
+
+class SlowDouble(RecognizerSessionsDouble):
+    """A session owner that takes a while to allocate (the CANCEL overtakes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated: list[str] = []
+
+    async def on_invite(self, event: InviteReceived) -> bytes:
+        answer = await super().on_invite(event)
+        await asyncio.sleep(0.2)
+        self.allocated.append(event.dialog_id)
+        return answer
+
+    async def on_terminated(self, dialog_id: str, reason: TerminationReason) -> None:
+        assert dialog_id in self.allocated, "on_terminated ran before on_invite finished"
+        self.allocated.remove(dialog_id)
+        await super().on_terminated(dialog_id, reason)
+
+
+@run_async
+async def test_cancel_while_the_owner_allocates_releases_once() -> None:
+    handler = SlowDouble()
+    server = await _started(handler)
+    try:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+                received.put_nowait(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        sdp = b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=application 9 TCP/MRCPv2 1\r\na=setup:active\r\na=connection:new\r\na=resource:speechrecog\r\nm=audio 4000 RTP/AVP 0\r\n"
+        head = f"sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKc1;rport\r\nFrom: <sip:a@x>;tag=f\r\nTo: <sip:b@x>\r\nCall-ID: slow\r\nMax-Forwards: 70\r\n"
+        transport.sendto(
+            f"INVITE {head}CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n".encode()
+            + sdp,
+            ("127.0.0.1", server.port),
+        )
+        await asyncio.sleep(0.05)
+        transport.sendto(
+            f"CANCEL {head}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n".encode(), ("127.0.0.1", server.port)
+        )
+        await asyncio.wait_for(handler.done.wait(), 5)
+        statuses = set()
+        while len(statuses) < 3:
+            statuses.add(int((await asyncio.wait_for(received.get(), 5)).split()[1]))
+        assert statuses == {100, 200, 487}
+        assert handler.allocated == [] and handler.terminated[0][1] is TerminationReason.CANCELLED
+        transport.close()
+    finally:
+        await server.aclose()
+    assert server.task_count == 0

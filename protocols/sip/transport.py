@@ -5,6 +5,8 @@ core's. Session decisions are delegated to a :class:`SessionHandler`: ``on_invit
 answer or raises (an ``SdpError`` answers with its SIP status, an ``OverloadedError`` with 503 and
 Retry-After, a ``SipError`` with its status; anything else is logged and answered 500 without
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
+``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
+arrives while the owner is still allocating waits for it), so the owner releases each session once.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class SipServer:
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inviting: dict[str, asyncio.Task[None]] = {}  # dialog id -> its on_invite call
         self._max_tasks = max_tasks
 
     @property
@@ -191,6 +194,9 @@ class SipServer:
         task = asyncio.get_running_loop().create_task(self._handle(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if isinstance(event, InviteReceived):
+            self._inviting[event.dialog_id] = task
+            task.add_done_callback(lambda _: self._inviting.pop(event.dialog_id, None))
 
     async def _handle(
         self, event: InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
@@ -202,6 +208,11 @@ class SipServer:
                 await self.handler.on_confirmed(event.dialog_id)
                 return
             if isinstance(event, SessionTerminated):
+                inviting = self._inviting.get(event.dialog_id)
+                if inviting is not None:
+                    # CANCEL/BYE while on_invite still runs: let it finish so the owner releases
+                    # what it allocated there, exactly once, in on_terminated.
+                    await asyncio.wait({inviting})
                 await self.handler.on_terminated(event.dialog_id, event.reason)
                 return
             try:
