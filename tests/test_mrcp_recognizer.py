@@ -483,6 +483,8 @@ def test_srgs_tags_repeat_and_rulerefs() -> None:
             b'<item repeat="0-9"><one-of><item>x</item><item>y</item></one-of></item>' for _ in range(6)
         )
         + b"</rule></grammar>",
+        b'<?xml version="1.0" encoding="ATF-8"?><grammar root="r"><rule id="r">a</rule></grammar>',
+        b'<grammar root="r"><rule id="r">' + b"<item>" * 5000 + b"a" + b"</item>" * 5000 + b"</rule></grammar>",
     ],
 )
 def test_bad_srgs_is_a_compilation_failure(body: bytes) -> None:
@@ -561,3 +563,19 @@ def test_fuzz_evidence_sequences_keep_the_state_machine_consistent(steps: list[t
         for message in channel.messages_to_send():
             assert message.headers[0] == ("Channel-Identifier", CHANNEL)
             parse_message(serialize(message))
+
+
+def test_save_waveform_names_the_saved_audio() -> None:
+    clock = FakeClock()
+    channel = _recognizing(clock, ("Save-Waveform", "true"), ("No-Input-Timeout", "1000"))
+    channel.attach_waveform("file:///var/lib/xlgate/waveforms/abc.wav", size_bytes=16044, duration_s=1.0)
+    channel.handle_timer(clock.advance(1.5))
+    messages = channel.messages_to_send()
+    assert (
+        messages[-1].header("Waveform-URI")
+        == "<file:///var/lib/xlgate/waveforms/abc.wav>;size=16044;duration=1000"
+    )
+    plain = _recognizing(clock, ("No-Input-Timeout", "1000"))
+    plain.attach_waveform("file:///x.wav", size_bytes=1, duration_s=0.1)  # not asked for: not sent
+    plain.handle_timer(clock.advance(1.5))
+    assert plain.messages_to_send()[-1].header("Waveform-URI") is None

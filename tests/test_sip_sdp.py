@@ -378,6 +378,12 @@ def test_options_answers_capabilities() -> None:
         "INVITE" in (messages[0].header("Allow") or "") and messages[0].header("Accept") == "application/sdp"
     )
     assert ";tag=" in (messages[0].header("To") or "")
+    core.accepting = False  # draining: the probe is told to go elsewhere
+    core.receive_datagram(
+        options.replace(b"z9hG4bKo1", b"z9hG4bKo2"), Flow(SipTransport.UDP, ("127.0.0.1", 9)), 1.0
+    )
+    messages, _ = _drain(core)
+    assert messages[0].status == 503 and messages[0].header("Retry-After") == "5"  # type: ignore[union-attr]
 
 
 def test_overload_and_reject_answer_503_with_retry_after() -> None:

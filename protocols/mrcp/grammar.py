@@ -277,7 +277,7 @@ def parse_srgs(body: bytes, *, uri: str, max_phrases: int = DEFAULT_MAX_PHRASES)
     """
     try:
         root = ET.fromstring(body)
-    except (ET.ParseError, ValueError) as exc:
+    except (ET.ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding= name
         raise GrammarCompilationFailure(f"grammar is not well-formed XML: {exc}") from None
     if _local(root.tag) != "grammar":
         raise GrammarCompilationFailure(f"root element is <{_local(root.tag)}>, expected <grammar>")
@@ -289,7 +289,10 @@ def parse_srgs(body: bytes, *, uri: str, max_phrases: int = DEFAULT_MAX_PHRASES)
     root_rule = root.get("root") or next(iter(rules), None)
     if not root_rule:
         raise GrammarCompilationFailure("grammar has no rules")
-    paths = _Expander(rules, max_phrases).rule(root_rule, 0)
+    try:
+        paths = _Expander(rules, max_phrases).rule(root_rule, 0)
+    except RecursionError:
+        raise GrammarCompilationFailure("grammar elements nest too deeply") from None
     phrases: dict[str, Phrase] = {}
     for tokens, tags in paths:
         text = " ".join(tokens)

@@ -211,6 +211,7 @@ class RecognizerChannel:
         self._partial: Hypothesis | None = None
         self._final: Hypothesis | None = None
         self._digits = ""
+        self._waveform: str | None = None
 
     # ----------------------------------------------------------------------------------------- outputs
     def messages_to_send(self) -> list[MrcpMessage]:
@@ -487,6 +488,14 @@ class RecognizerChannel:
         else:
             self._complete(CompletionCause.NO_MATCH, build_no_match())
 
+    def attach_waveform(self, uri: str, *, size_bytes: int, duration_s: float) -> None:
+        """The request's audio is being saved (Save-Waveform: true) at ``uri``; the latest call wins.
+
+        RECOGNITION-COMPLETE then carries ``Waveform-URI: <uri>;size=..;duration=..`` (RFC 6787 §9.4.13).
+        """
+        if self.state is RecognizerState.RECOGNIZING and self._request_params.save_waveform:
+            self._waveform = f"<{uri}>;size={size_bytes};duration={round(duration_s * 1000)}"
+
     # ----------------------------------------------------------------------------------------- timers
     def handle_timer(self, now: float) -> None:
         """Fire every deadline that is due at ``now`` (the earliest decides the request)."""
@@ -530,6 +539,7 @@ class RecognizerChannel:
         self._partial = None
         self._final = None
         self._digits = ""
+        self._waveform = None
 
     def _takes_speech(self) -> bool:
         return any(not g.is_dtmf for g in self._active)
@@ -621,7 +631,8 @@ class RecognizerChannel:
     def _complete(self, cause: CompletionCause, body: bytes) -> None:
         request_id = self._request_id
         keep = self._request_params.continuous
-        self._event(request_id, "RECOGNITION-COMPLETE", cause, body=body)
+        extra = (("Waveform-URI", self._waveform),) if self._waveform else ()
+        self._event(request_id, "RECOGNITION-COMPLETE", cause, body=body, extra=extra)
         self._actions.append(RecognitionEnded(request_id, cause, keep))
         self._last_result = (cause, body)
         self.state = RecognizerState.RECOGNIZED

@@ -15,7 +15,8 @@ the core answers what it can on its own and reports the rest as events (``next_e
 * re-INVITE with an offer: :class:`ReinviteReceived`, answered like an INVITE (491 while another INVITE
   is pending, §14.2); without an offer the last answer is sent again as the offer. UPDATE without a
   body refreshes the session (RFC 4028).
-* OPTIONS: 200 with Allow, Accept and Supported (PBX and load-balancer probes). Other methods: 405.
+* OPTIONS: 200 with Allow, Accept and Supported (PBX and load-balancer probes); 503 with Retry-After
+  while not ``accepting``, so a balancer moves new calls elsewhere. Other methods: 405.
   ``Require`` of anything but ``timer``: 420 with Unsupported.
 * Session timers (RFC 4028): an INVITE that supports ``timer`` is answered with Session-Expires (its own
   value, or ``session_expires_s``) and the refresher it asked for (uac by default); below Min-SE gets 422.
@@ -244,6 +245,12 @@ class SipServerCore:
             self._receive_invite(message, flow, branch, now)
         elif method == "BYE":
             self._receive_bye(message, flow, branch, now)
+        elif method == "OPTIONS" and not self.accepting:
+            # Load balancers probe with OPTIONS: a draining or full server tells them to go elsewhere.
+            extra = (*self._capabilities(), ("Retry-After", str(self.config.retry_after_s)))
+            self._answer(
+                message, flow, branch, 503, "Service Unavailable", extra=extra, add_tag=True, now=now
+            )
         elif method == "OPTIONS":
             self._answer(message, flow, branch, 200, "OK", extra=self._capabilities(), add_tag=True, now=now)
         elif method == "UPDATE":
@@ -365,7 +372,10 @@ class SipServerCore:
         for name in ("Via", "From", "To", "Call-ID", "CSeq"):
             if request.header(name) is None:
                 raise BadRequest(f"missing {name}")
-        parse_via(request.values("Via")[0])
+        vias = request.values("Via")
+        if not vias:
+            raise BadRequest("empty Via")
+        parse_via(vias[0])
         cseq = (request.header("CSeq") or "").split()
         if (
             len(cseq) != 2
@@ -627,8 +637,10 @@ class SipServerCore:
 
     def _top_via(self, request: SipRequest, flow: Flow) -> str:
         """The top Via with received/rport filled in (RFC 3261 §18.2.1, RFC 3581 §4)."""
-        top = request.values("Via")[0]
-        via = parse_via(top)
+        vias = request.values("Via")
+        if not vias:
+            raise BadRequest("no Via to answer to")
+        via = parse_via(vias[0])
         params: list[str] = []
         for key, value in via.params:
             if key.lower() == "rport":
@@ -670,7 +682,10 @@ class SipServerCore:
     def _destination(self, request: SipRequest, flow: Flow) -> Flow:
         if flow.transport is SipTransport.TCP:
             return flow
-        via = parse_via(request.values("Via")[0])
+        vias = request.values("Via")
+        if not vias:
+            raise BadRequest("no Via to answer to")
+        via = parse_via(vias[0])
         if via.param("rport") is not None:
             return flow  # RFC 3581 §4: back to the source address and port
         return Flow(flow.transport, (flow.remote[0], via.port or 5060), None)

@@ -150,7 +150,10 @@ class SipServer:
     def _datagram(self, data: bytes, address: tuple[str, int]) -> None:
         if self.core is None:
             return
-        self.core.receive_datagram(data, Flow(SipTransport.UDP, (address[0], address[1])), self._now())
+        try:
+            self.core.receive_datagram(data, Flow(SipTransport.UDP, (address[0], address[1])), self._now())
+        except Exception:  # a bug of ours must not stop the listener; the peer's retransmission may succeed
+            _log.exception("SIP datagram from %s failed", address)
         self._pump()
 
     def _pump(self) -> None:
@@ -294,7 +297,10 @@ class _SipStream(asyncio.Protocol):
                 return
             if message is None:
                 break
-            core.receive_message(message, flow, self.server._now())
+            try:
+                core.receive_message(message, flow, self.server._now())
+            except Exception:
+                _log.exception("SIP message from %s failed", self.remote)
         self.server._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
