@@ -537,13 +537,9 @@ def _decode_result(obj: Mapping[str, object], kind: str) -> Result:
     is_final = kind == "final"
     base = ("type", "channel", "text", "start_ms", "end_ms", "audio_end_ms", "seq")
     _check_fields(
-        obj,
-        where=kind,
-        allowed=base + (("confidence", "words", "alternatives") if is_final else ("stable_words",)),
+        obj, where=kind, allowed=base + (("confidence", "words", "alternatives") if is_final else ("stable_words",))
     )
-    int_fields = ("channel", "start_ms", "end_ms", "audio_end_ms", "seq") + (
-        () if is_final else ("stable_words",)
-    )
+    int_fields = ("channel", "start_ms", "end_ms", "audio_end_ms", "seq") + (() if is_final else ("stable_words",))
     ints = {
         name: _as_ranged_int(_require(obj, name, where=kind), where=f"{kind}.{name}", low=0, high=2**63 - 1)
         for name in int_fields

@@ -329,8 +329,7 @@ class Connection:
             if not 0 <= result.stable_words <= len(result.text.split()):
                 raise WebSocketLocalError(
                     f"stable_words: expected 0 .. {len(result.text.split())} (the words of text), "
-                    f"got {result.stable_words}"
-                )
+                    f"got {result.stable_words}")
         elif result.stable_words:
             raise WebSocketLocalError("stable_words: expected only on partials (a final is settled whole)")
         if result.words and not config.word_timings:
