@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from protocols.mrcp.errors import MrcpError
 
 __all__ = [
-    "ChannelMessage",
     "ConnectionClosed",
     "Headers",
     "MrcpEvent",
@@ -115,11 +114,3 @@ class ProtocolViolation:
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed the connection (after every complete message was delivered)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelMessage:
-    """A message a channel wants sent, with the channel it belongs to."""
-
-    channel_id: str
-    message: MrcpMessage

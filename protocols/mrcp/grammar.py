@@ -27,7 +27,7 @@ import enum
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protocols.mrcp.errors import GrammarCompilationFailure, GrammarLoadFailure, UnsupportedEntity, UriFailure
 
@@ -93,7 +93,6 @@ class Grammar:
     min_digits: int = 1
     max_digits: int | None = None
     language: str | None = None
-    weight: float = field(default=1.0)
 
     @property
     def is_dtmf(self) -> bool:

@@ -142,15 +142,6 @@ _register("Recognition-Mode", "recognition_mode", _mode, str)
 _register("Media-Type", "media_type", _text, _fmt_opt)
 _register("Logging-Tag", "logging_tag", _text, _fmt_opt)
 
-# Accepted and ignored: they change nothing in this recognizer but are valid on any request.
-_ACCEPTED = {
-    "channel-identifier", "content-type", "content-id", "content-length", "content-base", "content-encoding",
-    "content-location", "cancel-if-queue", "fetch-timeout", "cache-control", "set-cookie", "accept-charset",
-    "accept", "proxy-sync-id", "input-type", "ver-buffer-utterance", "new-audio-channel", "hotword-max-duration",
-    "hotword-min-duration", "interpret-text", "recognizer-context-block", "waveform-uri", "input-waveform-uri",
-    "active-request-id-list", "completion-reason", "recognize-mode", "abort-phrase-enrollment",
-}  # fmt: skip
-
 
 def _parse_vendor(value: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
@@ -161,7 +152,10 @@ def _parse_vendor(value: str) -> dict[str, str]:
 
 
 def apply_headers(params: RecognizerParams, headers: Headers) -> RecognizerParams:
-    """``params`` updated by every recognizer header in ``headers``; unknown headers are ignored.
+    """``params`` updated by every recognizer header in ``headers``.
+
+    Headers this resource does not interpret (Cancel-If-Queue, Fetch-Timeout, Input-Type, ...) are
+    accepted and ignored, so a client's full header set never fails a request.
 
     Raises:
         IllegalHeaderValue: a known header with a malformed or out-of-range value (RFC 6787 §5.4: 404).
@@ -208,9 +202,3 @@ def params_to_headers(params: RecognizerParams, names: tuple[str, ...] = ()) -> 
             ("Vendor-Specific-Parameters", ";".join(f"{k}={v}" for k, v in params.vendor_parameters))
         )
     return tuple(headers)
-
-
-def is_known_header(name: str) -> bool:
-    """True for a header this resource understands (recognizer or generic)."""
-    key = name.lower()
-    return key in _HEADERS or key in _ACCEPTED or key == "vendor-specific-parameters"

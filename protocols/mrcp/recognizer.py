@@ -175,12 +175,6 @@ class RecognizerConfig:
     max_dtmf_buffer: int = 64
 
 
-_UNSUPPORTED_METHODS = {
-    "INTERPRET", "START-PHRASE-ENROLLMENT", "ENROLLMENT-ROLLBACK", "END-PHRASE-ENROLLMENT", "MODIFY-PHRASE",
-    "DELETE-PHRASE",
-}  # fmt: skip
-
-
 class RecognizerChannel:
     """One speechrecog channel: requests and evidence in, MRCP messages and engine actions out."""
 
@@ -262,9 +256,7 @@ class RecognizerChannel:
                 self._start_input_timers(request, now)
             elif method == "GET-RESULT":
                 self._get_result(request)
-            elif method in _UNSUPPORTED_METHODS:
-                self._respond(request, 401)
-            else:
+            else:  # INTERPRET, phrase enrollment, other resources' methods, unknown methods
                 self._respond(request, 401)
         except MrcpError as exc:
             headers: tuple[tuple[str, str], ...] = ()

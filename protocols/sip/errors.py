@@ -4,27 +4,26 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from protocols.errors import LocalProtocolError, OverloadedError, RemoteProtocolError
+from protocols.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "BadRequest",
     "SipError",
     "SipLocalError",
-    "SipOverloaded",
-    "SipRemoteError",
     "TruncatedMessage",
 ]
 
 
 class SipError(RemoteProtocolError):
-    """Root of the SIP errors a peer causes; ``status``/``reason`` answer the request (when one can)."""
+    """Root of the SIP errors a peer causes; ``status``/``reason`` answer the request (when one can).
+
+    Overload is not a SIP error: the transport maps :class:`~protocols.errors.OverloadedError` to 503 with
+    Retry-After.
+    """
 
     code: ClassVar[str] = "sip_error"
     status: ClassVar[int] = 400
     reason: ClassVar[str] = "Bad Request"
-
-
-SipRemoteError = SipError
 
 
 class BadRequest(SipError):
@@ -43,9 +42,3 @@ class SipLocalError(LocalProtocolError):
     """xlgate misused the SIP core (e.g. answered a dialog twice): a bug of ours."""
 
     code: ClassVar[str] = "sip_local_error"
-
-
-class SipOverloaded(OverloadedError):
-    """At capacity: 503 Service Unavailable with Retry-After (RFC 3261 §21.5.4)."""
-
-    code: ClassVar[str] = "sip_overloaded"
