@@ -1,0 +1,174 @@
+"""The receive side of one RTP session (RFC 3550), sans-I/O.
+
+Theory of operation: ``receive_datagram(data, source, now)`` takes RTP (and RTCP, muxed or not);
+events come out of ``next_event``: :class:`AudioReceived` (decoded PCM through the jitter buffer),
+:class:`DtmfReceived` (RFC 4733), :class:`SsrcChanged`, :class:`StreamLatched` and
+:class:`MediaTimeout`. The first valid packet latches the peer's address (symmetric RTP through NAT);
+packets from elsewhere are ignored until the latched source is silent for ``relatch_after_s``.
+Garbage datagrams are counted and dropped, never raised. ``get_timer`` covers the jitter buffer's loss
+decision and the media timeout; ``handle_timer(now)`` fires them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from protocols.audio.g711 import alaw_decode, mulaw_decode
+from protocols.rtp.codec import RtpPacket, is_rtcp, parse_rtcp, parse_rtp, parse_telephone_event
+from protocols.rtp.errors import RtpError
+from protocols.rtp.events import (
+    AudioReceived,
+    DtmfReceived,
+    MediaTimeout,
+    RtpEvent,
+    SsrcChanged,
+    StreamLatched,
+)
+from protocols.rtp.jitter import JitterBuffer
+
+__all__ = ["RtpReceiver", "RtpReceiverConfig", "decode_payload"]
+
+
+def decode_payload(codec: str, payload: bytes) -> npt.NDArray[np.int16]:
+    """Decode a PCMU, PCMA or L16 (network byte order, RFC 3551 §4.5.11) payload to int16 PCM.
+
+    Raises:
+        RtpError: unknown codec or an odd-length L16 payload.
+    """
+    name = codec.upper()
+    if name == "PCMU":
+        return mulaw_decode(payload)
+    if name == "PCMA":
+        return alaw_decode(payload)
+    if name == "L16":
+        if len(payload) % 2:
+            raise RtpError(f"L16 payload of odd length {len(payload)}")
+        return np.frombuffer(payload, dtype=">i2").astype(np.int16)
+    raise RtpError(f"no decoder for {codec!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RtpReceiverConfig:
+    """What was negotiated in SDP, plus receive policy."""
+
+    payload_type: int
+    codec: str  # PCMU, PCMA or L16
+    clock_rate_hz: int = 8000
+    telephone_event_payload_type: int | None = None
+    media_timeout_s: float = 30.0
+    relatch_after_s: float = 2.0
+    jitter_max_wait_s: float = 0.06
+
+
+class RtpReceiver:
+    """One RTP session's receive side."""
+
+    def __init__(self, config: RtpReceiverConfig, now: float) -> None:
+        """Args:
+        config: negotiated payload types and policy.
+        now: the session start (the media timeout counts from here until the first packet).
+        """
+        self.config = config
+        self.buffer = JitterBuffer(max_wait_s=config.jitter_max_wait_s)
+        self.remote: tuple[str, int] | None = None
+        self.ssrc: int | None = None
+        self.invalid_datagrams = 0
+        self.ignored_packets = 0
+        self.rtcp_packets = 0
+        self.packets = 0
+        self._events: deque[RtpEvent] = deque()
+        self._last_packet_s = now
+        self._dtmf_timestamps: deque[int] = deque(maxlen=16)
+        self._timed_out = False
+
+    def next_event(self) -> RtpEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline: a jitter-buffer loss decision or the media timeout."""
+        deadlines = [d for d in (self.buffer.next_deadline(),) if d is not None]
+        if not self._timed_out:
+            deadlines.append(self._last_packet_s + self.config.media_timeout_s)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Release frames whose wait ran out; report a media timeout once."""
+        self._release(now)
+        if not self._timed_out and now - self._last_packet_s >= self.config.media_timeout_s:
+            self._timed_out = True
+            self._events.append(MediaTimeout(self.config.media_timeout_s))
+
+    def receive_datagram(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        """One datagram from the media port."""
+        if is_rtcp(data):
+            try:
+                parse_rtcp(data)
+                self.rtcp_packets += 1
+            except RtpError:
+                self.invalid_datagrams += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self.invalid_datagrams += 1
+            return
+        if not self._latch(packet, source, now):
+            self.ignored_packets += 1
+            return
+        self.packets += 1
+        self._last_packet_s = now
+        self._timed_out = False
+        if packet.payload_type == self.config.telephone_event_payload_type:
+            self._telephone_event(packet)
+        elif packet.payload_type == self.config.payload_type:
+            try:
+                samples = decode_payload(self.config.codec, packet.payload)
+            except RtpError:
+                self.invalid_datagrams += 1
+                return
+            self.buffer.push(packet.sequence, packet.timestamp, samples, now)
+        else:
+            self.ignored_packets += 1  # comfort noise or a payload type we did not negotiate
+        self._release(now)
+
+    def flush(self) -> None:
+        """Release everything still held (end of session)."""
+        for frame in self.buffer.flush():
+            self._events.append(AudioReceived(frame))
+
+    def _latch(self, packet: RtpPacket, source: tuple[str, int], now: float) -> bool:
+        if self.remote is None or (
+            source != self.remote and now - self._last_packet_s >= self.config.relatch_after_s
+        ):
+            self.remote = source
+            self._events.append(StreamLatched(source))
+        elif source != self.remote:
+            return False
+        if self.ssrc is None:
+            self.ssrc = packet.ssrc
+        elif packet.ssrc != self.ssrc:
+            self.flush()
+            self.buffer.reset()
+            self._events.append(SsrcChanged(self.ssrc, packet.ssrc))
+            self.ssrc = packet.ssrc
+        return True
+
+    def _telephone_event(self, packet: RtpPacket) -> None:
+        try:
+            event = parse_telephone_event(packet.payload)
+        except RtpError:
+            self.invalid_datagrams += 1
+            return
+        if event.key is None or packet.timestamp in self._dtmf_timestamps:
+            return  # all packets of one event share its timestamp (RFC 4733 §2.5.1.2)
+        self._dtmf_timestamps.append(packet.timestamp)
+        self._events.append(DtmfReceived(event.key, packet.timestamp))
+
+    def _release(self, now: float) -> None:
+        for frame in self.buffer.pop(now):
+            self._events.append(AudioReceived(frame))
