@@ -9,10 +9,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists).
-APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes
+# Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists; the
+# deploy/ tests' Prometheus and promtool, and Kamailio for its config check).
+APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes prometheus kamailio
 APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/american-english \
-	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh
+	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh /usr/bin/prometheus /usr/bin/promtool \
+	/usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
 .PHONY: run test bench lint train data lm eval install install-apt clean help
