@@ -66,7 +66,7 @@ VALUE_SETS = {
     "default": (),
     "gpu": ("-f", str(CHART / "values-gpu.yaml")),
     "every-protocol-autoscaled": ("--set", "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,"
-                                  "autoscaling.enabled=true"),
+                                  "autoscaling.enabled=true,tls.secretName=xlgate-tls"),
     "gpu-every-protocol": ("-f", str(CHART / "values-gpu.yaml"), "--set",
                            "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,autoscaling.enabled=true"),
 }
@@ -200,3 +200,14 @@ def test_pod_runs_as_the_image_non_root_user() -> None:
 def test_settings_the_chart_owns_cannot_be_overridden() -> None:
     done = helm("template", "rel", str(CHART), "--set", "config.ws_port=9000")
     assert done.returncode != 0 and "set by the chart" in done.stderr
+
+
+def test_tls_secret_is_mounted_and_configured() -> None:
+    docs = render("--set", "tls.secretName=xlgate-tls")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert (env["XLGATE_TLS_CERT"], env["XLGATE_TLS_KEY"]) == ("/etc/xlgate/tls/tls.crt", "/etc/xlgate/tls/tls.key")
+    assert {"name": "tls", "secret": {"secretName": "xlgate-tls"}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/xlgate/tls", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert "XLGATE_TLS_CERT" not in env_of(the_container(render()))
