@@ -178,11 +178,13 @@ def test_dispatcher_balances_and_probing_removes_a_draining_gateway(
     dispatcher_list = tmp_path / "dispatcher.list"
     dispatcher_list.write_text(f"1 sip:127.0.0.1:{a.port} 0 0\n1 sip:127.0.0.1:{b.port} 0 0\n")
     proxy_port = free_udp_port()
-    proc = subprocess.Popen(
-        [find_kamailio(), "-DD", "-E", "-m", "32", "-M", "8", "-f", str(CONFIG),
-         "-A", f'DISPATCHER_LIST="{dispatcher_list}"', "-A", f"LISTEN=udp:127.0.0.1:{proxy_port}",
-         "-A", f"LISTEN_TCP=tcp:127.0.0.1:{proxy_port}", "-A", "PING_INTERVAL=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "kamailio.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [find_kamailio(), "-DD", "-E", "-m", "32", "-M", "8", "-f", str(CONFIG),
+             "-A", f'DISPATCHER_LIST="{dispatcher_list}"', "-A", f"LISTEN=udp:127.0.0.1:{proxy_port}",
+             "-A", f"LISTEN_TCP=tcp:127.0.0.1:{proxy_port}", "-A", "PING_INTERVAL=1"],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     client.settimeout(0.1)
@@ -222,6 +224,5 @@ def test_dispatcher_balances_and_probing_removes_a_draining_gateway(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    assert proc.stderr is not None
-    log = proc.stderr.read().decode(errors="replace")
-    assert " ERROR: " not in log, log[-3000:]
+    text = log.read_text(errors="replace")
+    assert " ERROR: " not in text, text[-3000:]

@@ -67,13 +67,14 @@ def http_status(url: str) -> int:
         return 0
 
 
-def wait_for(what: str, check: Any, *, timeout_s: float = WAIT_S, proc: subprocess.Popen[bytes] | None = None) -> Any:
+def wait_for(what: str, check: Any, *, timeout_s: float = WAIT_S, proc: subprocess.Popen[bytes] | None = None,
+             log: Path | None = None) -> Any:
     """Poll ``check()`` until it returns something truthy; fail after ``timeout_s`` or if ``proc`` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise AssertionError(f"{what}: process exited with {proc.returncode}: {err[-3000:]}")
+            err = log.read_text(errors="replace")[-3000:] if log else ""
+            raise AssertionError(f"{what}: process exited with {proc.returncode}: {err}")
         result = check()
         if result:
             return result
@@ -185,17 +186,20 @@ def require(binary: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(chatty_checkpoint: str) -> Iterator[Gateway]:
+def gateway(chatty_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A real `xlgate serve` process on loopback (tiny model, at most 1 stream so a second is refused)."""
     ws_port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--model", chatty_checkpoint, "--host", "127.0.0.1",
-         "--ws-port", str(ws_port), "--metrics-port", str(metrics_port), "--runner", "thread",
-         "--max-streams", "1", "--log-format", "json"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path_factory.mktemp("xlgate") / "stderr.log"
+    with log.open("wb") as stderr:  # a file, not a pipe: a full pipe would stall the server's logging
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--model", chatty_checkpoint, "--host", "127.0.0.1",
+             "--ws-port", str(ws_port), "--metrics-port", str(metrics_port), "--runner", "thread",
+             "--max-streams", "1", "--log-format", "json"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_for("xlgate /readyz", lambda: http_status(f"http://127.0.0.1:{metrics_port}/readyz") == 200, proc=proc)
+        wait_for("xlgate /readyz", lambda: http_status(f"http://127.0.0.1:{metrics_port}/readyz") == 200,
+                 proc=proc, log=log)
         yield Gateway(f"ws://127.0.0.1:{ws_port}/v1/stream", metrics_port)
     finally:
         stop(proc)
@@ -213,13 +217,15 @@ def prometheus(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> It
     job["static_configs"] = [{"targets": [f"127.0.0.1:{gateway.metrics_port}"]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = workdir / "stderr.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for("Prometheus /-/ready", lambda: http_status(f"{url}/-/ready") == 200, proc=proc)
+        wait_for("Prometheus /-/ready", lambda: http_status(f"{url}/-/ready") == 200, proc=proc, log=log)
         yield Prometheus(url)
     finally:
         stop(proc)
