@@ -233,6 +233,25 @@ def _check_host(value: str) -> str | None:
     return "a host name or IP address"
 
 
+def parse_port_range(value: str) -> tuple[int, int] | None:
+    """``"LOW-HIGH"`` as two ports holding at least one even/odd RTP pair, or None."""
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", value)
+    if match is None:
+        return None
+    low, high = int(match[1]), int(match[2])
+    if not 0 < low <= high <= MAX_PORT or low + (low % 2) + 1 > high:
+        return None
+    return low, high
+
+
+def _check_port_range(value: str) -> str | None:
+    return None if parse_port_range(value) is not None else "a range LOW-HIGH of ports holding an even/odd pair"
+
+
+def _check_advertise(value: str) -> str | None:
+    return None if value == "" or _check_host(value) is None else "empty or a host name or IP address"
+
+
 def _check_device(value: str) -> str | None:
     return None if _DEVICE_PATTERN.fullmatch(value) else "cpu, cuda or cuda:N"
 
@@ -272,6 +291,18 @@ class ServeSettings:
         _NETWORK, min_value=0, max_value=MAX_PORT))
     grpc_port: int = field(metadata=_option(
         Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK, min_value=0, max_value=MAX_PORT))
+    sip_port: int = field(metadata=_option(
+        Kind.INT, 5060, "SIP port of the MRCPv2 server, UDP and TCP (0 = MRCP disabled).", _NETWORK,
+        min_value=0, max_value=MAX_PORT))
+    mrcp_port: int = field(metadata=_option(
+        Kind.INT, 1544, "MRCPv2 control (TCP) port (0 = any free port).", _NETWORK,
+        min_value=0, max_value=MAX_PORT))
+    rtp_ports: str = field(metadata=_option(
+        Kind.STR, "20000-29999", "UDP port range of MRCP sessions' RTP audio (one even port per call).",
+        _NETWORK, check=_check_port_range, check_text="LOW-HIGH"))
+    advertise_address: str = field(metadata=_option(
+        Kind.STR, "", "Address written into SDP and SIP Contact (empty = host, or 127.0.0.1 when host is "
+        "a wildcard address).", _NETWORK, check=_check_advertise, check_text="empty or a host name or IP address"))
     max_frame_bytes: int = field(metadata=_option(
         Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
         _NETWORK, min_value=1024, max_value=16 * 1024 * 1024))
@@ -677,7 +708,7 @@ def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
         )
 
     seen: dict[int, str] = {}
-    for name in ("ws_port", "metrics_port", "grpc_port"):
+    for name in ("ws_port", "metrics_port", "grpc_port", "sip_port", "mrcp_port"):
         port, source = chosen[name]
         assert isinstance(port, int)
         if port == 0:

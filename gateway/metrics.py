@@ -57,6 +57,14 @@ class Metrics:
             "xlgate_errors_total", "Errors by kind (wire error code).", ["protocol", "kind"], registry=r)
         self.results = Counter(
             "xlgate_results_total", "Results sent.", ["protocol", "type"], registry=r)
+        self.rtp_packets_received = Counter(
+            "xlgate_rtp_packets_received_total", "RTP audio packets received (MRCP sessions).", registry=r)
+        self.rtp_packets_lost = Counter(
+            "xlgate_rtp_packets_lost_total",
+            "RTP audio packets given up on by the jitter buffer (filled with silence).", registry=r)
+        self.rtp_jitter = Histogram(
+            "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
+            buckets=LATENCY_BUCKETS_S, registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         for p in PROTOCOLS:
             self.live_streams.labels(p)

@@ -1,4 +1,4 @@
-"""``xlgate serve``: load the model, start the engine, the WebSocket server and the metrics endpoint.
+"""``xlgate serve``: load the model, start the engine, the WebSocket and MRCPv2 servers and the metrics endpoint.
 
 Lifecycle: start-up loads the model (loudly warning if it is untrained), then serves until SIGTERM or
 SIGINT. Drain: ``/readyz`` turns false and new streams are refused at once; live streams go on until they
@@ -25,11 +25,12 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
-from gateway.config import RunnerKind, ServeSettings
+from gateway.config import RunnerKind, ServeSettings, parse_port_range
 from gateway.engine import Engine
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
 from gateway.models import WEAK_MODEL_WER, warn_untrained
+from gateway.mrcp_adapter import MrcpGateway, MrcpSettings
 from gateway.runner import (
     AsyncRunner,
     LanguageModel,
@@ -104,6 +105,8 @@ def _ssl_context(settings: ServeSettings) -> ssl.SSLContext | None:
 class BoundPorts:
     ws_port: int
     metrics_port: int | None
+    sip_port: int | None = None  # None: MRCP disabled
+    mrcp_port: int | None = None
 
 
 async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts], None] | None = None,
@@ -160,10 +163,17 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 log.info("serving ws%s://%s:%d/v1/stream; metrics on %s", "s" if settings.tls_cert else "",
                          settings.host, ws_port,
                          f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
-                if on_ready is not None:
-                    on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None))
-                await stop_event.wait()
-                await _drain(engine, settings.drain_timeout_s)
+                mrcp = await _start_mrcp(settings, engine)
+                try:
+                    if on_ready is not None:
+                        on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None,
+                                            sip_port=mrcp.sip.port if mrcp else None,
+                                            mrcp_port=mrcp.mrcp.port if mrcp else None))
+                    await stop_event.wait()
+                    await _drain(engine, settings.drain_timeout_s)
+                finally:
+                    if mrcp is not None:
+                        await mrcp.aclose()
             engine.close()
             await engine_task
     finally:
@@ -172,6 +182,24 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+
+
+async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:
+    """The MRCPv2 server (SIP, MRCP, RTP) on the same engine, unless ``sip_port`` is 0."""
+    if not settings.sip_port:
+        return None
+    ports = parse_port_range(settings.rtp_ports)
+    assert ports is not None, "validated by the configuration"
+    gateway = MrcpGateway(engine, MrcpSettings(
+        host=settings.host, advertise_address=settings.advertise_address, sip_port=settings.sip_port,
+        mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
+        defaults=settings.stream_defaults()))
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.aclose()
+        raise
+    return gateway
 
 
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:

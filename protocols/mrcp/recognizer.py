@@ -480,6 +480,12 @@ class RecognizerChannel:
         else:
             self._complete(CompletionCause.NO_MATCH, build_no_match())
 
+    def recognizer_failed(self, now: float) -> None:
+        """The engine could not recognize for this request (no capacity, a failed model step): the request
+        completes with ``006 recognizer-error`` (a completed request, not a 4xx; see the module docstring)."""
+        if self.state is RecognizerState.RECOGNIZING:
+            self._complete(CompletionCause.RECOGNIZER_ERROR, b"")
+
     def attach_waveform(self, uri: str, *, size_bytes: int, duration_s: float) -> None:
         """The request's audio is being saved (Save-Waveform: true) at ``uri``; the latest call wins.
 

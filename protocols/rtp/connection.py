@@ -84,6 +84,8 @@ class RtpReceiver:
         self._last_packet_s = now
         self._dtmf_timestamps: deque[int] = deque(maxlen=16)
         self._timed_out = False
+        self.jitter_s = 0.0  # interarrival jitter estimate (RFC 3550 §6.4.1, A.8)
+        self._transit: float | None = None
 
     def next_event(self) -> RtpEvent | None:
         """The next event, or None."""
@@ -131,6 +133,7 @@ class RtpReceiver:
             except RtpError:
                 self.invalid_datagrams += 1
                 return
+            self._update_jitter(packet.timestamp, now)
             self.buffer.push(packet.sequence, packet.timestamp, samples, now)
         else:
             self.ignored_packets += 1  # comfort noise or a payload type we did not negotiate
@@ -140,6 +143,15 @@ class RtpReceiver:
         """Release everything still held (end of session)."""
         for frame in self.buffer.flush():
             self._events.append(AudioReceived(frame))
+
+    def _update_jitter(self, timestamp: int, now: float) -> None:
+        # J += (|D| - J) / 16 over the relative transit time (RFC 3550 A.8), kept in seconds.
+        transit = now - timestamp / self.config.clock_rate_hz
+        if self._transit is not None:
+            delta = abs(transit - self._transit)
+            if delta < 1.0:  # a timestamp jump (new talkspurt base, wrap) is not jitter
+                self.jitter_s += (delta - self.jitter_s) / 16
+        self._transit = transit
 
     def _latch(self, packet: RtpPacket, source: tuple[str, int], now: float) -> bool:
         if self.remote is None or (

@@ -1,0 +1,541 @@
+"""The MRCPv2 adapter: SIP sessions, RTP audio and speechrecog channels on the engine's session API.
+
+Theory of operation
+-------------------
+:class:`MrcpGateway` owns three listeners (SIP on UDP+TCP, MRCP on TCP, one RTP UDP port per call) and is
+the SIP server's :class:`protocols.sip.transport.SessionHandler`:
+
+* INVITE: refused with 503 + Retry-After (``OverloadedError``) when the engine is draining or has no slot
+  for one more call; otherwise an RTP port is bound from the allocator, the offer answered
+  (:func:`protocols.sdp.offer_answer.answer_offer`) and the answer's recognizer channel registered with
+  the MRCP server. A call reserves its engine slot at INVITE time: it counts against capacity until it
+  ends, so a RECOGNIZE finds a slot unless other protocols took it meanwhile (then the request completes
+  with ``006 recognizer-error``).
+* RECOGNIZE (the channel's :class:`RecognitionStarted`): an engine stream is opened for the request with
+  the grammars' phrases as hotwords (the one conversion into ``StreamSettings``: :func:`stream_settings`);
+  the RTP audio goes into it through a bounded queue (overflow policy: the newest frame is dropped and
+  counted, so a slow engine never blocks the datagram callback); its events become the channel's evidence
+  calls. A DTMF-only request opens no stream.
+* RecognitionEnded: the stream is aborted (its finals are not needed any more), unless the request was
+  continuous (Vendor-Specific-Parameters), when the stream and the model's memory carry on to the next
+  RECOGNIZE and audio in between is kept.
+* The channel's timers run on the event loop's clock (the MRCP server arms them); every RTP frame also
+  calls ``audio_time_advanced``, and when RTP stops nothing arrives, so the missing audio counts as
+  silence.
+* The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
+  drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
+  channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
+  A hang-up is a normal end: logged at INFO, never counted as an error.
+
+Grammar interpretation: the engine's results expose a transcript with per-word confidences (no
+posteriors or n-best yet), so :func:`score_phrases` aligns each grammar phrase with the recognised words
+and scores it by the confidence-weighted similarity of the aligned words (a near miss scores lower than
+an exact match, a different sentence scores near zero); the channel applies Confidence-Threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import difflib
+import logging
+import re
+import uuid
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.engine import Engine, Stream, StreamClosedError
+from gateway.metrics import Metrics
+from gateway.session import (
+    DecodingSettings,
+    EndpointingSettings,
+    Hotword,
+    Outcome,
+    ResultEvent,
+    SpeechEnded,
+    SpeechStarted,
+    StreamEnded,
+    StreamSettings,
+    merge_hotwords,
+)
+from protocols.errors import OverloadedError
+from protocols.mrcp.grammar import Grammar, GrammarKind
+from protocols.mrcp.recognizer import (
+    Action,
+    CompletionCause,
+    FinalizeRequested,
+    GrammarMatch,
+    Hypothesis,
+    RecognitionEnded,
+    RecognitionStarted,
+    RecognizerChannel,
+    RecognizerConfig,
+)
+from protocols.mrcp.transport import MrcpServer
+from protocols.rtp.connection import RtpReceiverConfig
+from protocols.rtp.events import AudioReceived, DtmfReceived, MediaTimeout, RtpEvent, SsrcChanged
+from protocols.rtp.ports import PortAllocator
+from protocols.rtp.transport import RtpEndpoint, open_rtp_endpoint
+from protocols.sdp.codec import parse_sdp, serialize_sdp
+from protocols.sdp.offer_answer import AnswerConfig, Negotiation, answer_offer
+from protocols.sip.connection import SipServerConfig
+from protocols.sip.events import InviteReceived, ReinviteReceived, TerminationReason
+from protocols.sip.transport import SipServer
+from streaming_model.decoding import Hypothesis as EngineHypothesis
+
+__all__ = ["MrcpGateway", "MrcpSettings", "score_phrases", "stream_settings"]
+
+log = logging.getLogger("xlgate.mrcp")
+
+PROTOCOL = "mrcp"
+MAX_QUEUED_FRAMES = 250  # 5 s of 20 ms RTP frames waiting for the engine; newer frames are dropped beyond
+MAX_HOTWORD_PHRASES = 256  # the grammar phrases given to the decoder as hotwords (all are scored)
+GRAMMAR_HOTWORD_BOOST = 2.0
+JITTER_SAMPLE_FRAMES = 50  # observe the jitter estimate once a second of 20 ms frames
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MrcpSettings:
+    """Where the MRCP side listens and what it advertises.
+
+    Attributes:
+        host: the address the SIP, MRCP and RTP sockets bind to.
+        advertise_address: written into SDP and Contact; empty means ``host`` (or 127.0.0.1 when ``host``
+            is a wildcard address).
+        sip_port, mrcp_port: 0 picks free ports.
+        rtp_port_low, rtp_port_high: the RTP port range.
+        media_timeout_s: a call whose RTP stays silent this long is hung up.
+        defaults: the server's stream defaults (decoding method, hotwords, endpointing).
+        recognizer: server-side settings of every channel.
+    """
+
+    host: str = "127.0.0.1"
+    advertise_address: str = ""
+    sip_port: int = 5060
+    mrcp_port: int = 1544
+    rtp_port_low: int = 20000
+    rtp_port_high: int = 29999
+    media_timeout_s: float = 30.0
+    defaults: StreamSettings = field(default_factory=StreamSettings)
+    recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+
+    @property
+    def advertised(self) -> str:
+        """The address peers are told to use."""
+        if self.advertise_address:
+            return self.advertise_address
+        if self.host in {"0.0.0.0", "::", ""}:
+            return "127.0.0.1"
+        return self.host
+
+
+# -- the edge: a RECOGNIZE's grammars and params in, session types out ---------------------------------------
+def stream_settings(started: RecognitionStarted, defaults: StreamSettings, *, sample_rate_hz: int) -> StreamSettings:
+    """A RECOGNIZE request's stream settings: the one conversion of this protocol.
+
+    The grammars' phrases become hotwords (merged after the server's own); the engine's endpointer waits
+    the request's Speech-Complete-Timeout (when shorter than the server's silence), so a final is usually
+    at hand when the channel's own silence timer runs out.
+    """
+    phrases: list[Hotword] = []
+    for grammar in started.grammars:
+        if grammar.kind is GrammarKind.PHRASES:
+            phrases.extend(Hotword(p.text, GRAMMAR_HOTWORD_BOOST) for p in grammar.phrases if p.text.strip())
+    silence_s = defaults.endpointing.silence_s
+    if started.params.speech_complete_timeout_s > 0:
+        silence_s = min(silence_s, started.params.speech_complete_timeout_s)
+    return StreamSettings(
+        sample_rate_hz=sample_rate_hz,
+        interim_results=True,  # partials drive START-OF-INPUT and the silence timers
+        endpointing=EndpointingSettings(enabled=True, silence_s=silence_s,
+                                        max_utterance_s=defaults.endpointing.max_utterance_s),
+        decoding=DecodingSettings(method=defaults.decoding.method, beam_size=defaults.decoding.beam_size,
+                                  hotwords=merge_hotwords(defaults.decoding.hotwords,
+                                                          phrases[:MAX_HOTWORD_PHRASES])),
+    )
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _align_score(phrase: list[str], heard: list[tuple[str, float]]) -> float:
+    """Best monotonic alignment of phrase words to heard words, summing similarity x word confidence;
+    normalised by the longer of the two, so missing and extra words both cost."""
+    if not phrase or not heard:
+        return 0.0
+    rows, cols = len(phrase), len(heard)
+    best = [[0.0] * (cols + 1) for _ in range(rows + 1)]  # best[i][j]: phrase[:i] against heard[:j]
+    for i in range(1, rows + 1):
+        for j in range(1, cols + 1):
+            word, confidence = heard[j - 1]
+            similarity = difflib.SequenceMatcher(None, phrase[i - 1], word).ratio()
+            best[i][j] = max(best[i - 1][j], best[i][j - 1], best[i - 1][j - 1] + similarity * confidence)
+    return best[rows][cols] / max(rows, cols)
+
+
+def score_phrases(hypothesis: EngineHypothesis, grammars: Iterable[Grammar]) -> tuple[GrammarMatch, ...]:
+    """Score every phrase of the closed speech grammars against what the engine recognised.
+
+    Returns:
+        One :class:`GrammarMatch` per phrase that scores above zero, best first.
+    """
+    if hypothesis.words:
+        heard = [(w, min(1.0, max(0.0, word.confidence))) for word in hypothesis.words for w in _words(word.text)]
+    else:
+        heard = [(w, min(1.0, max(0.0, hypothesis.confidence))) for w in _words(hypothesis.text)]
+    matches = []
+    for grammar in grammars:
+        if grammar.kind is not GrammarKind.PHRASES:
+            continue
+        for phrase in grammar.phrases:
+            score = _align_score(_words(phrase.text), heard)
+            if score > 0:
+                matches.append(GrammarMatch(grammar.uri, phrase, round(score, 3)))
+    matches.sort(key=lambda m: -m.confidence)
+    return tuple(matches)
+
+
+# -- one recognition (an engine stream) and one call ---------------------------------------------------------
+class _Recognition:
+    """An engine stream serving a channel's RECOGNIZE request(s), with its audio queue and two tasks."""
+
+    def __init__(self, stream: Stream, started: RecognitionStarted) -> None:
+        self.stream = stream
+        self.started = started
+        self.frames: asyncio.Queue[npt.NDArray[np.int16]] = asyncio.Queue(MAX_QUEUED_FRAMES)
+        self.in_speech = False
+        self.last_partial = ""
+        self.tasks: list[asyncio.Task[None]] = []
+        self.dropped_frames = 0
+
+
+class _Call:
+    """One SIP dialog: its recognizer channel(s), its RTP endpoint, and the recognition in progress."""
+
+    def __init__(self, dialog_id: str, negotiation: Negotiation, endpoint: RtpEndpoint) -> None:
+        self.dialog_id = dialog_id
+        self.negotiation = negotiation
+        self.endpoint = endpoint
+        self.channel_ids = tuple(c.channel_id for c in negotiation.channels)
+        self.audio_channel = self.channel_ids[0]  # audio and DTMF go to the first recognizer channel
+        self.recognition: _Recognition | None = None
+        self.ended = False
+        self.frames = 0
+
+
+class MrcpGateway:
+    """The SIP + MRCP + RTP listeners and the calls they carry (see the module docstring)."""
+
+    def __init__(self, engine: Engine, settings: MrcpSettings, *, sip_t1_s: float | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics: Metrics = engine.metrics
+        self.ports = PortAllocator(settings.rtp_port_low, settings.rtp_port_high)
+        self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost)
+        sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port)
+        if sip_t1_s is not None:
+            sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
+        self.sip = SipServer(sip_config, self)
+        self._calls: dict[str, _Call] = {}
+        self._by_channel: dict[str, _Call] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session_version = 0
+        engine.add_finish_listener(self.finish_all)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind the MRCP and SIP listeners."""
+        await self.mrcp.start(self.settings.host, self.settings.mrcp_port)
+        await self.sip.start(self.settings.host)
+        log.info("MRCP: SIP on %s:%d (UDP, TCP), MRCP on %d, RTP %d-%d, advertised as %s",
+                 self.settings.host, self.sip.port, self.mrcp.port, self.settings.rtp_port_low,
+                 self.settings.rtp_port_high, self.settings.advertised)
+
+    async def aclose(self) -> None:
+        """Hang up nothing more: close every listener, release every call and await every task."""
+        await self.sip.aclose()
+        for dialog_id in list(self._calls):
+            await self._release(dialog_id, "server closed")
+        await self.mrcp.aclose()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def finish_all(self) -> None:
+        """Drain: every call is hung up (BYE)."""
+        for dialog_id in list(self._calls):
+            self.sip.hangup(dialog_id)
+
+    @property
+    def call_count(self) -> int:
+        """Calls up now (tests count them back to zero)."""
+        return len(self._calls)
+
+    @property
+    def task_count(self) -> int:
+        """Tasks of the calls plus the SIP server's handler calls (tests count them back to zero)."""
+        return len(self._tasks) + self.sip.task_count
+
+    # -- SIP session handler -------------------------------------------------------------------------------
+    async def on_invite(self, event: InviteReceived) -> bytes:
+        """Admit the call, bind its RTP port, answer the offer and register its channel."""
+        if not self.engine.ready:
+            self.metrics.streams_rejected.labels(PROTOCOL, "draining").inc()
+            raise OverloadedError("the gateway is draining")
+        reserved = sum(1 for call in self._calls.values() if call.recognition is None)
+        if not self.engine.has_capacity(reserved + 1):
+            self.metrics.streams_rejected.labels(PROTOCOL, "capacity").inc()
+            raise OverloadedError(f"at capacity: {len(self._calls)} calls")
+        offer = parse_sdp(event.offer)
+        config = AnswerConfig(address=self.settings.advertised, mrcp_port=self.mrcp.port)
+        ids: dict[str | None, str] = {}
+
+        def channel_id_for(resource: str, cmid: str | None) -> str:
+            return ids.setdefault(cmid, uuid.uuid4().hex[:16])
+
+        # A dry negotiation learns the codec before binding (the answer needs the bound port).
+        trial = answer_offer(offer, config=config, rtp_port=9, channel_id_for=channel_id_for,
+                             session_id=0, session_version=0)
+        audio = trial.audio
+        assert audio is not None, "answer_offer refuses an offer without usable audio"
+        holder: list[_Call] = []
+        rtp_config = RtpReceiverConfig(payload_type=audio.payload_type, codec=audio.codec.value,
+                                       clock_rate_hz=audio.clock_rate_hz,
+                                       telephone_event_payload_type=audio.telephone_event_payload_type,
+                                       media_timeout_s=self.settings.media_timeout_s)
+        endpoint = await open_rtp_endpoint(self.settings.host, self.ports, rtp_config,
+                                           lambda rtp_event: self._on_rtp(holder, rtp_event))
+        try:
+            self._session_version += 1
+            negotiation = answer_offer(offer, config=config, rtp_port=endpoint.port,
+                                       channel_id_for=channel_id_for, session_id=self._session_version,
+                                       session_version=1)
+            call = _Call(event.dialog_id, negotiation, endpoint)
+            holder.append(call)
+            for channel in negotiation.channels:
+                self.mrcp.add_channel(RecognizerChannel(channel.channel_id, config=self.settings.recognizer))
+                self._by_channel[channel.channel_id] = call
+            self._calls[event.dialog_id] = call
+        except BaseException:
+            endpoint.close()
+            raise
+        log.info("call %s: RTP %s/%d Hz on port %d, channel %s", event.dialog_id[:16], audio.codec.value,
+                 audio.clock_rate_hz, endpoint.port, call.audio_channel)
+        return serialize_sdp(negotiation.answer)
+
+    async def on_reinvite(self, event: ReinviteReceived) -> bytes:
+        """Answer a refresh or change with the same port and channels (the codec stays as negotiated)."""
+        call = self._calls.get(event.dialog_id)
+        if call is None:
+            raise OverloadedError("the call is ending")
+        known = {c.cmid: c.channel_id.split("@", 1)[0] for c in call.negotiation.channels}
+        self._session_version += 1
+        negotiation = answer_offer(parse_sdp(event.offer),
+                                   config=AnswerConfig(address=self.settings.advertised, mrcp_port=self.mrcp.port),
+                                   rtp_port=call.endpoint.port,
+                                   channel_id_for=lambda resource, cmid: known.get(cmid, uuid.uuid4().hex[:16]),
+                                   session_id=self._session_version, session_version=2)
+        return serialize_sdp(negotiation.answer)
+
+    async def on_confirmed(self, dialog_id: str) -> None:
+        """The ACK arrived; nothing to do (the MRCP client connects on its own)."""
+
+    async def on_terminated(self, dialog_id: str, reason: TerminationReason) -> None:
+        """The call is over: release its channel, stream, slot, RTP port and tasks."""
+        await self._release(dialog_id, reason.value)
+
+    async def _release(self, dialog_id: str, why: str) -> None:
+        call = self._calls.pop(dialog_id, None)
+        if call is None:
+            return
+        call.ended = True
+        for channel_id in call.channel_ids:
+            self._by_channel.pop(channel_id, None)
+            self.mrcp.remove_channel(channel_id)  # closes the channel: its RecognitionEnded ends the stream
+        recognition = call.recognition
+        call.recognition = None
+        if recognition is not None:
+            recognition.stream.abort(Outcome.CLIENT_CLOSED)
+            await self._cancel(recognition)
+        call.endpoint.close()
+        self._count_jitter(call)
+        log.info("call %s ended: %s", dialog_id[:16], why)
+
+    async def _cancel(self, recognition: _Recognition) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in recognition.tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- MRCP side -----------------------------------------------------------------------------------------
+    def _on_channel_lost(self, channel_id: str) -> None:
+        call = self._by_channel.get(channel_id)
+        if call is not None:
+            log.info("call %s: MRCP connection closed; hanging up", call.dialog_id[:16])
+            self.sip.hangup(call.dialog_id)
+
+    def _on_actions(self, channel_id: str, actions: list[Action]) -> None:
+        call = self._by_channel.get(channel_id)
+        if call is None or channel_id != call.audio_channel:
+            return
+        for action in actions:
+            if isinstance(action, RecognitionStarted):
+                self._start(call, action)
+            elif isinstance(action, FinalizeRequested):
+                recognition = call.recognition
+                if recognition is not None and not recognition.stream.ended:
+                    self._spawn(recognition, self._finalize(recognition.stream))
+            elif isinstance(action, RecognitionEnded):
+                self._end(call, action)
+
+    def _start(self, call: _Call, started: RecognitionStarted) -> None:
+        recognition = call.recognition
+        if recognition is not None and not recognition.stream.ended:
+            recognition.started = started  # continuous: the stream and the model's memory carry on
+            recognition.last_partial = ""
+            return
+        if not any(g.kind is not GrammarKind.DTMF for g in started.grammars):
+            return  # DTMF only: the digits come from RTP events, no stream needed
+        audio = call.negotiation.audio
+        assert audio is not None
+        settings = stream_settings(started, self.settings.defaults, sample_rate_hz=audio.clock_rate_hz)
+        try:
+            (stream,) = self.engine.open_streams(1, settings, protocol=PROTOCOL)
+        except OverloadedError as exc:
+            log.warning("call %s: no engine stream for RECOGNIZE: %s", call.dialog_id[:16], exc)
+            self._channel(call).recognizer_failed(self.mrcp.now())
+            self.mrcp.flush(call.audio_channel)
+            return
+        recognition = _Recognition(stream, started)
+        call.recognition = recognition
+        self._spawn(recognition, self._feed(recognition))
+        self._spawn(recognition, self._forward(call, recognition))
+
+    def _end(self, call: _Call, ended: RecognitionEnded) -> None:
+        recognition = call.recognition
+        if recognition is None or ended.keep_stream:
+            return
+        call.recognition = None
+        cancelled = ended.completion_cause is CompletionCause.CANCELLED
+        recognition.stream.abort(Outcome.CLIENT_CLOSED if cancelled else Outcome.COMPLETED)
+        for task in recognition.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _spawn(self, recognition: _Recognition, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        recognition.tasks.append(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: recognition.tasks.remove(t) if t in recognition.tasks else None)
+
+    def _channel(self, call: _Call) -> RecognizerChannel:
+        channel = self.mrcp.channel(call.audio_channel)
+        assert channel is not None, "a live call's channel stays registered until the call is released"
+        return channel
+
+    @staticmethod
+    async def _finalize(stream: Stream) -> None:
+        with contextlib.suppress(StreamClosedError):
+            await stream.finalize()
+
+    async def _feed(self, recognition: _Recognition) -> None:
+        """RTP frames into the engine stream, in order; waits when the engine pushes back."""
+        with contextlib.suppress(StreamClosedError):
+            while True:
+                samples = await recognition.frames.get()
+                await recognition.stream.feed(samples)
+                if recognition.stream.ended:
+                    return
+
+    async def _forward(self, call: _Call, recognition: _Recognition) -> None:
+        """The stream's events into the channel's evidence calls, until the stream ends."""
+        loop = asyncio.get_running_loop()
+        async for event in recognition.stream.events():
+            if call.ended or self.mrcp.channel(call.audio_channel) is None:
+                return
+            channel = self._channel(call)
+            now = loop.time()
+            if isinstance(event, SpeechStarted):
+                recognition.in_speech = True
+                channel.speech_started(now)
+            elif isinstance(event, SpeechEnded):
+                recognition.in_speech = False
+            elif isinstance(event, ResultEvent):
+                hypothesis = self._hypothesis(event.hypothesis, recognition.started.grammars)
+                if event.is_final:
+                    lag_s = max(0.0, recognition.stream.audio_received_s - event.hypothesis.end_s)
+                    speech_end_s = now - lag_s if event.hypothesis.words else None
+                    channel.final_hypothesis(hypothesis, now, speech_end_s=speech_end_s)
+                    recognition.last_partial = ""
+                elif event.hypothesis.text != recognition.last_partial:
+                    recognition.last_partial = event.hypothesis.text
+                    channel.partial_hypothesis(hypothesis, now)
+            elif isinstance(event, StreamEnded):
+                if event.outcome is Outcome.ERROR and call.recognition is recognition:
+                    call.recognition = None
+                    channel.recognizer_failed(now)
+                    self.mrcp.flush(call.audio_channel)
+                return
+            self.mrcp.flush(call.audio_channel)
+            if isinstance(event, ResultEvent):
+                recognition.stream.record_sent(event)
+
+    @staticmethod
+    def _hypothesis(hypothesis: EngineHypothesis, grammars: tuple[Grammar, ...]) -> Hypothesis:
+        confidence = min(1.0, max(0.0, hypothesis.confidence))
+        return Hypothesis(hypothesis.text, confidence, score_phrases(hypothesis, grammars))
+
+    # -- RTP side ------------------------------------------------------------------------------------------
+    def _on_rtp(self, holder: list[_Call], event: RtpEvent) -> None:
+        if not holder or holder[0].ended:
+            return
+        call = holder[0]
+        if isinstance(event, AudioReceived):
+            self._audio(call, event)
+        elif isinstance(event, DtmfReceived):
+            channel = self.mrcp.channel(call.audio_channel)
+            if channel is not None:
+                channel.dtmf_digit(event.key, self.mrcp.now())
+                self.mrcp.flush(call.audio_channel)
+        elif isinstance(event, MediaTimeout):
+            log.info("call %s: no RTP for %.0f s; hanging up", call.dialog_id[:16], event.timeout_s)
+            self.sip.hangup(call.dialog_id)
+        elif isinstance(event, SsrcChanged):
+            log.info("call %s: RTP source changed", call.dialog_id[:16])
+
+    def _audio(self, call: _Call, event: AudioReceived) -> None:
+        if event.frame.filled:
+            self.metrics.rtp_packets_lost.inc()
+        else:
+            self.metrics.rtp_packets_received.inc()
+        call.frames += 1
+        if call.frames % JITTER_SAMPLE_FRAMES == 0:
+            self._count_jitter(call)
+        recognition = call.recognition
+        if recognition is None or recognition.stream.ended:
+            return
+        try:
+            recognition.frames.put_nowait(event.frame.samples)
+        except asyncio.QueueFull:
+            recognition.dropped_frames += 1
+            if recognition.dropped_frames == 1:
+                log.warning("call %s: engine behind, dropping RTP audio", call.dialog_id[:16])
+        channel = self.mrcp.channel(call.audio_channel)
+        if channel is not None:
+            channel.audio_time_advanced(self.mrcp.now(), voiced=recognition.in_speech)
+            self.mrcp.flush(call.audio_channel)
+
+    def _count_jitter(self, call: _Call) -> None:
+        if call.endpoint.receiver.packets:
+            self.metrics.rtp_jitter.observe(call.endpoint.receiver.jitter_s)
