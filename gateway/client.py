@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="boost a phrase (repeatable)")
     parser.add_argument("--json", action="store_true", help="print every server message as JSON")
+    parser.add_argument("--mrcp", metavar="sip:HOST:PORT",
+                        help="send FILE over MRCPv2 (SIP + RTP + MRCP) instead of the WebSocket; prints the NLSML")
+    parser.add_argument("--grammar", default="builtin:speech/transcribe",
+                        help="with --mrcp: the grammar URI of the RECOGNIZE (default builtin:speech/transcribe)")
     parser.set_defaults(func=cmd_stream)
 
 
@@ -159,6 +163,12 @@ async def stream_audio(url: str, frames: AsyncIterator[tuple[bytes, int, int]], 
 def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.mic == bool(args.file):
         parser.error("give exactly one of FILE or --mic")
+    if args.mrcp:
+        if args.mic:
+            parser.error("--mrcp streams a FILE, not the microphone")
+        from gateway.mrcp_client import cmd_stream_mrcp
+
+        return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed)
     if args.file:
         from protocols.audio.errors import AudioFileError
 

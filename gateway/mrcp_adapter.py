@@ -57,7 +57,6 @@ from gateway.session import (
     Hotword,
     Outcome,
     ResultEvent,
-    SpeechEnded,
     SpeechStarted,
     StreamEnded,
     StreamSettings,
@@ -212,7 +211,6 @@ class _Recognition:
         self.stream = stream
         self.started = started
         self.frames: asyncio.Queue[npt.NDArray[np.int16]] = asyncio.Queue(MAX_QUEUED_FRAMES)
-        self.in_speech = False
         self.last_partial = ""
         self.tasks: list[asyncio.Task[None]] = []
         self.dropped_frames = 0
@@ -467,10 +465,7 @@ class MrcpGateway:
             channel = self._channel(call)
             now = loop.time()
             if isinstance(event, SpeechStarted):
-                recognition.in_speech = True
                 channel.speech_started(now)
-            elif isinstance(event, SpeechEnded):
-                recognition.in_speech = False
             elif isinstance(event, ResultEvent):
                 hypothesis = self._hypothesis(event.hypothesis, recognition.started.grammars)
                 if event.is_final:
@@ -533,7 +528,10 @@ class MrcpGateway:
                 log.warning("call %s: engine behind, dropping RTP audio", call.dialog_id[:16])
         channel = self.mrcp.channel(call.audio_channel)
         if channel is not None:
-            channel.audio_time_advanced(self.mrcp.now(), voiced=recognition.in_speech)
+            # Voice is evidenced by the engine (speech start, each changed partial, the final's word end
+            # times), not by the frames: the engine's speech flag stays up through trailing silence
+            # until its final, so a frame alone would postpone Speech-Complete-Timeout forever.
+            channel.audio_time_advanced(self.mrcp.now(), voiced=False)
             self.mrcp.flush(call.audio_channel)
 
     def _count_jitter(self, call: _Call) -> None:

@@ -1,0 +1,402 @@
+"""xlgate's own MRCPv2 client (SIP over UDP, RTP, MRCP over TCP) on the same codecs as the server.
+
+For demos (``xlgate stream --mrcp sip:HOST:PORT FILE``), tests and the load generator. One
+:class:`MrcpClient` is one call: :meth:`MrcpClient.connect` sends the INVITE (the offer the captured
+UniMRCP client sends: one speechrecog resource, PCMU/PCMA/L16 and telephone-event) and opens the MRCP
+connection; :meth:`request` sends an MRCP request and waits for its response; :meth:`next_event` returns
+the server's events in order; :meth:`send_audio` paces RTP in real time; :meth:`send_dtmf` sends RFC 4733
+digits; :meth:`bye` hangs up. A BYE from the server is answered and sets :attr:`hung_up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from protocols.audio.g711 import alaw_encode, mulaw_encode
+from protocols.errors import GatewayError
+from protocols.mrcp.codec import MessageReader
+from protocols.mrcp.codec import serialize as serialize_mrcp
+from protocols.mrcp.events import MrcpEvent, MrcpRequest, MrcpResponse
+from protocols.rtp.codec import RtpPacket, serialize_rtp
+from protocols.sdp.codec import parse_sdp
+from protocols.sip.codec import SipRequest, SipResponse, parse_message
+from protocols.sip.codec import serialize as serialize_sip
+
+__all__ = ["CallRefused", "MrcpClient", "cmd_stream_mrcp", "parse_sip_uri", "recognize_file"]
+
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+TELEPHONE_EVENT_PT = 101
+DTMF_EVENTS = "0123456789*#ABCD"
+INVITE_RETRANSMIT_S = 0.5
+SIP_TIMEOUT_S = 8.0
+
+
+class CallRefused(GatewayError):
+    """The server answered the INVITE with a failure (503 at capacity, 488, ...)."""
+
+    code = "call_refused"
+
+    def __init__(self, status: int, reason: str, retry_after: str | None) -> None:
+        super().__init__(f"INVITE refused: {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def parse_sip_uri(uri: str) -> tuple[str, int]:
+    """``sip:HOST[:PORT]`` -> (host, port); the port defaults to 5060.
+
+    Raises:
+        ValueError: not a sip: URI.
+    """
+    if not uri.startswith("sip:"):
+        raise ValueError(f"expected sip:HOST[:PORT], got {uri!r}")
+    rest = uri[4:].split(";", 1)[0].rsplit("@", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return rest, 5060
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    mrcp_host: str
+    mrcp_port: int
+    channel_id: str
+    rtp_host: str
+    rtp_port: int
+    payload_type: int
+    codec: str
+
+
+class _SipProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: MrcpClient) -> None:
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        with contextlib.suppress(GatewayError):
+            self.client._sip_received(parse_message(data, datagram=True))
+
+
+class MrcpClient:
+    """One MRCP call (see the module docstring)."""
+
+    def __init__(self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1") -> None:
+        """Args:
+        uri: the server's ``sip:HOST:PORT``.
+        codec: the only audio codec offered: PCMU, PCMA or L16.
+        local_host: the address our SIP and RTP sockets bind to.
+        """
+        self.server = parse_sip_uri(uri)
+        self.codec = codec.upper()
+        self.local_host = local_host
+        self.call_id = uuid.uuid4().hex
+        self.from_tag = uuid.uuid4().hex[:12]
+        self.to_header = f"<sip:{self.server[0]}:{self.server[1]}>"
+        self.cseq = random.randint(1, 1 << 20)
+        self.answer: _Answer | None = None
+        self.hung_up = asyncio.Event()
+        self._sip: _SipProtocol | None = None
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._responses: asyncio.Queue[SipResponse] = asyncio.Queue(64)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._events: asyncio.Queue[MrcpEvent | None] = asyncio.Queue(1024)
+        self._pending: dict[int, asyncio.Future[MrcpResponse]] = {}
+        self._read_task: asyncio.Task[None] | None = None
+        self._request_id = random.randint(1, 1000)
+        self._seq = random.randint(0, 0xFFFF)
+        self._timestamp = random.randint(0, 0xFFFFFFFF)
+        self._ssrc = random.randint(1, 0xFFFFFFFF)
+
+    @property
+    def channel_id(self) -> str:
+        """The recognizer channel's id from the SDP answer."""
+        assert self.answer is not None, "connect() first"
+        return self.answer.channel_id
+
+    # -- SIP ---------------------------------------------------------------------------------------------
+    def _local_port(self) -> int:
+        assert self._sip is not None and self._sip.transport is not None
+        port: int = self._sip.transport.get_extra_info("sockname")[1]
+        return port
+
+    def _headers(self, method: str, cseq: int, *, to: str | None = None) -> list[tuple[str, str]]:
+        host, port = self.local_host, self._local_port()
+        return [
+            ("Via", f"SIP/2.0/UDP {host}:{port};rport;branch=z9hG4bK{uuid.uuid4().hex[:16]}"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:xlgate-client@{host}:{port}>;tag={self.from_tag}"),
+            ("To", to or self.to_header),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:{host}:{port};transport=udp>"),
+            ("User-Agent", "xlgate-mrcp-client"),
+        ]
+
+    def _offer(self, rtp_port: int) -> bytes:
+        payload = {"PCMU": "0", "PCMA": "8", "L16": "96"}[self.codec]
+        lines = [
+            "v=0", f"o=xlgate {random.randint(1, 1 << 30)} 1 IN IP4 {self.local_host}", "s=-",
+            f"c=IN IP4 {self.local_host}", "t=0 0",
+            "m=application 9 TCP/MRCPv2 1", "a=setup:active", "a=connection:new", "a=resource:speechrecog",
+            "a=cmid:1",
+            f"m=audio {rtp_port} RTP/AVP {payload} {TELEPHONE_EVENT_PT}",
+            f"a=rtpmap:{payload} {self.codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
+            f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15", "a=sendonly", "a=ptime:20", "a=mid:1",
+        ]
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def _send_sip(self, message: SipRequest | SipResponse) -> None:
+        assert self._sip is not None and self._sip.transport is not None
+        self._sip.transport.sendto(serialize_sip(message), self.server)
+
+    def _sip_received(self, message: SipRequest | SipResponse) -> None:
+        if isinstance(message, SipResponse):
+            with contextlib.suppress(asyncio.QueueFull):
+                self._responses.put_nowait(message)
+            return
+        if message.method in {"BYE", "OPTIONS", "INFO", "UPDATE"}:
+            headers = [(name, message.header(name) or "") for name in ("Via", "From", "To", "Call-ID", "CSeq")]
+            self._send_sip(SipResponse(200, "OK", tuple(headers)))
+            if message.method == "BYE":
+                self.hung_up.set()
+
+    async def _final_response(self, request: SipRequest) -> SipResponse:
+        """Send ``request`` (retransmitted over UDP) until a final response for its CSeq arrives."""
+        cseq = request.header("CSeq")
+        async with asyncio.timeout(SIP_TIMEOUT_S):
+            while True:
+                self._send_sip(request)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(INVITE_RETRANSMIT_S):
+                        while True:
+                            response = await self._responses.get()
+                            if response.header("CSeq") == cseq and response.status >= 200:
+                                return response
+
+    async def connect(self) -> None:
+        """INVITE, ACK, and the MRCP connection.
+
+        Raises:
+            CallRefused: the INVITE got a failure response.
+            TimeoutError: no final response.
+        """
+        loop = asyncio.get_running_loop()
+        _, sip = await loop.create_datagram_endpoint(lambda: _SipProtocol(self), local_addr=(self.local_host, 0))
+        self._sip = sip
+        self._rtp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                           local_addr=(self.local_host, 0))
+        rtp_port: int = self._rtp.get_extra_info("sockname")[1]
+        headers = self._headers("INVITE", self.cseq)
+        headers.append(("Content-Type", "application/sdp"))
+        invite = SipRequest("INVITE", f"sip:{self.server[0]}:{self.server[1]}", tuple(headers), self._offer(rtp_port))
+        response = await self._final_response(invite)
+        if response.status >= 300:
+            raise CallRefused(response.status, response.reason, response.header("Retry-After"))
+        self.to_header = response.header("To") or self.to_header
+        ack = self._headers("ACK", self.cseq, to=self.to_header)
+        self._send_sip(SipRequest("ACK", f"sip:{self.server[0]}:{self.server[1]}", tuple(ack)))
+        self.answer = self._parse_answer(response.body)
+        self._reader, self._writer = await asyncio.open_connection(self.answer.mrcp_host, self.answer.mrcp_port)
+        self._read_task = loop.create_task(self._read_mrcp())
+
+    @staticmethod
+    def _parse_answer(body: bytes) -> _Answer:
+        sdp = parse_sdp(body)
+        host = (sdp.connection or "IN IP4 127.0.0.1").split()[-1]
+        mrcp = next(m for m in sdp.media if m.media == "application" and m.port)
+        audio = next(m for m in sdp.media if m.media == "audio" and m.port)
+        payload_type = int(audio.formats[0])
+        rtpmap = {v.split()[0]: v.split()[1].split("/")[0].upper()
+                  for k, v in audio.attributes if k == "rtpmap" and v}
+        codec = rtpmap.get(str(payload_type), {0: "PCMU", 8: "PCMA"}.get(payload_type, "PCMU"))
+        return _Answer(host, mrcp.port, mrcp.attribute("channel") or "", host, audio.port, payload_type, codec)
+
+    async def bye(self) -> None:
+        """Hang up (BYE) and close the MRCP connection."""
+        if not self.hung_up.is_set() and self._sip is not None and self.answer is not None:
+            self.cseq += 1
+            request = SipRequest("BYE", f"sip:{self.server[0]}:{self.server[1]}",
+                                 tuple(self._headers("BYE", self.cseq, to=self.to_header)))
+            with contextlib.suppress(TimeoutError):
+                await self._final_response(request)
+            self.hung_up.set()
+        await self.close()
+
+    async def close(self, *, reset: bool = False) -> None:
+        """Close every socket (``reset``: abort the MRCP TCP connection with RST)."""
+        if self._writer is not None:
+            if reset:
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
+                with contextlib.suppress(OSError):
+                    await self._writer.wait_closed()
+            self._writer = None
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._read_task
+            self._read_task = None
+        for transport in (self._rtp, self._sip.transport if self._sip else None):
+            if transport is not None:
+                transport.close()
+        self._rtp = None
+        self._sip = None
+
+    # -- MRCP --------------------------------------------------------------------------------------------
+    async def _read_mrcp(self) -> None:
+        assert self._reader is not None
+        reader = MessageReader()
+        try:
+            while data := await self._reader.read(65536):
+                reader.feed(data)
+                while (message := reader.next_message()) is not None:
+                    if isinstance(message, MrcpResponse):
+                        future = self._pending.pop(message.request_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(message)
+                    elif isinstance(message, MrcpEvent):
+                        self._events.put_nowait(message)
+        except (OSError, GatewayError):
+            pass
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._events.put_nowait(None)
+
+    async def request(self, method: str, *headers: tuple[str, str], body: bytes = b"",
+                      timeout_s: float = 10.0) -> MrcpResponse:
+        """Send ``method`` on the channel and wait for its response."""
+        assert self._writer is not None, "connect() first"
+        self._request_id += 1
+        request_id = self._request_id
+        future: asyncio.Future[MrcpResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        all_headers = (("Channel-Identifier", self.channel_id), *headers)
+        self._writer.write(serialize_mrcp(MrcpRequest(method, request_id, all_headers, body)))
+        async with asyncio.timeout(timeout_s):
+            return await future
+
+    async def next_event(self, timeout_s: float = 30.0) -> MrcpEvent | None:
+        """The server's next event (None once the MRCP connection closed)."""
+        async with asyncio.timeout(timeout_s):
+            return await self._events.get()
+
+    # -- RTP ---------------------------------------------------------------------------------------------
+    def _encode(self, frame: npt.NDArray[np.int16]) -> bytes:
+        assert self.answer is not None
+        if self.answer.codec == "PCMA":
+            return alaw_encode(frame).tobytes()
+        if self.answer.codec == "L16":
+            return frame.astype(">i2").tobytes()
+        return mulaw_encode(frame).tobytes()
+
+    def _send_rtp(self, payload_type: int, payload: bytes, *, timestamp: int, marker: bool = False) -> None:
+        assert self._rtp is not None and self.answer is not None
+        self._seq = (self._seq + 1) & 0xFFFF
+        packet = RtpPacket(payload_type, self._seq, timestamp & 0xFFFFFFFF, self._ssrc, payload, marker)
+        self._rtp.sendto(serialize_rtp(packet), (self.answer.rtp_host, self.answer.rtp_port))
+
+    async def send_audio(self, pcm: npt.NDArray[np.int16], *, realtime: float = 1.0) -> None:
+        """Send 8 kHz PCM as 20 ms RTP packets, paced at ``realtime`` x real time (0: as fast as possible)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, lo in enumerate(range(0, pcm.shape[0], FRAME_SAMPLES)):
+            frame = pcm[lo:lo + FRAME_SAMPLES]
+            if frame.shape[0] < FRAME_SAMPLES:
+                frame = np.pad(frame, (0, FRAME_SAMPLES - frame.shape[0]))
+            self._send_rtp(self.answer.payload_type if self.answer else 0, self._encode(frame),
+                           timestamp=self._timestamp, marker=index == 0)
+            self._timestamp += FRAME_SAMPLES
+            if realtime > 0:
+                delay = start + (index + 1) * FRAME_SAMPLES / 8000 / realtime - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    async def send_dtmf(self, digits: str, *, tone_s: float = 0.1, gap_s: float = 0.1) -> None:
+        """Send each digit as an RFC 4733 telephone-event (three updates, three end packets)."""
+        for digit in digits:
+            event = DTMF_EVENTS.index(digit.upper())
+            timestamp = self._timestamp
+            steps = 3
+            for step in range(1, steps + 1):
+                duration = int(tone_s * 8000 * step / steps)
+                self._send_rtp(TELEPHONE_EVENT_PT, bytes([event, 10, duration >> 8, duration & 0xFF]),
+                               timestamp=timestamp, marker=step == 1)
+                await asyncio.sleep(tone_s / steps)
+            for _ in range(3):
+                self._send_rtp(TELEPHONE_EVENT_PT, bytes([event, 0x80 | 10, duration >> 8, duration & 0xFF]),
+                               timestamp=timestamp)
+            self._timestamp += int((tone_s + gap_s) * 8000)
+            await asyncio.sleep(gap_s)
+
+
+async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str = "builtin:speech/transcribe",
+                         realtime: float = 1.0) -> MrcpEvent | None:
+    """One call: RECOGNIZE with ``grammar``, stream ``pcm``, return RECOGNITION-COMPLETE (None if none)."""
+    client = MrcpClient(uri)
+    await client.connect()
+    try:
+        response = await client.request("RECOGNIZE", ("Content-Type", "text/uri-list"),
+                                        ("Cancel-If-Queue", "false"), ("Start-Input-Timers", "true"),
+                                        body=grammar.encode())
+        if response.status_code >= 300:
+            return None
+        sender = asyncio.create_task(client.send_audio(pcm, realtime=realtime))
+        try:
+            while (event := await client.next_event(timeout_s=pcm.shape[0] / 8000 + 30)) is not None:
+                if event.event_name == "RECOGNITION-COMPLETE":
+                    return event
+            return None
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    finally:
+        await client.bye()
+
+
+def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float) -> int:
+    """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body."""
+    import sys
+
+    from gateway.cli import run_async
+    from protocols.audio.errors import AudioFileError
+    from protocols.audio.files import read_audio_file
+    from protocols.audio.pcm import float32_to_int16
+    from protocols.audio.resample import resample
+
+    try:
+        clip = read_audio_file(path)
+    except AudioFileError as exc:
+        print(f"xlgate stream: error: {exc}", file=sys.stderr)
+        return 1
+    audio = clip.channels[0]
+    if clip.sample_rate_hz != 8000:
+        audio = resample(audio, from_hz=clip.sample_rate_hz, to_hz=8000)
+    pcm = float32_to_int16(audio)
+    pcm = np.concatenate([pcm, np.zeros(8000, dtype=np.int16)])  # trailing silence ends the utterance
+    try:
+        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed))
+    except (OSError, TimeoutError, GatewayError, ValueError) as exc:
+        print(f"xlgate stream: error: {exc}", file=sys.stderr)
+        return 1
+    if event is None:
+        print("xlgate stream: no RECOGNITION-COMPLETE", file=sys.stderr)
+        return 1
+    print(f"Completion-Cause: {event.header('Completion-Cause')}", file=sys.stderr)
+    print(event.body.decode("utf-8", "replace"))
+    return 0

@@ -1,0 +1,321 @@
+"""The MRCP adapter end to end over loopback: xlgate's MRCP client (SIP + RTP + MRCP) against a real engine.
+
+Protocol-behaviour cases run the small random "chatty" model (it emits text for any audio); the dictation
+and grammar cases run the bundled model on espeak-ng speech. After every case the server holds nothing:
+no call, channel, engine stream or slot, RTP port or task; nothing was logged at ERROR and the internal
+error counter stayed at zero (a hang-up is never an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from gateway.engine import Engine
+from gateway.metrics import Metrics
+from gateway.mrcp_adapter import MrcpGateway, MrcpSettings, score_phrases
+from gateway.mrcp_client import CallRefused, MrcpClient
+from gateway.runner import ModelRunner, ThreadRunner
+from protocols.mrcp.events import MrcpEvent
+from protocols.mrcp.grammar import parse_srgs
+from streaming_model.checkpoint import LoadedModel
+from streaming_model.decoding import Hypothesis, Word
+from streaming_model.features import FbankConfig
+from streaming_model.tokenizer import CharTokenizer
+from tests.conftest import make_chatty_model
+
+pytestmark = pytest.mark.timeout(180)
+
+TRANSCRIBE = b"builtin:speech/transcribe"
+ANY_CONFIDENCE = ("Confidence-Threshold", "0.0")  # the random model's confidences are low
+
+
+@dataclass
+class Served:
+    gateway: MrcpGateway
+    engine: Engine
+    uri: str
+
+
+def _chatty() -> LoadedModel:
+    return LoadedModel(make_chatty_model(), FbankConfig(), CharTokenizer(), trained=False)
+
+
+@contextlib.asynccontextmanager
+async def served(loaded: LoadedModel, *, max_streams: int = 2, media_timeout_s: float = 30.0) -> AsyncIterator[Served]:
+    """An engine and an MRCP gateway on free ports; on exit, checks that everything was released."""
+    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_streams))
+    engine = Engine(runner, metrics=Metrics(), max_streams=max_streams, max_batch_size=max_streams,
+                    max_wait_s=0.002, max_pending_chunks=8)
+    low = random.randrange(30000, 60000, 2)
+    gateway = MrcpGateway(engine, MrcpSettings(sip_port=0, mrcp_port=0, rtp_port_low=low, rtp_port_high=low + 99,
+                                               media_timeout_s=media_timeout_s))
+    engine_task = asyncio.create_task(engine.run())
+    await gateway.start()
+    try:
+        yield Served(gateway, engine, f"sip:127.0.0.1:{gateway.sip.port}")
+        await wait_released(gateway, engine, max_streams)
+    finally:
+        await gateway.aclose()
+        engine.close()
+        await engine_task
+        await runner.close()
+
+
+async def wait_released(gateway: MrcpGateway, engine: Engine, max_streams: int) -> None:
+    """Every call's resources back to zero (calls end asynchronously after the BYE's answer)."""
+    async with asyncio.timeout(10):
+        while (gateway.call_count or gateway.task_count or gateway.ports.in_use or gateway.mrcp.channel_count
+               or engine.live_streams or engine.scheduler.free_slots != max_streams):
+            await asyncio.sleep(0.05)
+
+
+def no_errors(caplog: pytest.LogCaptureFixture, engine: Engine) -> None:
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+    body = generate_latest(engine.metrics.registry).decode()
+    assert 'xlgate_errors_total{kind="internal"' not in body
+
+
+def run(loaded: Callable[[], LoadedModel], body: Callable[[Served], Awaitable[None]], caplog: pytest.LogCaptureFixture,
+        **options: float) -> None:
+    caplog.set_level(logging.INFO, logger="xlgate")
+
+    async def main() -> None:
+        async with served(loaded(), **options) as srv:  # type: ignore[arg-type]
+            await body(srv)
+            engine = srv.engine
+        no_errors(caplog, engine)
+
+    asyncio.run(main())
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(8000 * seconds)) * 3000).astype(np.int16)
+
+
+async def recognize(client: MrcpClient, grammar: bytes = TRANSCRIBE, *headers: tuple[str, str]) -> int:
+    response = await client.request("RECOGNIZE", ("Content-Type", "text/uri-list"), *headers, body=grammar)
+    assert response.status_code == 200 and response.request_state.value == "IN-PROGRESS", response
+    return response.request_id
+
+
+async def complete(client: MrcpClient, timeout_s: float = 30.0) -> tuple[list[str], MrcpEvent]:
+    """Events until RECOGNITION-COMPLETE: (names of the events before it, the completion)."""
+    names: list[str] = []
+    while True:
+        event = await client.next_event(timeout_s)
+        assert event is not None, "MRCP connection closed before RECOGNITION-COMPLETE"
+        if event.event_name == "RECOGNITION-COMPLETE":
+            return names, event
+        names.append(event.event_name)
+
+
+# ------------------------------------------------------------------------------------------ protocol cases
+def test_no_input_timeout_when_no_rtp_arrives(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("No-Input-Timeout", "400"))
+        names, done = await complete(client, timeout_s=10)
+        assert names == [] and done.header("Completion-Cause") == "002 no-input-timeout"
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_speech_then_rtp_stops_completes_on_the_wall_clock(caplog: pytest.LogCaptureFixture) -> None:
+    """The captured client stops sending at the end of its file: the missing audio counts as silence."""
+
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Speech-Complete-Timeout", "300"),
+                        ("Speech-Incomplete-Timeout", "300"), ANY_CONFIDENCE)
+        await client.send_audio(noise(1.5), realtime=1.0)
+        loop = asyncio.get_running_loop()
+        stopped = loop.time()
+        names, done = await complete(client, timeout_s=15)
+        assert names[0] == "START-OF-INPUT"
+        assert done.header("Completion-Cause") == "000 success", done
+        assert b"<input mode=\"speech\"" in done.body or b"<input" in done.body
+        assert loop.time() - stopped < 5
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_stop_mid_utterance_ends_the_stream(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        request_id = await recognize(client)
+        sender = asyncio.create_task(client.send_audio(noise(3.0)))
+        event = await client.next_event(10)
+        assert event is not None and event.event_name == "START-OF-INPUT"
+        response = await client.request("STOP")
+        assert response.status_code == 200 and response.header("Active-Request-Id-List") == str(request_id)
+        async with asyncio.timeout(5):
+            while srv.engine.live_streams:
+                await asyncio.sleep(0.02)
+        await sender
+        with pytest.raises(TimeoutError):
+            await client.next_event(0.5)  # no RECOGNITION-COMPLETE after a STOP
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_bye_mid_utterance_releases_everything(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client)
+        sender = asyncio.create_task(client.send_audio(noise(3.0)))
+        event = await client.next_event(10)
+        assert event is not None and event.event_name == "START-OF-INPUT"
+        assert srv.engine.live_streams == 1 and srv.gateway.ports.in_use == 1
+        await client.bye()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await sender
+
+    run(_chatty, body, caplog)
+
+
+def test_tcp_reset_mid_utterance_hangs_up_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client)
+        sender = asyncio.create_task(client.send_audio(noise(3.0)))
+        event = await client.next_event(10)
+        assert event is not None and event.event_name == "START-OF-INPUT"
+        assert client._writer is not None
+        client._writer.transport.abort()  # RST, no goodbye
+        async with asyncio.timeout(10):
+            await client.hung_up.wait()  # the server ends the SIP dialog with BYE
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await sender
+        await client.close()
+
+    run(_chatty, body, caplog)
+
+
+def test_garbage_on_the_mrcp_port_harms_no_call(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        assert client.answer is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.answer.mrcp_port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            await reader.read()  # the server answers or closes; either way it does not hang
+        writer.close()
+        await recognize(client, TRANSCRIBE, ("No-Input-Timeout", "300"))
+        _, done = await complete(client, timeout_s=10)
+        assert done.header("Completion-Cause") == "002 no-input-timeout"
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_dtmf_digits_grammar(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, b"builtin:dtmf/digits?length=3")
+        assert srv.engine.live_streams == 0  # a DTMF-only request needs no engine stream
+        await client.send_dtmf("123")
+        names, done = await complete(client, timeout_s=10)
+        assert names == ["START-OF-INPUT"]
+        assert done.header("Completion-Cause") == "000 success"
+        assert b'mode="dtmf"' in done.body and b"123" in done.body.replace(b" ", b"")
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_invite_flood_over_capacity_gets_503_and_the_live_call_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        live = MrcpClient(srv.uri)
+        await live.connect()
+        await recognize(live, TRANSCRIBE, ("Speech-Complete-Timeout", "300"), ("Speech-Incomplete-Timeout", "300"),
+                        ANY_CONFIDENCE)
+        sender = asyncio.create_task(live.send_audio(noise(1.5)))
+        second = MrcpClient(srv.uri)
+        await second.connect()  # max_streams=2: one more call fits
+        flood = [MrcpClient(srv.uri) for _ in range(6)]
+        results = await asyncio.gather(*(c.connect() for c in flood), return_exceptions=True)
+        assert all(isinstance(r, CallRefused) and r.status == 503 and r.retry_after for r in results), results
+        for c in flood:
+            await c.close()
+        await sender
+        _, done = await complete(live, timeout_s=15)
+        assert done.header("Completion-Cause") == "000 success"
+        await live.bye()
+        await second.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_media_timeout_hangs_up(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        async with asyncio.timeout(10):
+            await client.hung_up.wait()
+        await client.close()
+
+    run(_chatty, body, caplog, media_timeout_s=1.0)
+
+
+def test_drain_hangs_up_every_call(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        srv.engine.start_drain()
+        with pytest.raises(CallRefused) as refused:
+            await MrcpClient(srv.uri).connect()
+        assert refused.value.status == 503
+        srv.engine.request_finish()
+        async with asyncio.timeout(10):
+            await client.hung_up.wait()
+        await client.close()
+
+    run(_chatty, body, caplog)
+
+
+# ------------------------------------------------------------------------------------------ grammar scoring
+def _hyp(*words: tuple[str, float]) -> Hypothesis:
+    return Hypothesis(text=" ".join(w for w, _ in words), words=tuple(Word(w, 0, 0, c) for w, c in words),
+                      confidence=min(c for _, c in words), start_s=0, end_s=1)
+
+
+GRAMMAR = b"""<?xml version="1.0"?>
+<grammar xmlns="http://www.w3.org/2001/06/grammar" version="1.0" root="r" xml:lang="en-US">
+  <rule id="r"><one-of>
+    <item>pay my bill<tag>out="pay"</tag></item>
+    <item>check my balance<tag>out="balance"</tag></item>
+  </one-of></rule>
+</grammar>"""
+
+
+def test_phrase_scores_rank_exact_over_near_miss_over_other() -> None:
+    grammar = parse_srgs(GRAMMAR, uri="session:g")
+    exact = score_phrases(_hyp(("pay", 0.9), ("my", 0.9), ("bill", 0.9)), [grammar])
+    near = score_phrases(_hyp(("pay", 0.9), ("my", 0.9), ("bell", 0.9)), [grammar])
+    other = score_phrases(_hyp(("hello", 0.9), ("there", 0.9)), [grammar])
+    assert exact[0].phrase.instance == "pay" and exact[0].confidence == pytest.approx(0.9)
+    assert near[0].phrase.instance == "pay" and 0.5 < near[0].confidence < exact[0].confidence
+    assert all(m.confidence < 0.35 for m in other)
