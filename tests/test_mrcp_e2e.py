@@ -72,10 +72,18 @@ async def served(loaded: LoadedModel, *, max_streams: int = 2, media_timeout_s: 
 
 async def wait_released(gateway: MrcpGateway, engine: Engine, max_streams: int) -> None:
     """Every call's resources back to zero (calls end asynchronously after the BYE's answer)."""
-    async with asyncio.timeout(10):
-        while (gateway.call_count or gateway.task_count or gateway.ports.in_use or gateway.mrcp.channel_count
-               or engine.live_streams or engine.scheduler.free_slots != max_streams):
-            await asyncio.sleep(0.05)
+    await until(lambda: not (gateway.call_count or gateway.task_count or gateway.ports.in_use
+                             or gateway.mrcp.channel_count or engine.live_streams
+                             or engine.scheduler.free_slots != max_streams))
+
+
+async def until(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for a condition the server reaches by itself (it exposes no event for these counts)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if done():
+                return
+            await asyncio.sleep(0.02)
 
 
 def no_errors(caplog: pytest.LogCaptureFixture, engine: Engine) -> None:
@@ -163,9 +171,7 @@ def test_stop_mid_utterance_ends_the_stream(caplog: pytest.LogCaptureFixture) ->
         assert event is not None and event.event_name == "START-OF-INPUT"
         response = await client.request("STOP")
         assert response.status_code == 200 and response.header("Active-Request-Id-List") == str(request_id)
-        async with asyncio.timeout(5):
-            while srv.engine.live_streams:
-                await asyncio.sleep(0.02)
+        await until(lambda: srv.engine.live_streams == 0, 5)
         await sender
         with pytest.raises(TimeoutError):
             await client.next_event(0.5)  # no RECOGNITION-COMPLETE after a STOP
