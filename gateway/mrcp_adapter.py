@@ -27,10 +27,11 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
   A hang-up is a normal end: logged at INFO, never counted as an error.
 
-Grammar interpretation: the engine's results expose a transcript with per-word confidences (no
-posteriors or n-best yet), so :func:`score_phrases` aligns each grammar phrase with the recognised words
-and scores it by the confidence-weighted similarity of the aligned words (a near miss scores lower than
-an exact match, a different sentence scores near zero); the channel applies Confidence-Threshold.
+Grammar interpretation: a speech grammar's phrases go to the engine as ``DecodingSettings.phrases``; the
+runner scores each against the utterance's CTC posteriors when it makes a final (the phrase's CTC
+likelihood against the best free path, per token: :mod:`streaming_model.phrase_scoring`), and
+:func:`score_phrases` turns those scores into the channel's :class:`GrammarMatch` es; the channel applies
+Confidence-Threshold (no-match below it).
 """
 
 from __future__ import annotations
@@ -137,14 +138,14 @@ class MrcpSettings:
 def stream_settings(started: RecognitionStarted, defaults: StreamSettings, *, sample_rate_hz: int) -> StreamSettings:
     """A RECOGNIZE request's stream settings: the one conversion of this protocol.
 
-    The grammars' phrases become hotwords (merged after the server's own); the engine's endpointer waits
+    The grammars' phrases become hotwords (merged after the server's own) and the closed set every final
+    is scored against (``DecodingSettings.phrases``, by the model's posteriors); the engine's endpointer waits
     the request's Speech-Complete-Timeout (when shorter than the server's silence), so a final is usually
     at hand when the channel's own silence timer runs out.
     """
-    phrases: list[Hotword] = []
-    for grammar in started.grammars:
-        if grammar.kind is GrammarKind.PHRASES:
-            phrases.extend(Hotword(p.text, GRAMMAR_HOTWORD_BOOST) for p in grammar.phrases if p.text.strip())
+    texts = [p.text for g in started.grammars if g.kind is GrammarKind.PHRASES for p in g.phrases if p.text.strip()]
+    unique = tuple(dict.fromkeys(texts))
+    phrases = [Hotword(text, GRAMMAR_HOTWORD_BOOST) for text in unique]
     silence_s = defaults.endpointing.silence_s
     if started.params.speech_complete_timeout_s > 0:
         silence_s = min(silence_s, started.params.speech_complete_timeout_s)
@@ -155,7 +156,8 @@ def stream_settings(started: RecognitionStarted, defaults: StreamSettings, *, sa
                                         max_utterance_s=defaults.endpointing.max_utterance_s),
         decoding=DecodingSettings(method=defaults.decoding.method, beam_size=defaults.decoding.beam_size,
                                   hotwords=merge_hotwords(defaults.decoding.hotwords,
-                                                          phrases[:MAX_HOTWORD_PHRASES])),
+                                                          phrases[:MAX_HOTWORD_PHRASES]),
+                                  phrases=unique),
     )
 
 
@@ -184,19 +186,25 @@ def _align_score(phrase: list[str], heard: list[tuple[str, float]]) -> float:
 def score_phrases(hypothesis: EngineHypothesis, grammars: Iterable[Grammar]) -> tuple[GrammarMatch, ...]:
     """Score every phrase of the closed speech grammars against what the engine recognised.
 
+    A final carries the engine's posterior scores of the phrases (``phrase_scores``, CTC likelihoods of
+    each phrase against the utterance's posteriors); those are used as they are. A partial has none: its
+    phrases are scored by aligning their words with the partial's words (similarity of the spelling), which
+    only serves the silence timers' guess whether the utterance is complete so far and INTERMEDIATE-RESULT.
+
     Returns:
         One :class:`GrammarMatch` per phrase that scores above zero, best first.
     """
-    if hypothesis.words:
-        heard = [(w, min(1.0, max(0.0, word.confidence))) for word in hypothesis.words for w in _words(word.text)]
-    else:
-        heard = [(w, min(1.0, max(0.0, hypothesis.confidence))) for w in _words(hypothesis.text)]
+    posterior = dict(hypothesis.phrase_scores)
+    heard = [(w, 1.0) for w in _words(hypothesis.text)]
     matches = []
     for grammar in grammars:
         if grammar.kind is not GrammarKind.PHRASES:
             continue
         for phrase in grammar.phrases:
-            score = _align_score(_words(phrase.text), heard)
+            if posterior:
+                score = posterior.get(phrase.text, 0.0)
+            else:
+                score = _align_score(_words(phrase.text), heard)
             if score > 0:
                 matches.append(GrammarMatch(grammar.uri, phrase, round(score, 3)))
     matches.sort(key=lambda m: -m.confidence)

@@ -22,7 +22,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from streaming_model.checkpoint import LoadedModel
 from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
 from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore
+from streaming_model.phrase_scoring import phrase_confidences
 
 log = logging.getLogger("xlgate.runner")
 
@@ -58,6 +59,8 @@ class _SlotState:
     decoder: StreamDecoder
     endpointing: EndpointingSettings
     last_partial: str = ""
+    phrases: tuple[tuple[str, list[int]], ...] = ()  # closed-set phrases and their token ids
+    utterance_log_probs: list[np.ndarray] = field(default_factory=list)  # (T_i, V) each, since the last final
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class StreamOutput:
 
 DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
+MAX_SCORED_PHRASES = 256  # closed-set phrases scored per final (CTC forward, a few ms each)
+MAX_LEADING_CHUNKS = 16  # posteriors kept for phrase scoring while no speech has been heard
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,26 @@ class ModelRunner:
             graph = self._graphs[hotwords] = ContextGraph.from_text(hotwords, self.loaded.tokenizer)
         return graph
 
+    def _encode_phrases(self, phrases: tuple[str, ...]) -> tuple[tuple[str, list[int]], ...]:
+        """Token ids of each phrase; a phrase the tokenizer cannot spell is left out (it scores nothing)."""
+        out = []
+        for phrase in phrases[:MAX_SCORED_PHRASES]:
+            try:
+                tokens = self.loaded.tokenizer.encode(phrase)
+            except (KeyError, ValueError):
+                continue
+            if tokens:
+                out.append((phrase, tokens))
+        return tuple(out)
+
+    @staticmethod
+    def _score_phrases(state: _SlotState) -> tuple[tuple[str, float], ...]:
+        """The utterance's phrase confidences; the utterance's posteriors are dropped (a final closes it)."""
+        chunks, state.utterance_log_probs = state.utterance_log_probs, []
+        log_probs = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)  # (T, V)
+        scores = phrase_confidences(log_probs, [tokens for _, tokens in state.phrases])
+        return tuple((phrase, round(score, 4)) for (phrase, _), score in zip(state.phrases, scores, strict=True))
+
     def _check_thread(self) -> None:
         ident = threading.get_ident()
         if self._thread is None:
@@ -247,7 +272,8 @@ class ModelRunner:
         owner's)."""
         for new in new_streams:
             settings: StreamSettings = new.info
-            self._slots[new.slot] = _SlotState(self._decoder_factory(settings.decoding), settings.endpointing)
+            self._slots[new.slot] = _SlotState(self._decoder_factory(settings.decoding), settings.endpointing,
+                                               phrases=self._encode_phrases(settings.decoding.phrases))
         self.reset_slots([new.slot for new in new_streams])
 
     def reset_slots(self, slots: Sequence[int]) -> None:
@@ -271,7 +297,10 @@ class ModelRunner:
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()  # (B, L, V)
         lengths = out_lengths.cpu().numpy()
         for b, slot in enumerate(slots):
-            self._slots[slot].decoder.accept(log_probs[b, : int(lengths[b])])
+            slot_state = self._slots[slot]
+            slot_state.decoder.accept(log_probs[b, : int(lengths[b])])
+            if slot_state.phrases:
+                slot_state.utterance_log_probs.append(log_probs[b, : int(lengths[b])])
 
     def _finish(self, item: WorkItem, slot: int, inp: ChunkInput) -> StreamOutput:
         state = self._slots[slot]
@@ -287,8 +316,12 @@ class ModelRunner:
             long_s = decoder.frames_decoded * self.frame_s - hyp.start_s
             close = silence_s >= endpointing.silence_s or long_s >= endpointing.max_utterance_s
         partial: Hypothesis | None = None
+        if hyp.is_empty and len(state.utterance_log_probs) > MAX_LEADING_CHUNKS:
+            del state.utterance_log_probs[:-MAX_LEADING_CHUNKS]  # leading silence: only blanks to score
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
+            if state.phrases:
+                final = replace(final, phrase_scores=self._score_phrases(state))
             if not final.is_empty:
                 finals.append(final)
                 ended = final.end_s

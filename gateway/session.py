@@ -89,17 +89,21 @@ class EndpointingSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecodingSettings:
     """The search a stream's decoder runs. ``beam_size`` matters for :attr:`DecodingMethod.BEAM` only;
-    hotwords make greedy decoding run a small beam without the LM (they need a search to act on)."""
+    hotwords make greedy decoding run a small beam without the LM (they need a search to act on).
+    ``phrases``: each final carries every phrase's confidence, scored against the utterance's CTC
+    posteriors (``Hypothesis.phrase_scores``), for grammar-driven protocols (MRCP's SRGS grammars)."""
 
     method: DecodingMethod = DecodingMethod.GREEDY
     beam_size: int = 8
     hotwords: tuple[Hotword, ...] = ()
+    phrases: tuple[str, ...] = ()  # a closed set (a grammar's sentences) every final is scored against
 
     def __post_init__(self) -> None:
         # A plain string ("beam") becomes the enum and (phrase, boost) pairs become Hotwords; anything else
         # is refused here, not inside the model process.
         object.__setattr__(self, "method", DecodingMethod(self.method))
         object.__setattr__(self, "hotwords", tuple(Hotword(*h) for h in self.hotwords))
+        object.__setattr__(self, "phrases", tuple(str(p) for p in self.phrases))
         _require(self.beam_size >= 1, "beam_size", ">= 1", self.beam_size)
         for hotword in self.hotwords:
             _require(bool(hotword.phrase.strip()), "hotword phrase", "a non-empty phrase", hotword.phrase)

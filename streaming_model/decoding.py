@@ -42,6 +42,7 @@ class Hypothesis:
     """One utterance's text so far. Times are seconds from the start of the stream.
 
     ``stable_words`` (partials): how many leading words are settled; the words after them may change.
+    ``phrase_scores`` (finals): the stream's closed-set phrases scored against the utterance's posteriors.
     """
 
     text: str
@@ -50,6 +51,9 @@ class Hypothesis:
     start_s: float
     end_s: float
     stable_words: int = 0
+    # Finals of a stream with closed-set phrases (DecodingSettings.phrases): (phrase, confidence) each,
+    # scored against the utterance's CTC posteriors (streaming_model.phrase_scoring).
+    phrase_scores: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_empty(self) -> bool:

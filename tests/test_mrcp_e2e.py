@@ -14,23 +14,28 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
+import jiwer
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
 from gateway.engine import Engine
 from gateway.metrics import Metrics
+from gateway.models import load_model
 from gateway.mrcp_adapter import MrcpGateway, MrcpSettings, score_phrases
 from gateway.mrcp_client import CallRefused, MrcpClient
 from gateway.runner import ModelRunner, ThreadRunner
 from protocols.mrcp.events import MrcpEvent
 from protocols.mrcp.grammar import parse_srgs
 from streaming_model.checkpoint import LoadedModel
+from streaming_model.data.voices import synthesize
 from streaming_model.decoding import Hypothesis, Word
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
 from tests.conftest import make_chatty_model
+from tests.test_bundled_model import VOICE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -303,11 +308,6 @@ def test_drain_hangs_up_every_call(caplog: pytest.LogCaptureFixture) -> None:
 
 
 # ------------------------------------------------------------------------------------------ grammar scoring
-def _hyp(*words: tuple[str, float]) -> Hypothesis:
-    return Hypothesis(text=" ".join(w for w, _ in words), words=tuple(Word(w, 0, 0, c) for w, c in words),
-                      confidence=min(c for _, c in words), start_s=0, end_s=1)
-
-
 GRAMMAR = b"""<?xml version="1.0"?>
 <grammar xmlns="http://www.w3.org/2001/06/grammar" version="1.0" root="r" xml:lang="en-US">
   <rule id="r"><one-of>
@@ -317,11 +317,76 @@ GRAMMAR = b"""<?xml version="1.0"?>
 </grammar>"""
 
 
-def test_phrase_scores_rank_exact_over_near_miss_over_other() -> None:
+def test_finals_use_the_engines_posterior_scores_and_partials_the_spelling() -> None:
     grammar = parse_srgs(GRAMMAR, uri="session:g")
-    exact = score_phrases(_hyp(("pay", 0.9), ("my", 0.9), ("bill", 0.9)), [grammar])
-    near = score_phrases(_hyp(("pay", 0.9), ("my", 0.9), ("bell", 0.9)), [grammar])
-    other = score_phrases(_hyp(("hello", 0.9), ("there", 0.9)), [grammar])
-    assert exact[0].phrase.instance == "pay" and exact[0].confidence == pytest.approx(0.9)
-    assert near[0].phrase.instance == "pay" and 0.5 < near[0].confidence < exact[0].confidence
-    assert all(m.confidence < 0.35 for m in other)
+    final = Hypothesis(text="pay my bell", words=(), confidence=0.1, start_s=0, end_s=1,
+                       phrase_scores=(("pay my bill", 0.93), ("check my balance", 0.01)))
+    matches = score_phrases(final, [grammar])
+    assert [(m.phrase.instance, m.confidence) for m in matches] == [("pay", 0.93), ("balance", 0.01)]
+    partial = Hypothesis(text="pay my", words=(Word("pay", 0, 0, 0.1), Word("my", 0, 0, 0.1)), confidence=0.1,
+                         start_s=0, end_s=1)
+    guess = score_phrases(partial, [grammar])
+    assert guess[0].phrase.instance == "pay" and 0.5 < guess[0].confidence < 1
+
+
+# ------------------------------------------------------------------------------------------ the bundled model
+@pytest.fixture(scope="module")
+def bundled() -> LoadedModel:
+    return load_model("bundled", "cpu", warn=False)
+
+
+def speech(text: str, seed: int) -> np.ndarray:
+    """espeak-ng speech at 8 kHz after 0.3 s of silence, ending at the last word (no trailing silence: the
+    client stops sending RTP there, as the captured UniMRCP client does at the end of its file)."""
+    audio = synthesize(text, VOICE, seed=seed)
+    return np.concatenate([np.zeros(2400, np.int16), (np.clip(audio, -1, 1) * 32767).astype(np.int16)])
+
+
+def test_dictation_result_in_nlsml(bundled: LoadedModel, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client)
+        await client.send_audio(speech("i want to pay my bill", 4))
+        names, done = await complete(client)
+        assert names == ["START-OF-INPUT"]
+        assert done.header("Completion-Cause") == "000 success"
+        assert done.header("Content-Type") == "application/nlsml+xml"
+        root = ElementTree.fromstring(done.body)
+        ns = {"n": "urn:ietf:params:xml:ns:mrcpv2"}
+        interpretation = root.find("n:interpretation", ns)
+        assert interpretation is not None and interpretation.get("grammar") == "builtin:speech/transcribe"
+        text = interpretation.findtext("n:input", namespaces=ns) or ""
+        assert jiwer.cer("i want to pay my bill", text) < 0.2, text
+        assert 0 < float(interpretation.get("confidence") or 0) <= 1
+        await client.bye()
+
+    run(lambda: bundled, body, caplog)
+
+
+@pytest.mark.parametrize(("said", "expected"), [
+    ("pay my bill", "pay"),  # an exact phrase
+    ("check my balance", "balance"),
+    ("pay my pill", None),  # a near miss: one sound off, below the default Confidence-Threshold 0.5
+    ("what is the weather like", None),  # nothing the grammar holds
+])
+def test_srgs_grammar_match_and_no_match(bundled: LoadedModel, caplog: pytest.LogCaptureFixture, said: str,
+                                         expected: str | None) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        defined = await client.request("DEFINE-GRAMMAR", ("Content-Type", "application/srgs+xml"),
+                                       ("Content-Id", "<menu>"), body=GRAMMAR)
+        assert defined.status_code == 200
+        await recognize(client, b"session:menu")
+        await client.send_audio(speech(said, 7))
+        _, done = await complete(client)
+        if expected is None:
+            assert done.header("Completion-Cause") == "001 no-match", done.body
+        else:
+            assert done.header("Completion-Cause") == "000 success", done.body
+            assert f"<instance>{expected}</instance>".encode() in done.body
+            assert b'grammar="session:menu"' in done.body
+        await client.bye()
+
+    run(lambda: bundled, body, caplog)
