@@ -133,6 +133,10 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "ws_port": (8100, 8101, 8102),
     "metrics_port": (9100, 9101, 9102),
     "grpc_port": (50051, 50052, 50053),
+    "sip_port": (5070, 5071, 5072),
+    "mrcp_port": (1554, 1555, 1556),
+    "rtp_ports": ("30000-30999", "31000-31999", "32000-32999"),
+    "advertise_address": ("192.0.2.1", "192.0.2.2", "sbc.example.net"),
     "max_frame_bytes": (2048, 4096, 8192),
     "model": ("a.safetensors", "b.safetensors", "c.safetensors"),
     "device": ("cuda", "cuda:1", "cpu"),
@@ -610,3 +614,12 @@ def test_flags_default_to_none_so_absence_is_visible() -> None:
     namespace = make_parser().parse_args([])
     assert namespace.config is None
     assert all(getattr(namespace, spec.name) is None for spec in CLI_SPECS)
+
+
+@pytest.mark.parametrize("value", ["20000", "30000-20000", "20001-20001", "0-10", "a-b", "20000-70000"])
+def test_rtp_ports_must_be_a_range_holding_a_pair(value: str) -> None:
+    assert "LOW-HIGH" in resolve_error(["--rtp-ports", value])
+
+
+def test_mrcp_ports_may_not_collide_with_other_listeners() -> None:
+    assert "a port other than ws_port's" in resolve_error(["--ws-port", "5060"])
