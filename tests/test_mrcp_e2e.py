@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from xml.etree import ElementTree
@@ -27,14 +28,17 @@ from gateway.models import load_model
 from gateway.mrcp_adapter import MrcpGateway, MrcpSettings, score_phrases
 from gateway.mrcp_client import CallRefused, MrcpClient
 from gateway.runner import ModelRunner, ThreadRunner
-from protocols.mrcp.events import MrcpEvent
+from protocols.mrcp.codec import MessageReader
+from protocols.mrcp.events import MrcpEvent, MrcpRequest, MrcpResponse
 from protocols.mrcp.grammar import parse_srgs
+from protocols.sip.codec import SipResponse, parse_message
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.data.voices import synthesize
 from streaming_model.decoding import Hypothesis, Word
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
 from tests.conftest import make_chatty_model
+from tests.mrcp_fixtures import load_exchange, mrcp_messages
 from tests.test_bundled_model import VOICE
 
 pytestmark = pytest.mark.timeout(180)
@@ -303,6 +307,60 @@ def test_drain_hangs_up_every_call(caplog: pytest.LogCaptureFixture) -> None:
         async with asyncio.timeout(10):
             await client.hung_up.wait()
         await client.close()
+
+    run(_chatty, body, caplog)
+
+
+def test_captured_unimrcp_session_over_sip_tcp(caplog: pytest.LogCaptureFixture) -> None:
+    """The captured UniMRCP client's own bytes (session B: SIP over TCP; its DEFINE-GRAMMAR and RECOGNIZE)
+    against the whole server, with only the dialog tag and channel id the server chose put in."""
+    captured = [c for c in load_exchange() if c.section == "B" and c.protocol == "sip" and c.from_client]
+    invite, ack, bye = (next(c.data for c in captured if c.start_line.startswith(m)) for m in ("INVITE", "ACK", "BYE"))
+    define, recognize_ = (c.data for c in mrcp_messages(from_client=True)[:2] if c.section == "A")
+
+    async def read_sip(reader: asyncio.StreamReader) -> SipResponse:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        message = parse_message(head + await reader.readexactly(length), datagram=False)
+        assert isinstance(message, SipResponse)
+        return message
+
+    async def body(srv: Served) -> None:
+        sip_reader, sip_writer = await asyncio.open_connection("127.0.0.1", srv.gateway.sip.port)
+        sip_writer.write(invite)
+        while (ok := await read_sip(sip_reader)).status < 200:
+            pass
+        assert ok.status == 200
+        tag = re.search(r"tag=([^;>\s]+)", ok.header("To") or "").group(1)  # type: ignore[union-attr]
+        sip_writer.write(ack.replace(b"1F0c9gmS38XBj", tag.encode()))
+        answer = MrcpClient._parse_answer(ok.body)
+        old = b"d675692763ff4c54@speechrecog"
+        assert len(answer.channel_id) == len(old)  # so the captured message-lengths stay true
+        mrcp_reader, mrcp_writer = await asyncio.open_connection("127.0.0.1", answer.mrcp_port)
+        mrcp_writer.write(define.replace(old, answer.channel_id.encode()))
+        mrcp_writer.write(recognize_.replace(old, answer.channel_id.encode()))
+        rtp = MrcpClient(srv.uri)
+        rtp.answer = answer
+        rtp._rtp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        await rtp.send_audio(noise(1.5))  # then RTP stops, as the captured client's does
+        reader = MessageReader()
+        seen: list[MrcpResponse | MrcpEvent] = []
+        async with asyncio.timeout(15):
+            while not any(isinstance(m, MrcpEvent) and m.event_name == "RECOGNITION-COMPLETE" for m in seen):
+                reader.feed(await mrcp_reader.read(65536))
+                while (message := reader.next_message()) is not None:
+                    assert not isinstance(message, MrcpRequest)
+                    seen.append(message)
+        assert [(m.request_id, m.status_code) for m in seen if isinstance(m, MrcpResponse)] == [(1, 200), (2, 200)]
+        events = [m for m in seen if isinstance(m, MrcpEvent)]
+        assert [e.event_name for e in events] == ["START-OF-INPUT", "RECOGNITION-COMPLETE"]
+        assert events[-1].header("Completion-Cause") in {"000 success", "001 no-match"}
+        sip_writer.write(bye.replace(b"1F0c9gmS38XBj", tag.encode()))
+        assert (await read_sip(sip_reader)).status == 200
+        await rtp.close()
+        mrcp_writer.close()
+        sip_writer.close()
 
     run(_chatty, body, caplog)
 
