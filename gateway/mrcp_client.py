@@ -391,7 +391,10 @@ def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float) -> int:
     pcm = np.concatenate([pcm, np.zeros(8000, dtype=np.int16)])  # trailing silence ends the utterance
     try:
         event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed))
-    except (OSError, TimeoutError, GatewayError, ValueError) as exc:
+    except TimeoutError:
+        print(f"xlgate stream: error: no answer from {uri} in time", file=sys.stderr)
+        return 1
+    except (OSError, GatewayError, ValueError) as exc:
         print(f"xlgate stream: error: {exc}", file=sys.stderr)
         return 1
     if event is None:

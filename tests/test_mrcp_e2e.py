@@ -103,16 +103,22 @@ def no_errors(caplog: pytest.LogCaptureFixture, engine: Engine) -> None:
 
 
 def run(loaded: Callable[[], LoadedModel], body: Callable[[Served], Awaitable[None]], caplog: pytest.LogCaptureFixture,
-        **options: float) -> None:
+        *, event_loop: str = "asyncio", **options: float) -> None:
     caplog.set_level(logging.INFO, logger="xlgate")
 
     async def main() -> None:
         async with served(loaded(), **options) as srv:  # type: ignore[arg-type]
-            await body(srv)
+            async with asyncio.timeout(90):  # a hang fails here, under either event loop
+                await body(srv)
             engine = srv.engine
         no_errors(caplog, engine)
 
-    asyncio.run(main())
+    if event_loop == "uvloop":  # what `xlgate serve` runs on by default
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -311,7 +317,8 @@ def test_drain_hangs_up_every_call(caplog: pytest.LogCaptureFixture) -> None:
     run(_chatty, body, caplog)
 
 
-def test_captured_unimrcp_session_over_sip_tcp(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_captured_unimrcp_session_over_sip_tcp(caplog: pytest.LogCaptureFixture, event_loop: str) -> None:
     """The captured UniMRCP client's own bytes (session B: SIP over TCP; its DEFINE-GRAMMAR and RECOGNIZE)
     against the whole server, with only the dialog tag and channel id the server chose put in."""
     captured = [c for c in load_exchange() if c.section == "B" and c.protocol == "sip" and c.from_client]
@@ -362,7 +369,7 @@ def test_captured_unimrcp_session_over_sip_tcp(caplog: pytest.LogCaptureFixture)
         mrcp_writer.close()
         sip_writer.close()
 
-    run(_chatty, body, caplog)
+    run(_chatty, body, caplog, event_loop=event_loop)
 
 
 # ------------------------------------------------------------------------------------------ grammar scoring

@@ -1,5 +1,6 @@
 """`xlgate serve` starts the MRCP server beside the WebSocket one, and `xlgate stream --mrcp` talks to it:
-two real processes over loopback (the small random model: this is about wiring, not words)."""
+two real processes over loopback (the small random model: this is about wiring, not words). The default
+process runner scores the boolean grammar's phrases in the model's own process."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_serve_starts_mrcp_and_stream_mrcp_gets_a_result(chatty_checkpoint: str,
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--model", chatty_checkpoint, "--ws-port", "0",
              "--metrics-port", str(metrics_port), "--sip-port", str(sip_port), "--mrcp-port", "0",
-             "--rtp-ports", f"{low}-{low + 99}", "--runner", "thread", "--event-loop", "asyncio"],
+             "--rtp-ports", f"{low}-{low + 99}", "--runner", "process"],
             env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_for("xlgate /readyz", lambda: http_status(f"http://127.0.0.1:{metrics_port}/readyz") == 200,
@@ -45,7 +46,7 @@ def test_serve_starts_mrcp_and_stream_mrcp_gets_a_result(chatty_checkpoint: str,
         sf.write(wav, np.random.default_rng(0).standard_normal(8000) * 0.1, 8000, subtype="PCM_16")
         result = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "stream", "--mrcp", f"sip:127.0.0.1:{sip_port}", str(wav),
-             "--speed", "2"], env=env, capture_output=True, text=True, timeout=60, check=False)
+             "--speed", "2", "--grammar", "builtin:grammar/boolean"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
         assert "Completion-Cause: 00" in result.stderr
         assert result.stdout.startswith("<?xml") and "urn:ietf:params:xml:ns:mrcpv2" in result.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import ChannelNotFound
@@ -178,8 +179,8 @@ class _MrcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:

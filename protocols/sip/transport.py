@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from protocols.errors import OverloadedError
 from protocols.sdp.errors import SdpError
@@ -276,8 +276,8 @@ class _SipStream(asyncio.Protocol):
         self.remote: tuple[str, int] = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
         self.server._tcp[self.connection_id] = self
