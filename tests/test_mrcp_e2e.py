@@ -155,12 +155,14 @@ def test_no_input_timeout_when_no_rtp_arrives(caplog: pytest.LogCaptureFixture) 
     run(_chatty, body, caplog)
 
 
-def test_speech_then_rtp_stops_completes_on_the_wall_clock(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "L16"])
+def test_speech_then_rtp_stops_completes_on_the_wall_clock(caplog: pytest.LogCaptureFixture, codec: str) -> None:
     """The captured client stops sending at the end of its file: the missing audio counts as silence."""
 
     async def body(srv: Served) -> None:
-        client = MrcpClient(srv.uri)
+        client = MrcpClient(srv.uri, codec=codec)
         await client.connect()
+        assert client.answer is not None and client.answer.codec == codec
         await recognize(client, TRANSCRIBE, ("Speech-Complete-Timeout", "300"),
                         ("Speech-Incomplete-Timeout", "300"), ANY_CONFIDENCE)
         await client.send_audio(noise(1.5), realtime=1.0)
