@@ -269,6 +269,68 @@ def test_dtmf_digits_grammar(caplog: pytest.LogCaptureFixture) -> None:
     run(_chatty, body, caplog)
 
 
+def test_recognition_timeout_while_speech_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Recognition-Timeout", "1000"), ANY_CONFIDENCE)
+        sender = asyncio.create_task(client.send_audio(noise(4.0)))
+        names, done = await complete(client, timeout_s=10)
+        assert names[0] == "START-OF-INPUT"
+        assert done.header("Completion-Cause") in {"008 success-maxtime", "015 no-match-maxtime"}
+        assert not sender.done()  # cut while the caller still talks
+        await client.bye()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await sender
+
+    run(_chatty, body, caplog)
+
+
+def test_start_input_timers_false_waits_for_start_input_timers(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Start-Input-Timers", "false"), ("No-Input-Timeout", "300"))
+        with pytest.raises(TimeoutError):
+            await client.next_event(0.8)  # the prompt plays: no timer runs
+        assert (await client.request("START-INPUT-TIMERS")).status_code == 200
+        _, done = await complete(client, timeout_s=5)
+        assert done.header("Completion-Cause") == "002 no-input-timeout"
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_partial_results_vendor_parameter(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Vendor-Specific-Parameters", "xlgate.partial-results=true"),
+                        ("Speech-Complete-Timeout", "300"), ("Speech-Incomplete-Timeout", "300"), ANY_CONFIDENCE)
+        await client.send_audio(noise(1.5))
+        names, done = await complete(client, timeout_s=10)
+        assert names[0] == "START-OF-INPUT" and "INTERMEDIATE-RESULT" in names
+        assert done.header("Completion-Cause") == "000 success"
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def test_dtmf_during_dictation_decides_the_result(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, b"builtin:speech/transcribe\r\nbuiltin:dtmf/digits?length=2")
+        await client.send_dtmf("42")
+        names, done = await complete(client, timeout_s=10)
+        assert names == ["START-OF-INPUT"] and done.header("Completion-Cause") == "000 success"
+        assert b'mode="dtmf"' in done.body and b"42" in done.body.replace(b" ", b"")
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
 def test_invite_flood_over_capacity_gets_503_and_the_live_call_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     async def body(srv: Served) -> None:
         live = MrcpClient(srv.uri)
