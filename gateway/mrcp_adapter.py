@@ -110,6 +110,8 @@ class MrcpSettings:
         sip_port, mrcp_port: 0 picks free ports.
         rtp_port_low, rtp_port_high: the RTP port range.
         media_timeout_s: a call whose RTP stays silent this long is hung up.
+        languages: primary language subtags the model speaks; another Speech-Language completes the
+            RECOGNIZE with ``010 language-unsupported``.
         defaults: the server's stream defaults (decoding method, hotwords, endpointing).
         recognizer: server-side settings of every channel.
     """
@@ -121,6 +123,7 @@ class MrcpSettings:
     rtp_port_low: int = 20000
     rtp_port_high: int = 29999
     media_timeout_s: float = 30.0
+    languages: tuple[str, ...] = ("en",)
     defaults: StreamSettings = field(default_factory=StreamSettings)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
 
@@ -412,6 +415,12 @@ class MrcpGateway:
             return
         if not any(g.kind is not GrammarKind.DTMF for g in started.grammars):
             return  # DTMF only: the digits come from RTP events, no stream needed
+        language = started.params.speech_language.strip().lower()
+        if language and language.split("-", 1)[0] not in self.settings.languages:
+            log.info("call %s: Speech-Language %r is not served", call.dialog_id[:16], language[:32])
+            self._channel(call).recognizer_failed(self.mrcp.now(), cause=CompletionCause.LANGUAGE_UNSUPPORTED)
+            self.mrcp.flush(call.audio_channel)
+            return
         audio = call.negotiation.audio
         assert audio is not None
         settings = stream_settings(started, self.settings.defaults, sample_rate_hz=audio.clock_rate_hz)

@@ -331,6 +331,22 @@ def test_dtmf_during_dictation_decides_the_result(caplog: pytest.LogCaptureFixtu
     run(_chatty, body, caplog)
 
 
+def test_unsupported_speech_language(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Speech-Language", "fr-FR"))
+        _, done = await complete(client, timeout_s=5)
+        assert done.header("Completion-Cause") == "010 language-unsupported"
+        assert srv.engine.live_streams == 0
+        await recognize(client, TRANSCRIBE, ("Speech-Language", "en-GB"), ("No-Input-Timeout", "200"))
+        _, done = await complete(client, timeout_s=5)
+        assert done.header("Completion-Cause") == "002 no-input-timeout"
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
 def test_invite_flood_over_capacity_gets_503_and_the_live_call_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     async def body(srv: Served) -> None:
         live = MrcpClient(srv.uri)

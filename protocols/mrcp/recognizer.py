@@ -480,11 +480,14 @@ class RecognizerChannel:
         else:
             self._complete(CompletionCause.NO_MATCH, build_no_match())
 
-    def recognizer_failed(self, now: float) -> None:
-        """The engine could not recognize for this request (no capacity, a failed model step): the request
-        completes with ``006 recognizer-error`` (a completed request, not a 4xx; see the module docstring)."""
+    def recognizer_failed(
+        self, now: float, *, cause: CompletionCause = CompletionCause.RECOGNIZER_ERROR
+    ) -> None:
+        """The engine cannot recognize for this request: no capacity or a failed model step (``006
+        recognizer-error``), or a Speech-Language it does not speak (``010 language-unsupported``). The
+        request completes with ``cause`` (a completed request, not a 4xx; see the module docstring)."""
         if self.state is RecognizerState.RECOGNIZING:
-            self._complete(CompletionCause.RECOGNIZER_ERROR, b"")
+            self._complete(cause, b"")
 
     def attach_waveform(self, uri: str, *, size_bytes: int, duration_s: float) -> None:
         """The request's audio is being saved (Save-Waveform: true) at ``uri``; the latest call wins.
