@@ -10,8 +10,8 @@ Files are read one ahead of the streams that are running (memory stays bounded b
 files); results are printed in the order the files were given, as soon as every earlier file is done.
 stdout carries only results; warnings, progress and per-file errors go to stderr.
 
-Scoring normalises references and hypotheses alike with
-:func:`streaming_model.textnorm.normalise_for_scoring` and counts word and character edits with jiwer.
+``xlgate eval score`` reads, normalises and counts with :mod:`streaming_model.scoring`, the one scoring
+module of every tool; this module only prints its report.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from gateway.config import BUNDLED_MODEL, ConfigError, add_option_arguments, load_hotwords_file
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
-from streaming_model.textnorm import normalise_for_scoring
+from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, score_by_id
 
 # The engine, torch and the audio stack are imported where they are used: the CLI builds every
 # subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
@@ -42,22 +42,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChannelTranscript",
-    "ErrorCounts",
-    "EvalReport",
     "FileTranscript",
     "ReadOptions",
     "TranscriptionFailedError",
-    "TsvError",
     "add_eval_arguments",
     "add_transcribe_arguments",
     "cmd_eval",
     "cmd_transcribe",
-    "evaluate",
     "parse_hotword",
-    "read_transcripts_tsv",
     "run_transcription",
-    "score_utterance",
-    "subset_of",
     "transcribe_clip",
     "transcribe_files",
 ]
@@ -69,7 +62,6 @@ DEFAULT_MAX_PARALLEL = 16
 # No caller is waiting on a partial here: a short batching window only covers the feeders' turnaround.
 OFFLINE_MAX_WAIT_S = 0.005
 OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyond this
-SUBSET_WITHOUT_SLASH = "-"
 # protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
 RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
 
@@ -460,140 +452,11 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-class TsvError(ValueError):
-    """A references or hypotheses file is unreadable or has a malformed line."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        super().__init__(f"{path}" + (f" line {line}" if line is not None else "") + f": {reason}")
-
-
-def read_transcripts_tsv(path: str) -> dict[str, str]:
-    """Read ``id<TAB>text`` lines (UTF-8; blank lines skipped; text may be empty), ids in file order.
-
-    Raises:
-        TsvError: the file cannot be read, or a line has no tab, an empty id, or an id seen before.
-    """
-    try:
-        content = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TsvError(path, None, f"cannot read: {exc}") from exc
-    rows: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for number, raw in enumerate(content.split("\n"), start=1):
-        line = raw.removesuffix("\r")
-        if not line.strip():
-            continue
-        utt_id, sep, text = line.partition("\t")
-        if not sep:
-            raise TsvError(path, number, f"expected 'id<TAB>text', got {line[:80]!r} (no tab)")
-        if not utt_id.strip():
-            raise TsvError(path, number, "empty id before the tab")
-        if utt_id in rows:
-            raise TsvError(path, number, f"duplicate id {utt_id!r} (first on line {first_line[utt_id]})")
-        rows[utt_id] = text
-        first_line[utt_id] = number
-    return rows
-
-
-def subset_of(utt_id: str) -> str:
-    """The part of an id before its first ``/``; ids without one belong to subset ``-``."""
-    head, sep, _ = utt_id.partition("/")
-    return head if sep else SUBSET_WITHOUT_SLASH
-
-
-@dataclass(slots=True)
-class ErrorCounts:
-    """Edit counts of a set of utterances, words and characters (spaces count as characters)."""
-
-    utterances: int = 0
-    ref_words: int = 0
-    hits: int = 0
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    ref_chars: int = 0
-    char_substitutions: int = 0
-    char_deletions: int = 0
-    char_insertions: int = 0
-
-    def add(self, other: ErrorCounts) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def wer(self) -> float | None:
-        """Word error rate; None when there are no reference words."""
-        errors = self.substitutions + self.deletions + self.insertions
-        return errors / self.ref_words if self.ref_words else None
-
-    @property
-    def cer(self) -> float | None:
-        """Character error rate; None when there are no reference characters."""
-        errors = self.char_substitutions + self.char_deletions + self.char_insertions
-        return errors / self.ref_chars if self.ref_chars else None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
-        data["wer"] = self.wer
-        data["cer"] = self.cer
-        return data
-
-
-def score_utterance(reference: str, hypothesis: str) -> ErrorCounts:
-    """Counts for one utterance, both sides normalised with :func:`normalise_for_scoring`."""
-    import jiwer
-
-    ref = normalise_for_scoring(reference)
-    hyp = normalise_for_scoring(hypothesis)
-    counts = ErrorCounts(utterances=1, ref_words=len(ref.split()), ref_chars=len(ref))
-    if not ref and not hyp:
-        return counts
-    words = jiwer.process_words(ref, hyp)
-    chars = jiwer.process_characters(ref, hyp)
-    counts.hits = words.hits
-    counts.substitutions, counts.deletions, counts.insertions = (
-        words.substitutions, words.deletions, words.insertions)
-    counts.char_substitutions, counts.char_deletions, counts.char_insertions = (
-        chars.substitutions, chars.deletions, chars.insertions)
-    return counts
-
-
-@dataclass(slots=True)
-class EvalReport:
-    """Overall and per-subset counts, and the ids found on one side only."""
-
-    overall: ErrorCounts = field(default_factory=ErrorCounts)
-    subsets: dict[str, ErrorCounts] = field(default_factory=dict)
-    missing_ids: list[str] = field(default_factory=list)  # in refs, not in hyps: scored as all deletions
-    extra_ids: list[str] = field(default_factory=list)  # in hyps, not in refs: ignored
-
-    def to_json(self) -> dict[str, Any]:
-        return {"overall": self.overall.to_json(),
-                "subsets": {name: c.to_json() for name, c in sorted(self.subsets.items())},
-                "missing_ids": self.missing_ids, "extra_ids": self.extra_ids}
-
-
-def evaluate(refs: dict[str, str], hyps: dict[str, str]) -> EvalReport:
-    """Score ``hyps`` against ``refs`` (id -> text); a missing hypothesis counts as empty."""
-    report = EvalReport()
-    for utt_id, reference in refs.items():
-        if utt_id not in hyps:
-            report.missing_ids.append(utt_id)
-        counts = score_utterance(reference, hyps.get(utt_id, ""))
-        report.overall.add(counts)
-        report.subsets.setdefault(subset_of(utt_id), ErrorCounts()).add(counts)
-    report.extra_ids = [utt_id for utt_id in hyps if utt_id not in refs]
-    return report
-
-
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def format_report(report: EvalReport, *, refs_path: str, hyps_path: str) -> str:
+def format_report(report: IdReport, *, refs_path: str, hyps_path: str) -> str:
     """The human-readable table ``xlgate eval`` prints."""
     lines = [f"references: {refs_path}", f"hypotheses: {hyps_path}", ""]
     header = f"{'subset':<24} {'utts':>7} {'words':>8} {'WER':>8} {'CER':>8} {'sub':>7} {'del':>7} {'ins':>7}"
@@ -628,7 +491,7 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except TsvError as exc:
         print(f"xlgate eval: error: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(refs, hyps)
+    report = score_by_id(refs, hyps)
     print(format_report(report, refs_path=args.refs, hyps_path=args.hyps))
     if report.missing_ids:
         print(f"xlgate eval: warning: {len(report.missing_ids)} reference ids have no hypothesis",

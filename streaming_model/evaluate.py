@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from gateway.offline import ErrorCounts, positive_int, score_utterance
+from gateway.offline import positive_int
 from streaming_model.data.manifest import read_manifest, resolve_audio
+from streaming_model.scoring import ErrorCounts, score_utterance
 from streaming_model.textnorm import normalise_for_scoring
 
 if TYPE_CHECKING:

@@ -65,6 +65,7 @@ from streaming_model.data.manifest import Utterance, read_manifest, resolve_audi
 from streaming_model.decoding import GreedyDecoder
 from streaming_model.features import Fbank, FbankConfig, compute_fbank
 from streaming_model.model import StreamingTransformerXL
+from streaming_model.scoring import score_pairs
 from streaming_model.tokenizer import (
     BLANK_ID,
     CharTokenizer,
@@ -509,16 +510,14 @@ def greedy_transcripts(model: StreamingTransformerXL, feats: torch.Tensor, lengt
 
 
 def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, float]:
-    """Corpus WER and CER (jiwer), references and hypotheses normalised alike."""
-    import jiwer
+    """Corpus WER and CER (:func:`streaming_model.scoring.score_pairs`); NaN when no reference has a word.
 
-    refs_n = [normalise_text(r) for r in refs]
-    hyps_n = [normalise_text(h) for h in hyps]
-    keep = [i for i, r in enumerate(refs_n) if r]
-    refs_n, hyps_n = [refs_n[i] for i in keep], [hyps_n[i] for i in keep]
-    if not refs_n:
-        return float("nan"), float("nan")
-    return float(jiwer.wer(refs_n, hyps_n)), float(jiwer.cer(refs_n, hyps_n))
+    Pairs whose normalised reference is empty are left out, so a silent utterance cannot make the rate
+    undefined.
+    """
+    counts = score_pairs(zip(refs, hyps, strict=True), skip_empty_refs=True)
+    wer, cer = counts.wer, counts.cer
+    return (float("nan") if wer is None else wer), (float("nan") if cer is None else cer)
 
 
 def evaluate_cached(model: StreamingTransformerXL, cache: FeatureCache, indices: np.ndarray, texts: Sequence[str],
