@@ -92,7 +92,7 @@ train: $(STAMP)
 EVAL_MODEL ?= streaming_model/assets/xlgate-en-8k.safetensors
 EVAL_DIR ?= runs/eval
 EVAL_LIMIT ?= 300
-EVAL := $(PY) -m streaming_model.evaluate
+EVAL := $(PY) -m gateway.evaluate
 DEV := dev/manifests/dev.jsonl
 eval: $(STAMP)
 	mkdir -p $(EVAL_DIR)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from gateway.config import BUNDLED_MODEL, ConfigError, add_option_arguments, load_hotwords_file
+from gateway.config import BUNDLED_MODEL, ConfigError, Quantization, add_option_arguments, load_hotwords_file
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
 from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, score_by_id
@@ -36,6 +36,7 @@ from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, sc
 # subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
 if TYPE_CHECKING:
     from gateway.engine import Engine, Stream
+    from gateway.runner import LanguageModel
     from protocols.audio.files import AudioClip
     from streaming_model.checkpoint import LoadedModel
     from streaming_model.decoding import Hypothesis
@@ -141,7 +142,7 @@ async def _collect_finals(stream: Stream) -> tuple[Hypothesis, ...]:
     return tuple(finals)
 
 
-async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSettings, *,
+async def transcribe_clip(engine: Engine, clip: AudioClip, settings: StreamSettings, *,
                           piece_s: float = FEED_PIECE_S) -> tuple[ChannelTranscript, ...]:
     """Recognise every channel of ``clip`` through ``engine``, as fast as backpressure allows.
 
@@ -150,7 +151,7 @@ async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSetting
     Args:
         engine: A running engine.
         clip: The audio; each channel becomes one stream at the clip's own sample rate.
-        params: Stream parameters; ``sample_rate_hz`` is replaced by the clip's rate.
+        settings: The streams' settings; ``sample_rate_hz`` is replaced by the clip's rate.
         piece_s: Seconds of audio handed to :meth:`Stream.feed` at a time.
 
     Returns:
@@ -159,8 +160,8 @@ async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSetting
     Raises:
         TranscriptionFailedError: A stream did not complete (inside an ExceptionGroup).
     """
-    stream_params = replace(params, sample_rate_hz=clip.sample_rate_hz)
-    streams = engine.open_streams(clip.num_channels, stream_params, protocol="local")
+    clip_settings = replace(settings, sample_rate_hz=clip.sample_rate_hz)
+    streams = engine.open_streams(clip.num_channels, clip_settings, protocol="local")
     piece = max(1, round(piece_s * clip.sample_rate_hz))
     try:
         async with asyncio.TaskGroup() as tg:
@@ -196,7 +197,7 @@ def _is_expected(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError)
 
 
-async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: StreamSettings,
+async def transcribe_files(engine: Engine, paths: Sequence[str], *, settings: StreamSettings,
                            read_options: ReadOptions, on_result: Callable[[FileTranscript], None]) -> None:
     """Transcribe ``paths`` through ``engine``, with up to ``engine.max_streams`` channels live at once.
 
@@ -212,7 +213,7 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
 
     async def run_one(index: int, path: str, clip: AudioClip) -> None:
         try:
-            channels = await transcribe_clip(engine, clip, params)
+            channels = await transcribe_clip(engine, clip, settings)
         except Exception as exc:  # one file's failure must not stop the others
             if not _is_expected(exc):  # a bug: say so with a traceback
                 log.error("%s: transcription failed", path, exc_info=exc)
@@ -240,23 +241,42 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
             tg.create_task(run_one(index, path, clip), name=f"transcribe-{index}")
 
 
-async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params: StreamSettings,
+async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, settings: StreamSettings,
                             read_options: ReadOptions, max_parallel: int, device: str,
-                            on_result: Callable[[FileTranscript], None]) -> None:
+                            on_result: Callable[[FileTranscript], None], num_threads: int | None = None,
+                            quantize: Quantization = Quantization.NONE,
+                            lm: LanguageModel | None = None) -> None:
     """Build a runner and an engine for ``loaded``, transcribe ``paths`` (see :func:`transcribe_files`),
-    and shut the engine down."""
+    and shut the engine down.
+
+    This is the one offline set-up of the engine: ``xlgate transcribe`` and the dev-set report
+    (:mod:`gateway.evaluate`) both call it.
+
+    Args:
+        loaded: The model.
+        paths: The audio files.
+        settings: Every stream's settings (the sample rate is each file's own).
+        read_options: How headerless files are decoded.
+        max_parallel: Streams live and batched at once.
+        device: Torch device of the model.
+        on_result: Called once per file, in completion order.
+        num_threads: Torch threads of the model's thread (None: torch's default).
+        quantize: The serving option's linear-layer quantisation.
+        lm: The word LM of beam search (None: no LM).
+    """
     from gateway.engine import Engine
     from gateway.metrics import Metrics
     from gateway.runner import ModelRunner, ThreadRunner
 
-    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device))
+    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device, num_threads=num_threads,
+                                      quantize=quantize, lm=lm))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
                     max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             try:
-                await transcribe_files(engine, paths, params=params, read_options=read_options,
+                await transcribe_files(engine, paths, settings=settings, read_options=read_options,
                                        on_result=on_result)
             finally:
                 engine.close()
@@ -425,7 +445,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         hotwords = _hotwords(args)
     except (ValueError, ConfigError) as exc:
         parser.error(str(exc))
-    params = StreamSettings(
+    settings = StreamSettings(
         endpointing=EndpointingSettings(silence_s=args.endpoint_silence_ms / 1000),
         decoding=DecodingSettings(method=args.decoding, beam_size=args.beam_size, hotwords=hotwords),
         interim_results=False)
@@ -439,7 +459,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         return 2
     reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
     try:
-        run_async(run_transcription(loaded, args.files, params=params, read_options=read_options,
+        run_async(run_transcription(loaded, args.files, settings=settings, read_options=read_options,
                                     max_parallel=args.max_parallel, device=args.device, on_result=reporter))
     except KeyboardInterrupt:
         reporter.close()

@@ -33,7 +33,13 @@ from gateway.config import Quantization
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
-from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
+from streaming_model.decoding import (
+    ConfidenceCalibration,
+    GreedyDecoder,
+    Hypothesis,
+    StreamDecoder,
+    endpoint_reached,
+)
 from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore, StreamState
 
@@ -285,10 +291,9 @@ class ModelRunner:
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
         close = item.kind in (ItemKind.FINALIZE, ItemKind.END)
-        if not close and endpointing.enabled and not hyp.is_empty:
-            silence_s = decoder.trailing_silence_frames * self.frame_s
-            long_s = decoder.frames_decoded * self.frame_s - hyp.start_s
-            close = silence_s >= endpointing.silence_s or long_s >= endpointing.max_utterance_s
+        if not close and endpointing.enabled:
+            close = endpoint_reached(decoder, hyp, frame_s=self.frame_s, silence_s=endpointing.silence_s,
+                                     max_utterance_s=endpointing.max_utterance_s)
         partial: Hypothesis | None = None
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
@@ -435,9 +440,3 @@ class ProcessRunner:
 
         await asyncio.get_running_loop().run_in_executor(self._io, stop)
         self._io.shutdown(wait=True)
-
-
-# The names streaming_model/evaluate.py still imports; issue 8 moves it out of streaming_model/ and onto the
-# session API's names (gateway.session), after which these go. Nothing else may use them.
-DecoderParams = DecodingSettings
-EndpointParams = EndpointingSettings

@@ -28,9 +28,6 @@ FILE_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text"}
 
 # (importer, imported top-level package or I/O module) -> the issue that removes it.
 KNOWN_EXCEPTIONS = {
-    # Evaluation drives the engine (gateway/) from the model package; issue 8 moves it out of
-    # streaming_model/.
-    ("streaming_model/evaluate.py", "gateway"): "issue 8",
     # Audio containers are decoded by libsndfile from a path; until the readers move to a transport-side
     # module (streaming_model/evaluate.py imports them from here, see issue 8) this one file reads files.
     ("protocols/audio/files.py", "soundfile"): "issue 8",
