@@ -88,11 +88,11 @@ train: $(STAMP)
 
 # Dev-set report of a checkpoint (reporting only: nothing here feeds back into training or selection).
 # Tables go to EVAL_DIR/*.log, figures to EVAL_DIR/*.json. The beam and geometry rows use the first
-# EVAL_LIMIT utterances; LM weights are tuned separately (docs/training.md, evaluate tune).
+# EVAL_LIMIT utterances; LM weights are tuned separately (docs/training.md, xlgate eval dev tune).
 EVAL_MODEL ?= streaming_model/assets/xlgate-en-8k.safetensors
 EVAL_DIR ?= runs/eval
 EVAL_LIMIT ?= 300
-EVAL := $(PY) -m gateway.evaluate
+EVAL := $(VENV)/bin/xlgate eval dev
 DEV := dev/manifests/dev.jsonl
 eval: $(STAMP)
 	mkdir -p $(EVAL_DIR)

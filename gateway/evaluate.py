@@ -60,7 +60,9 @@ __all__ = [
     "EvalItem",
     "EvaluationError",
     "HotwordCounts",
+    "add_dev_arguments",
     "channel_group",
+    "cmd_dev",
     "decode_log_probs",
     "expected_calibration_error",
     "hotword_counts",
@@ -861,10 +863,9 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m gateway.evaluate`` parser and its subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.evaluate",
-                                     description="Evaluate a trained model on a manifest.")
+def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate eval dev`` subcommands (wer, tune, hotwords, confidence, calibrate); sets ``func`` to
+    :func:`cmd_dev`."""
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--manifest", required=True, help="JSON-lines manifest (audio, text, duration_s)")
@@ -916,6 +917,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fit the word-confidence calibration (Platt scaling) on the engine's finals")
     cal.add_argument("--write-into", default=None, metavar="CHECKPOINT",
                      help="store the fitted map in this checkpoint's info (e.g. the bundled model)")
+    parser.set_defaults(func=cmd_dev)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m gateway.evaluate`` parser: the same subcommands as ``xlgate eval dev``."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.evaluate",
+                                     description="The dev-set report of a model (the same as `xlgate eval dev`).")
+    add_dev_arguments(parser)
     return parser
 
 
@@ -926,9 +935,14 @@ def _write_json(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand. Returns 0, or 2 for unusable inputs."""
+    """``python -m gateway.evaluate``: run one subcommand. Returns 0, or 2 for unusable inputs."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    return cmd_dev(args, parser)
+
+
+def cmd_dev(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run one ``xlgate eval dev`` subcommand. Returns 0, or 2 for unusable inputs."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -948,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lm = load_language_model(args.lm, weight=args.lm_weight, word_bonus=args.word_bonus)
         hotwords = (tuple(load_hotwords_file(Path(args.hotwords))) if args.command == "hotwords" else ())
     except (CheckpointError, ConfigError, EvaluationError, ManifestError, OSError, ValueError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval dev {args.command}: error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "wer":
@@ -983,7 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run_confidence(loaded, items, decoding=decoding, lm=lm, lm_spec=args.lm, settings=settings)
             text = format_confidence(report)
     except (CheckpointError, EvaluationError, OSError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval dev {args.command}: error: {exc}", file=sys.stderr)
         return 2
     report = {"command": args.command, "manifest": args.manifest, **report}
     _write_json(args.out, report)

@@ -1,4 +1,4 @@
-"""``xlgate transcribe`` and ``xlgate eval``: offline transcription through the streaming engine, and scoring.
+"""``xlgate transcribe`` and ``xlgate eval score``: offline transcription through the streaming engine, and scoring.
 
 Transcription does not have an offline code path of its own: it builds the same :class:`ModelRunner` and
 :class:`Engine` the server runs, opens one :class:`Stream` per channel of each file (protocol ``local``),
@@ -33,7 +33,7 @@ from protocols.errors import GatewayError
 from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, score_by_id
 
 # The engine, torch and the audio stack are imported where they are used: the CLI builds every
-# subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
+# subcommand's parser, and `xlgate eval score` or `xlgate stream --help` should not pay for loading them.
 if TYPE_CHECKING:
     from gateway.engine import Engine, Stream
     from gateway.runner import LanguageModel
@@ -46,9 +46,9 @@ __all__ = [
     "FileTranscript",
     "ReadOptions",
     "TranscriptionFailedError",
-    "add_eval_arguments",
+    "add_score_arguments",
     "add_transcribe_arguments",
-    "cmd_eval",
+    "cmd_score",
     "cmd_transcribe",
     "parse_hotword",
     "run_transcription",
@@ -477,7 +477,7 @@ def _rate(value: float | None) -> str:
 
 
 def format_report(report: IdReport, *, refs_path: str, hyps_path: str) -> str:
-    """The human-readable table ``xlgate eval`` prints."""
+    """The human-readable table ``xlgate eval score`` prints."""
     lines = [f"references: {refs_path}", f"hypotheses: {hyps_path}", ""]
     header = f"{'subset':<24} {'utts':>7} {'words':>8} {'WER':>8} {'CER':>8} {'sub':>7} {'del':>7} {'ins':>7}"
     lines += [header, "-" * len(header)]
@@ -494,34 +494,34 @@ def format_report(report: IdReport, *, refs_path: str, hyps_path: str) -> str:
     return "\n".join(lines)
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``xlgate eval`` flags; sets ``func`` to :func:`cmd_eval`."""
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate eval score`` flags; sets ``func`` to :func:`cmd_score`."""
     parser.add_argument("--refs", required=True, metavar="REFS.tsv", help="references, 'id<TAB>text' a line")
     parser.add_argument("hyps", metavar="HYPS.tsv", help="hypotheses, 'id<TAB>text' a line "
                                                          "(e.g. the output of xlgate transcribe)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the scores as JSON to OUT")
-    parser.set_defaults(func=cmd_eval)
+    parser.set_defaults(func=cmd_score)
 
 
-def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``xlgate eval``. Returns 0, or 2 when an input is unreadable or malformed."""
+def cmd_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``xlgate eval score``. Returns 0, or 2 when an input is unreadable or malformed."""
     try:
         refs = read_transcripts_tsv(args.refs)
         hyps = read_transcripts_tsv(args.hyps)
     except TsvError as exc:
-        print(f"xlgate eval: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval score: error: {exc}", file=sys.stderr)
         return 2
     report = score_by_id(refs, hyps)
     print(format_report(report, refs_path=args.refs, hyps_path=args.hyps))
     if report.missing_ids:
-        print(f"xlgate eval: warning: {len(report.missing_ids)} reference ids have no hypothesis",
+        print(f"xlgate eval score: warning: {len(report.missing_ids)} reference ids have no hypothesis",
               file=sys.stderr)
     if args.json is not None:
         data = {"refs": args.refs, "hyps": args.hyps, **report.to_json()}
         try:
             Path(args.json).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         except OSError as exc:
-            print(f"xlgate eval: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            print(f"xlgate eval score: error: cannot write {args.json}: {exc}", file=sys.stderr)
             return 2
     return 0
 

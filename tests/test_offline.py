@@ -1,4 +1,4 @@
-"""``xlgate transcribe`` and ``xlgate eval`` end to end, on real files and a tiny random model.
+"""``xlgate transcribe`` and ``xlgate eval score`` end to end, on real files and a tiny random model.
 
 A random model transcribes gibberish, so transcription tests check structure (which lines, in which
 order, on which stream) and equality with the live streaming path, not words.
@@ -186,7 +186,8 @@ def _eval(capsys: pytest.CaptureFixture[str], tmp_path: Path, refs: str, hyps: s
     (tmp_path / "refs.tsv").write_text(refs, encoding="utf-8")
     (tmp_path / "hyps.tsv").write_text(hyps, encoding="utf-8")
     out_json = tmp_path / "scores.json"
-    rc = main(["eval", "--refs", str(tmp_path / "refs.tsv"), str(tmp_path / "hyps.tsv"), "--json", str(out_json)])
+    rc = main(["eval", "score", "--refs", str(tmp_path / "refs.tsv"), str(tmp_path / "hyps.tsv"), "--json",
+               str(out_json)])
     out, err = capsys.readouterr()
     data = json.loads(out_json.read_text(encoding="utf-8")) if out_json.exists() else {}
     return rc, data, out + err
