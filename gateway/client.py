@@ -45,7 +45,7 @@ def _hotwords(items: list[str]) -> list[dict[str, Any]]:
 
 
 async def _file_frames(path: str, speed: float) -> AsyncIterator[tuple[bytes, int, int]]:
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.pcm import float32_to_int16
 
     clip = read_audio_file(path)

@@ -372,7 +372,7 @@ def utterance_log_probs(loaded: LoadedModel, items: Sequence[EvalItem], *,
     """Per item, the (T, V) float32 CTC log-probabilities of the whole utterance (``model.forward``)."""
     import torch
 
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.resample import resample
     from streaming_model.features import Fbank, compute_fbank
 

@@ -35,9 +35,9 @@ from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, sc
 # The engine, torch and the audio stack are imported where they are used: the CLI builds every
 # subcommand's parser, and `xlgate eval score` or `xlgate stream --help` should not pay for loading them.
 if TYPE_CHECKING:
+    from gateway.audio_files import AudioClip
     from gateway.engine import Engine, Stream
     from gateway.runner import LanguageModel
-    from protocols.audio.files import AudioClip
     from streaming_model.checkpoint import LoadedModel
     from streaming_model.decoding import Hypothesis
 
@@ -105,7 +105,7 @@ class FileTranscript:
 
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
-    """How headerless files are decoded (see :func:`protocols.audio.files.read_audio_file`)."""
+    """How headerless files are decoded (see :func:`gateway.audio_files.read_audio_file`)."""
 
     raw_encoding: str | None = None
     raw_sample_rate_hz: int = 8000
@@ -204,8 +204,8 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, settings: St
     ``on_result`` is called once per file, in completion order, with its transcript or its error; one
     file's failure does not stop the others.
     """
+    from gateway.audio_files import read_audio_file
     from protocols.audio.errors import AudioError, AudioFileError
-    from protocols.audio.files import read_audio_file
     from protocols.audio.resample import StreamingResampler
 
     budget = _StreamBudget(engine.max_streams)

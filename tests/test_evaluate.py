@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from gateway import evaluate as ev
+from gateway.audio_files import write_wav
 from gateway.runner import LanguageModel
 from gateway.session import DecodingSettings
-from protocols.audio.files import write_wav
 from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.features import FbankConfig
 from streaming_model.ngram import NgramLM

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from gateway import offline
+from gateway.audio_files import write_wav
 from gateway.cli import main
 from gateway.runner import ModelRunner
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
-from protocols.audio.files import write_wav
 from protocols.audio.g711 import mulaw_encode
 from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.decoding import StreamDecoder
@@ -101,7 +101,7 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
     assert rc == 0
     offline_utts = [u["text"] for u in json.loads(lines[0])["utterances"]]
 
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.pcm import float32_to_int16
 
     pcm = float32_to_int16(read_audio_file(files["mono"]).channels[0])
