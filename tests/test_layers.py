@@ -1,8 +1,7 @@
 """The import layers of the house style hold (issue 9); this test is the one sans-I/O check of protocols/.
 
 * ``protocols/`` imports nothing of ours but itself, and does no I/O: no network, clock, thread or process
-  module, and no file access (recordings are read by ``gateway/audio_files.py``). The house style's one
-  exception: a protocol's thin ``transport.py`` does its asyncio network I/O (never file access).
+  module, and no file access (recordings are read by ``gateway/audio_files.py``).
 * ``streaming_model/`` never imports ``gateway/`` (nor the load generator or the tests); the sans-I/O
   ``protocols/`` (audio helpers) is below it and allowed.
 
@@ -25,8 +24,6 @@ OURS = {"protocols", "gateway", "streaming_model", "triton_kernels", "loadtest",
 # Modules whose import means I/O, a clock or concurrency: none of them belongs in a sans-I/O protocol.
 IO_MODULES = {"asyncio", "socket", "selectors", "ssl", "time", "threading", "multiprocessing", "concurrent",
               "subprocess", "http", "urllib", "websockets", "grpc", "uvloop", "soundfile"}
-# A protocol's asyncio I/O lives in one thin module of this name (the house style: "The shape of the house").
-TRANSPORT_FILE = "transport.py"
 # Builtins and methods that touch the file system.
 FILE_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text"}
 
@@ -60,10 +57,9 @@ def violations(package: str, *, allowed_ours: set[str], check_io: bool) -> set[t
     for path in python_files(package):
         rel = path.relative_to(ROOT).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
-        io_modules_checked = check_io and path.name != TRANSPORT_FILE
         for module in imported_modules(tree):
             top = module.split(".")[0]
-            if (top in OURS and top not in allowed_ours) or (io_modules_checked and top in IO_MODULES):
+            if (top in OURS and top not in allowed_ours) or (check_io and top in IO_MODULES):
                 found.add((rel, top))
         if check_io:
             found.update((rel, call) for call in file_calls(tree))
