@@ -80,11 +80,17 @@ data: $(STAMP) install-apt
 	$(PY) -m streaming_model.data generate --out data/dev --split dev --seed 1234 --workers 2
 	$(PY) -m streaming_model.data generate --out data/train --hours 10 --seed 0 --workers 2
 
-# The recipe of the shipped model from scratch (characters; the BPE configs train-cpu.toml/train-gpu.toml
-# need a GPU's steps to leave CTC's blank plateau): make train CONFIG=configs/train-gpu.toml for the GPU one.
-TRAIN_CONFIG ?= configs/train-cpu-char.toml
-train: $(STAMP)
-	$(PY) -m streaming_model.train --config $(TRAIN_CONFIG) --resume
+# The shipped model's recipe, end to end: training data (8 h, synthetic voices of the allowed families), the
+# Whisper teacher's states (cached once), distillation into the streaming student, export. Resumable: run it
+# again after a stop; on a new machine, set init_from in the config to a committed checkpoint. The
+# from-scratch recipes (configs/train-cpu-char*.toml) run with `python -m streaming_model.train`.
+TRAIN_CONFIG ?= configs/distill-cpu.toml
+TRAIN_HOURS ?= 8
+TRAIN_OUT ?= runs/model.safetensors
+train: $(STAMP) install-apt
+	$(PY) -m streaming_model.data generate --out data/train --hours $(TRAIN_HOURS) --seed 0 --workers 2
+	$(PY) -m streaming_model.distill train --config $(TRAIN_CONFIG) --resume
+	$(PY) -m streaming_model.distill export --config $(TRAIN_CONFIG) --out $(TRAIN_OUT)
 
 # Dev-set report of a checkpoint (reporting only: nothing here feeds back into training or selection).
 # Tables go to EVAL_DIR/*.log, figures to EVAL_DIR/*.json. The beam and geometry rows use the first

@@ -41,7 +41,7 @@ from streaming_model.decoding import (
     endpoint_reached,
 )
 from streaming_model.features import Fbank, FbankConfig
-from streaming_model.model import StateStore, StreamState
+from streaming_model.model import StateStore
 
 log = logging.getLogger("xlgate.runner")
 
@@ -258,10 +258,7 @@ class ModelRunner:
 
     def reset_slots(self, slots: Sequence[int]) -> None:
         """Return ``slots`` of the state store to the initial (empty-memory) state."""
-        # TODO(issue 8): this is StateStore.reset(slots), which belongs in streaming_model/model.py (frozen
-        # while issue 8 rebuilds the model); until then the store's public scatter writes a zero state.
-        index = torch.tensor(list(slots), device=self.device)
-        self.store.scatter(index, StreamState.zeros(self.config, len(slots), device=self.device))
+        self.store.reset(torch.tensor(list(slots), dtype=torch.int64, device=self.device))
 
     def _encode(self, inputs: list[ChunkInput], slots: list[int]) -> None:
         windows = np.zeros((len(inputs), self.window_samples), dtype=np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-
 FRONTEND_SUBSAMPLING = {"xl": 4, "whisper": 2}
 
 

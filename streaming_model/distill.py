@@ -39,13 +39,13 @@ import tomllib
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streaming_model.checkpoint import save_checkpoint
+from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.data.manifest import read_manifest, resolve_audio
 from streaming_model.features import Fbank, compute_fbank, whisper_features
 from streaming_model.model import StreamingTransformerXL
@@ -150,7 +150,7 @@ class DistillConfig:
     log_every_steps: int = 20
     checkpoint_every_s: float = 300.0
     seed: int = 0
-    init_from: str = ""  # a run's last.pt to start from instead of Whisper (weights only)
+    init_from: str = ""  # weights to start from instead of Whisper: a run's last.pt or a .safetensors export
 
     @classmethod
     def load(cls, path: Path) -> DistillConfig:
@@ -235,9 +235,17 @@ class _Hidden:
         return hook
 
 
+class Losses(NamedTuple):
+    distill: torch.Tensor  # scale-free distance to the teacher's block outputs
+    ctc: torch.Tensor  # CTC loss per target token
+    cos: torch.Tensor  # mean cosine to the teacher over the distilled blocks (a number to track)
+    logits: torch.Tensor  # (B, S', V)
+    out_lengths: torch.Tensor  # (B,)
+
+
 def losses(model: StreamingTransformerXL, hidden: _Hidden, batch: dict[str, torch.Tensor],
-           layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(distillation loss, CTC loss per target token, mean cosine) of one batch."""
+           layers: list[int]) -> Losses:
+    """The losses of one batch (one forward pass of the student, the chunk + memory masked one)."""
     logits, out_lengths = model(batch["features"], batch["lengths"])  # (B, S', V)
     log_probs = F.log_softmax(logits.float(), dim=-1)
     ctc = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
@@ -255,7 +263,7 @@ def losses(model: StreamingTransformerXL, hidden: _Hidden, batch: dict[str, torc
         mse = (st - te).square().mean(-1) / te.square().mean(-1).clamp_min(1e-6)
         distill = distill + (((1 - cos) + mse) * valid).sum() / valid.sum()
         cos_sum = cos_sum + (cos * valid).sum() / valid.sum()
-    return distill / len(layers), ctc, cos_sum / len(layers)
+    return Losses(distill / len(layers), ctc, cos_sum / len(layers), logits, out_lengths)
 
 
 def greedy_text(logits: torch.Tensor, length: int, tok: CharTokenizer) -> str:
@@ -279,12 +287,11 @@ def evaluate_heldout(model: StreamingTransformerXL, cache: TeacherCache, indices
         with torch.no_grad():
             for k in range(0, len(indices), 16):
                 batch = collate(cache, indices[k:k + 16], tok)
-                d, _, c = losses(model, hidden, batch, layers)
-                logits, out_lengths = model(batch["features"], batch["lengths"])
+                out = losses(model, hidden, batch, layers)
                 for b, i in enumerate(indices[k:k + 16]):
                     refs.append(cache.items[i]["text"])
-                    hyps.append(greedy_text(logits[b], int(out_lengths[b]), tok))
-                cos.append(float(c))
+                    hyps.append(greedy_text(out.logits[b], int(out.out_lengths[b]), tok))
+                cos.append(float(out.cos))
     finally:
         for h in hidden.handles:
             h.remove()
@@ -305,8 +312,11 @@ def train(cfg: DistillConfig, *, resume: bool) -> Path:
     cache = TeacherCache.open(folder)
     tok = CharTokenizer()
     model = build_student(cfg, tok.vocab_size)
-    if cfg.init_from:
-        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+    if cfg.init_from:  # weights only: a run's last.pt, or an exported (e.g. committed) checkpoint
+        if cfg.init_from.endswith(".safetensors"):
+            model.load_state_dict(load_checkpoint(cfg.init_from).model.state_dict())
+        else:
+            model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
     opt = make_optimizer(model, cfg)
     base_lrs = [cfg.lr_pretrained, cfg.lr_new]
     step, epoch, position = 0, 0, 0
@@ -346,7 +356,7 @@ def train(cfg: DistillConfig, *, resume: bool) -> Path:
             decay = 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.max_steps)))
             for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = lr * warm * (0.05 + 0.95 * decay)
-            distill, ctc, cos = losses(model, hidden, batch, cfg.distill_layers)
+            distill, ctc, cos, _, _ = losses(model, hidden, batch, cfg.distill_layers)
             loss = cfg.distill_weight * distill + cfg.ctc_weight * ctc
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -402,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
     e = sub.add_parser("export", help="write a run's serving checkpoint")
-    e.add_argument("--run", type=Path, required=True)
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=Path, help="the run's folder")
+    which.add_argument("--config", type=Path, help="the run's config (its folder is runs/NAME)")
     e.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.cmd == "cache":
@@ -410,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "train":
         train(DistillConfig.load(args.config), resume=args.resume)
     else:
-        export(args.run, args.out)
+        export(args.run or Path("runs") / DistillConfig.load(args.config).name, args.out)
     return 0
 
 

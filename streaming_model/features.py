@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-
 FEATURE_STYLES = ("ln", "whisper")
 
 

@@ -105,12 +105,14 @@ class StreamState:
 
 
 class StateStore:
-    """Slot-addressed store of stream states: a stream owns a slot for its life.
+    """Slot-addressed store of stream states: ``max_slots`` rows, one per live stream.
 
-    On CPU a step gathers the batch's slots into contiguous tensors and scatters the new state back (each
-    slot's rows are contiguous, so both are plain row copies). A device-resident implementation may
-    instead hand kernels the slab and the slot indices directly; callers only use :meth:`allocate`,
-    :meth:`release`, :meth:`gather` and :meth:`scatter`.
+    Which stream owns which slot is decided elsewhere (the scheduler allocates slots; a step plan names the
+    slots that are new or freed): the store only holds the rows. :meth:`reset` returns slots to the initial
+    (empty-memory) state. On CPU a step gathers the batch's slots into contiguous tensors and scatters the
+    new state back (each slot's rows are contiguous, so both are plain row copies), or updates the rings in
+    place through :meth:`view` / :meth:`commit`. A device-resident implementation may instead hand kernels
+    the slab and the slot indices directly.
     """
 
     def __init__(self, config: ModelConfig, max_slots: int, *, device: torch.device | str = "cpu",
@@ -120,28 +122,13 @@ class StateStore:
         self.config = config
         self.max_slots = max_slots
         self._slab = StreamState.zeros(config, max_slots, device=device, dtype=dtype).flat()
-        self._free = list(range(max_slots - 1, -1, -1))
-        self._allocated: set[int] = set()
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
-
-    def allocate(self) -> int:
-        """Take a free slot and reset it to the initial (empty-memory) state."""
-        if not self._free:
-            raise RuntimeError(f"all {self.max_slots} state slots are in use")
-        slot = self._free.pop()
+    def reset(self, slots: torch.Tensor) -> None:
+        """Return the given slots (K,) to the initial state: empty memory, position 0."""
+        if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= self.max_slots):
+            raise ValueError(f"slots must be in 0..{self.max_slots - 1}, got {slots.tolist()}")
         for tensor in self._slab:
-            tensor[slot].zero_()
-        self._allocated.add(slot)
-        return slot
-
-    def release(self, slot: int) -> None:
-        if slot not in self._allocated:
-            raise ValueError(f"slot {slot} is not allocated")
-        self._allocated.remove(slot)
-        self._free.append(slot)
+            tensor.index_fill_(0, slots.to(tensor.device), 0)
 
     def gather(self, slots: torch.Tensor) -> StreamState:
         """Contiguous state of the given slots (B,), in the order given."""

@@ -1,7 +1,9 @@
 """The import layers of the house style hold (issue 9); this test is the one sans-I/O check of protocols/.
 
 * ``protocols/`` imports nothing of ours but itself, and does no I/O: no network, clock, thread or process
-  module, and no file access (recordings are read by ``gateway/audio_files.py``).
+  module, and no file access (recordings are read by ``gateway/audio_files.py``), except in the one thin
+  ``transport.py`` of a protocol, which does its asyncio I/O (STYLE.md: events, errors, codec and connection
+  are sans-I/O; the transport is the only file that touches sockets and the clock).
 * ``streaming_model/`` never imports ``gateway/`` (nor the load generator or the tests); the sans-I/O
   ``protocols/`` (audio helpers) is below it and allowed.
 
@@ -26,6 +28,9 @@ IO_MODULES = {"asyncio", "socket", "selectors", "ssl", "time", "threading", "mul
               "subprocess", "http", "urllib", "websockets", "grpc", "uvloop", "soundfile"}
 # Builtins and methods that touch the file system.
 FILE_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text"}
+
+# What a protocol's transport.py may use for its I/O (nothing of ours above protocols/ all the same).
+TRANSPORT_IO = {"asyncio", "socket", "ssl", "time", "selectors"}
 
 # (importer, imported top-level package or I/O module) -> the issue that removes it.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
@@ -59,7 +64,8 @@ def violations(package: str, *, allowed_ours: set[str], check_io: bool) -> set[t
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
         for module in imported_modules(tree):
             top = module.split(".")[0]
-            if (top in OURS and top not in allowed_ours) or (check_io and top in IO_MODULES):
+            io = check_io and top in IO_MODULES and not (path.name == "transport.py" and top in TRANSPORT_IO)
+            if (top in OURS and top not in allowed_ours) or io:
                 found.add((rel, top))
         if check_io:
             found.update((rel, call) for call in file_calls(tree))
@@ -83,3 +89,14 @@ def test_the_checks_see_what_they_must() -> None:
                      "    return open('x'), Path('y').read_text()\n")
     assert set(imported_modules(tree)) == {"asyncio", "gateway.engine"}
     assert sorted(file_calls(tree)) == ["open", "read_text"]
+
+
+def test_only_transports_do_io() -> None:
+    """A transport.py may use asyncio; the same import anywhere else under protocols/ is a violation."""
+    transports = [p for p in python_files("protocols") if p.name == "transport.py"]
+    assert transports, "protocols/ has transports (SIP, MRCP, RTP)"
+    for path in transports:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        assert "asyncio" in {m.split(".")[0] for m in imported_modules(tree)}
+    found = violations("protocols", allowed_ours={"protocols"}, check_io=True)
+    assert not {f for f in found if f[0].endswith("/transport.py") and f[1] in TRANSPORT_IO}
