@@ -18,10 +18,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from streaming_model import model as model_module  # noqa: E402
 from streaming_model.model import RelPositionAttention, StateStore, ring_geometry  # noqa: E402
 from tests.conftest import TINY, make_tiny_model  # noqa: E402
-from triton_kernels.rel_attention import rel_attention, rel_attention_reference  # noqa: E402
+from tests.rel_attention_helpers import patch_step_attention  # noqa: E402
+from triton_kernels.rel_attention import rel_attention_reference  # noqa: E402
 from triton_kernels.rel_attention.cases import ragged  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,38 +60,6 @@ def test_reference_equals_model_attend(right_frames: int) -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def _patch_step_attention(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
-    """Replace _StepContext.attention by the call documented in triton_kernels/rel_attention/__init__.py."""
-    ctx_cls = model_module._StepContext
-    original_init = ctx_cls.__init__
-
-    def init(self, model, state, lengths):  # type: ignore[no-untyped-def]
-        original_init(self, model, state, lengths)
-        self.lengths = lengths
-
-    def attention(self, layer, attn, h):  # type: ignore[no-untyped-def]
-        c, state = self.c, self.state
-        l_ = c.chunk_frames
-        q, k, v = attn.project(h)  # (B, H, L+R, E)
-        b, heads, lq, e = q.shape
-        slots = state.ring_slots
-        rows = self.rows if slots is None else slots[:, None]
-        ring_k, ring_v = state.ring_k[layer], state.ring_v[layer]
-        ring_k[rows, :, self.write_pos] = k[:, :, :l_].transpose(1, 2).to(ring_k.dtype)
-        ring_v[rows, :, self.write_pos] = v[:, :, :l_].transpose(1, 2).to(ring_v.dtype)
-        out = rel_attention(
-            q, ring_k, ring_v,
-            slots=slots if slots is not None else torch.arange(b, device=q.device),
-            frames=state.frames, lengths=self.lengths,
-            pos_keys=attn.position_keys(self.model.pos_emb), bias_u=attn.u, bias_v=attn.v,
-            k_right=k[:, :, l_:] if c.right_frames else None, v_right=v[:, :, l_:] if c.right_frames else None,
-            backend=backend)
-        return attn.out(out.transpose(1, 2).reshape(b, lq, heads * e))
-
-    monkeypatch.setattr(ctx_cls, "__init__", init)
-    monkeypatch.setattr(ctx_cls, "attention", attention)
-
-
 # The interpreter costs ~0.5 s per kernel call here: the kernel runs only the look-ahead geometry (ring
 # and look-ahead keys both), the reference both.
 @pytest.mark.parametrize("backend,right_frames", [("reference", 0), ("reference", 2), ("triton", 2)])
@@ -117,7 +85,7 @@ def test_model_step_with_rel_attention_equals_model_step(monkeypatch: pytest.Mon
             expected, _, st = model.step(chunk, lens, plain.view(active))
             plain.commit(active, st)
             with monkeypatch.context() as mp:
-                _patch_step_attention(mp, backend)
+                patch_step_attention(mp, backend)
                 got, _, st2 = model.step(chunk, lens, patched.view(active))
             patched.commit(active, st2)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
