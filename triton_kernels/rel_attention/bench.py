@@ -205,10 +205,17 @@ def run(out_dir: str | None, *, budget_s: float, dry_run: bool, full_grid: bool,
     rows_spec = [(s, torch.float32) for s in DRY_RUN_SHAPES] if dry_run else sweep(full_grid)
     rows_spec = rows_spec[:max_rows]
     results: list[dict[str, Any]] = []
+    payload: dict[str, Any] = dict(environment=env, dry_run=dry_run, budget_s=budget_s, rows=results)
+
+    def save() -> None:
+        payload["targets"] = _targets(results, dry_run)
+        benchutil.write_outputs(out, "rel_attention", _markdown(payload), payload)
+
     for shape, dtype in rows_spec:
         dname = str(dtype).removeprefix("torch.")
         if deadline.left() < (5 if dry_run else 20):
             results.append(dict(shape=shape.label(), dtype=dname, skipped="time budget"))
+            save()
             continue
         try:
             prob = Problem(shape, dtype, device)
@@ -248,9 +255,8 @@ def run(out_dir: str | None, *, budget_s: float, dry_run: bool, full_grid: bool,
                 rec["kernel_speedup"] = _best(rec) / kernel_ms
         results.append(row)
         del prob, expected
-    payload = dict(environment=env, dry_run=dry_run, budget_s=budget_s, rows=results,
-                   targets=_targets(results, dry_run))
-    benchutil.write_outputs(out, "rel_attention", _markdown(payload), payload)
+        save()  # after every row: a stage killed at its timeout still leaves what it measured
+    save()
     return payload
 
 
