@@ -2,22 +2,44 @@
 
 The body of ``attention`` below is the integration documented in triton_kernels/rel_attention/__init__.py;
 ``streaming_model/model.py`` itself is left to the model's owners.
+
+The prepared GPU check runs the rel_attention tests with ``--noconftest`` on machines that may have only
+torch, triton and pytest (conftest.py imports the gateway and its dependencies), so this module needs only
+``streaming_model.model`` and torch at import time, and carries its own tiny model.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from streaming_model import model as model_module
-from streaming_model.checkpoint import LoadedModel
-from streaming_model.decoding import GreedyDecoder
+from streaming_model.config import ModelConfig
+from streaming_model.model import StreamingTransformerXL
 from triton_kernels.rel_attention import rel_attention
+
+if TYPE_CHECKING:
+    from streaming_model.checkpoint import LoadedModel
+
+# conftest.TINY's geometry (2 layers, 4 heads of 16, 160 ms chunks, 8 frames of memory).
+TINY = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_ff=128, frontend_channels=64, conv_kernel=5,
+                   chunk_frames=4, mem_frames=8, dropout=0.0)
+
+
+def tiny_model(config: ModelConfig = TINY, seed: int = 0) -> StreamingTransformerXL:
+    """A random model in eval mode with non-zero u/v biases, so every attention term is exercised."""
+    torch.manual_seed(seed)
+    model = StreamingTransformerXL(config).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.u.normal_(0, 0.5)
+            layer.attn.v.normal_(0, 0.5)
+    return model
 
 
 def patch_step_attention(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
@@ -65,6 +87,8 @@ def step_attention(backend: str | None) -> Iterator[None]:
 
 def stream_transcript(loaded: LoadedModel, features: torch.Tensor, device: str) -> tuple[str, torch.Tensor]:
     """Greedy transcript and (T, V) logits of one utterance streamed chunk by chunk on ``device``."""
+    from streaming_model.decoding import GreedyDecoder
+
     model, c = loaded.model, loaded.model.config
     step, window = c.chunk_feature_frames, c.step_feature_frames
     state = model.initial_state(1)
@@ -79,5 +103,5 @@ def stream_transcript(loaded: LoadedModel, features: torch.Tensor, device: str) 
             logits, out_len, state = model.step(chunk.to(device), torch.tensor([m], device=device), state)
             logits = logits[0, : int(out_len[0])].float().cpu()
             outs.append(logits)
-            decoder.accept(F.log_softmax(logits, dim=-1).numpy().astype(np.float32))
+            decoder.accept(F.log_softmax(logits, dim=-1).numpy())
     return decoder.finalize().text, torch.cat(outs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -99,16 +98,21 @@ def test_cuda_graph_replay_follows_positions() -> None:
 
 def _utterances(loaded) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
     """Features of a few utterances: synthetic speech when espeak-ng is installed, else varied tones/noise."""
+    import numpy as np
+
     from streaming_model.features import compute_fbank
 
     signals: list[np.ndarray] = []
     if shutil.which("espeak-ng"):
-        from streaming_model.data.voices import VoiceSpec, synthesize
+        try:
+            from streaming_model.data.voices import VoiceSpec, synthesize
 
-        voice = VoiceSpec("espeak", "en-us", rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())
-        for i, text in enumerate(["can you hear me", "i want to pay my bill", "thank you for calling"]):
-            signals.append(np.clip(synthesize(text, voice, seed=i), -1, 1).astype(np.float32))
-    else:
+            voice = VoiceSpec("espeak", "en-us", rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())
+            for i, text in enumerate(["can you hear me", "i want to pay my bill", "thank you for calling"]):
+                signals.append(np.clip(synthesize(text, voice, seed=i), -1, 1).astype(np.float32))
+        except Exception:  # a synthesis dependency missing on this machine: fall back to signals below
+            signals = []
+    if not signals:
         rng = np.random.default_rng(0)
         t = np.arange(8000 * 3) / 8000
         for f in (300.0, 700.0, 1500.0):
@@ -118,11 +122,27 @@ def _utterances(loaded) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
 
 
 def test_bundled_model_same_transcripts_on_gpu_and_cpu() -> None:
-    from gateway.models import load_model
+    try:
+        from streaming_model.checkpoint import bundled_checkpoint_path, load_checkpoint
+    except ImportError as exc:  # the GPU machine may lack the checkpoint's dependencies (safetensors, numpy)
+        pytest.skip(f"checkpoint loading needs {exc.name}")
+
+    path = bundled_checkpoint_path()
+    if path is None:
+        pytest.skip("no bundled checkpoint in this tree")
+    cpu = load_checkpoint(path, device="cpu")
+    gpu = load_checkpoint(path, device="cuda")
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the convolutions in full fp32, as on the CPU
+    try:
+        _compare_transcripts(cpu, gpu)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _compare_transcripts(cpu, gpu) -> None:  # type: ignore[no-untyped-def]
     from tests.rel_attention_helpers import step_attention, stream_transcript
 
-    cpu = load_model("bundled", "cpu", warn=False)
-    gpu = load_model("bundled", "cuda", warn=False)
     for feats in _utterances(cpu):
         text_cpu, logits_cpu = stream_transcript(cpu, feats, "cpu")
         with step_attention("triton"):

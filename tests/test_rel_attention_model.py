@@ -19,8 +19,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from streaming_model.model import RelPositionAttention, StateStore, ring_geometry  # noqa: E402
-from tests.conftest import TINY, make_tiny_model  # noqa: E402
-from tests.rel_attention_helpers import patch_step_attention  # noqa: E402
+from tests.rel_attention_helpers import TINY, patch_step_attention, tiny_model  # noqa: E402
 from triton_kernels.rel_attention import rel_attention_reference  # noqa: E402
 from triton_kernels.rel_attention.cases import ragged  # noqa: E402
 
@@ -30,7 +29,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("right_frames", [0, 2])
 def test_reference_equals_model_attend(right_frames: int) -> None:
     config = dataclasses.replace(TINY, right_frames=right_frames, mem_frames=6, chunk_frames=3)
-    model = make_tiny_model(config)
+    model = tiny_model(config)
     attn: RelPositionAttention = model.layers[0].attn
     c = config
     b, h, e = 6, c.n_heads, c.d_head
@@ -68,7 +67,7 @@ def test_model_step_with_rel_attention_equals_model_step(monkeypatch: pytest.Mon
     if backend == "triton":
         pytest.importorskip("triton")
     config = dataclasses.replace(TINY, right_frames=right_frames)
-    model = make_tiny_model(config).to(DEVICE)
+    model = tiny_model(config).to(DEVICE)
     c = config
     plain, patched = (StateStore(c, max_slots=6, device=DEVICE) for _ in range(2))
     slots = [plain.allocate() for _ in range(4)]
