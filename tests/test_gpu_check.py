@@ -15,9 +15,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from triton_kernels import gpu_check  # noqa: E402
-from triton_kernels.benchutil import NOT_MEASURED  # noqa: E402
-from triton_kernels.rel_attention import bench  # noqa: E402
+from triton_kernels import gpu_check
+from triton_kernels.benchutil import NOT_MEASURED
+from triton_kernels.rel_attention import bench
 
 REPO = Path(__file__).resolve().parent.parent
 

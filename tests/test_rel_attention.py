@@ -17,9 +17,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from triton_kernels.rel_attention import rel_attention, rel_attention_reference, resolve_backend  # noqa: E402
-from triton_kernels.rel_attention.cases import Shape, make_inputs, ragged  # noqa: E402
-from triton_kernels.rel_attention.launcher import rel_attention_triton  # noqa: E402
+from triton_kernels.rel_attention import rel_attention, rel_attention_reference, resolve_backend
+from triton_kernels.rel_attention.cases import Shape, make_inputs, ragged
+from triton_kernels.rel_attention.launcher import rel_attention_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # fp32: the kernel's IEEE dots against the reference's, differing in summation order only. fp16: the kernel

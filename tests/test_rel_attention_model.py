@@ -18,10 +18,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from streaming_model.model import RelPositionAttention, StateStore, ring_geometry  # noqa: E402
-from tests.rel_attention_helpers import TINY, patch_step_attention, tiny_model  # noqa: E402
-from triton_kernels.rel_attention import rel_attention_reference  # noqa: E402
-from triton_kernels.rel_attention.cases import ragged  # noqa: E402
+from streaming_model.model import RelPositionAttention, StateStore, ring_geometry
+from tests.rel_attention_helpers import TINY, patch_step_attention, tiny_model
+from triton_kernels.rel_attention import rel_attention_reference
+from triton_kernels.rel_attention.cases import ragged
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -55,7 +55,6 @@ def measured_copy_gbps(device: torch.device, n_bytes: int = 1 << 30) -> float | 
     src = torch.empty(n_bytes // 2, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=100, return_mode="median")
-    del src, dst
     return 2 * n_bytes / (ms * 1e-3) / 1e9
 
 

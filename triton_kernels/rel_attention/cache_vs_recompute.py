@@ -23,13 +23,11 @@ Dimension legend: T frames, D width, H heads, E head width, W ring frames, Lq fr
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streaming_model.model import sinusoid_table

@@ -38,10 +38,8 @@ import triton.language as tl
 # purpose: the prepared GPU check has minutes, and these problems are memory-bound, so the key-block width
 # and pipelining depth are what matter.
 AUTOTUNE_CONFIGS = [
-    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bn in (32, 64, 128)
-    for w in (4,)
-    for s in (2, 3)
+    triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=stages)
+    for bn, stages in ((32, 2), (64, 2), (64, 3), (128, 3))
 ]
 DEFAULT_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 
@@ -56,8 +54,15 @@ def _dot(a, b, FP32: tl.constexpr):
         return tl.dot(a, b)
 
 
+# Geometry and per-batch strides change with every shape: specialising on them (value 1, divisibility by 16)
+# would compile a new variant per shape, which the GPU check's minutes cannot afford. Row strides and the
+# head-dimension stride stay specialised (alignment of the K/V/position row loads).
+_GENERIC_ARGS = ["H", "LQ", "MEM", "RING", "RIGHT", "HEAD_DIM", "NUM_POS", "stride_qb", "stride_ks", "stride_vs",
+                 "stride_rkb", "stride_rvb", "stride_ob"]
+
+
 @triton.heuristics({"BLOCK_P": lambda args: triton.next_power_of_2(args["BLOCK_M"] + args["BLOCK_N"] - 1)})
-@triton.jit
+@triton.jit(do_not_specialize=_GENERIC_ARGS)
 def rel_attention_fwd(
     Q, K_RING, V_RING, K_RIGHT, V_RIGHT, POS, BIAS_U, BIAS_V, SLOTS, FRAMES, LENGTHS, OUT,
     stride_qb, stride_qh, stride_qm, stride_qe,
