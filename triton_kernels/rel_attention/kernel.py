@@ -43,7 +43,7 @@ AUTOTUNE_CONFIGS = [
 ]
 DEFAULT_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 
-_MASKED = -1.0e30  # finite, so a block with every key masked never produces inf - inf
+_MASKED = tl.constexpr(-1.0e30)  # finite, so a block with every key masked never produces inf - inf
 
 
 @triton.jit
@@ -54,11 +54,11 @@ def _dot(a, b, FP32: tl.constexpr):
         return tl.dot(a, b)
 
 
-# Geometry and per-batch strides change with every shape: specialising on them (value 1, divisibility by 16)
-# would compile a new variant per shape, which the GPU check's minutes cannot afford. Row strides and the
-# head-dimension stride stay specialised (alignment of the K/V/position row loads).
-_GENERIC_ARGS = ["H", "LQ", "MEM", "RING", "RIGHT", "HEAD_DIM", "NUM_POS", "stride_qb", "stride_ks", "stride_vs",
-                 "stride_rkb", "stride_rvb", "stride_ob"]
+# The geometry changes with every shape: specialising on it (value 1, divisibility by 16) would compile a new
+# variant per shape, which the GPU check's minutes cannot afford; it only enters index arithmetic. Strides stay
+# specialised: their divisibility is what lets the K/V/position row loads vectorise (and pipeline). The head
+# size is a compile-time constant, so the head-dimension mask folds away when E is a power of two.
+_GENERIC_ARGS = ["H", "LQ", "MEM", "RING", "RIGHT", "NUM_POS"]
 
 
 @triton.heuristics({"BLOCK_P": lambda args: triton.next_power_of_2(args["BLOCK_M"] + args["BLOCK_N"] - 1)})
@@ -74,9 +74,10 @@ def rel_attention_fwd(
     stride_uh, stride_ue,
     stride_bvh, stride_bve,
     stride_ob, stride_oh, stride_om, stride_oe,
-    H, LQ, MEM, RING, RIGHT, HEAD_DIM, NUM_POS,
+    H, LQ, MEM, RING, RIGHT, NUM_POS,
     qk_scale,  # 1/sqrt(E) * log2(e): scores go straight to base 2
-    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_RIGHT: tl.constexpr, POS_GATHER: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    POS_GATHER: tl.constexpr,
     FP32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_m = tl.program_id(0)

@@ -70,11 +70,11 @@ def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Te
     args = (q, k_ring, v_ring, right_k, right_v, pos_keys, bias_u, bias_v, slots, frames, lengths, out,
             *q.stride(), *k_ring.stride(), *v_ring.stride(), *right_k.stride(), *right_v.stride(),
             *pos_keys.stride(), *bias_u.stride(), *bias_v.stride(), *out.stride(),
-            g.heads, g.queries, g.mem, g.ring, g.right, g.head_dim, g.positions,
+            g.heads, g.queries, g.mem, g.ring, g.right, g.positions,
             scale * math.log2(math.e))
 
     def launch(use_gather: bool) -> None:
-        meta = dict(BLOCK_M=bm, BLOCK_E=max(16, triton.next_power_of_2(g.head_dim)), HAS_RIGHT=g.right > 0,
+        meta = dict(HEAD_DIM=g.head_dim, BLOCK_M=bm, BLOCK_E=max(16, triton.next_power_of_2(g.head_dim)), HAS_RIGHT=g.right > 0,
                     POS_GATHER=use_gather, FP32=q.dtype == torch.float32)
         if tuned:
             kernel.rel_attention_fwd_tuned[grid](*args, **meta)
