@@ -15,6 +15,10 @@ timeout so that one stuck stage cannot eat the slot:
 3. bench: ``triton_kernels.rel_attention.bench`` (kernel vs eager / SDPA / FlexAttention).
 4. recompute: ``triton_kernels.rel_attention.cache_vs_recompute``.
 
+Dry runs add a first stage, ``aot``: ``triton_kernels.rel_attention.aot_check`` compiles every launch variant
+of the kernel for sm_90 and sm_80 down to a cubin, which needs no GPU and catches what the interpreter
+cannot (constructs the GPU compiler rejects).
+
 Outputs in ``$GPU_CHECK_OUT`` (or ``--out``): ``gpu-check.md`` (every table, Markdown), ``gpu-check.json``
 (stage status, durations, environment), and each stage's own ``.md``/``.json``/``.log``. Exit status 0 when
 every stage passed, 1 when a stage failed (its outputs are still written), 2 when preflight failed.
@@ -39,9 +43,11 @@ TOTAL_BUDGET_S = 470  # the issue's 8 minutes, less start-up and the summary
 # Per-stage hard timeouts (seconds) and the benchmark budgets inside them (a benchmark stops starting new
 # rows when its budget runs out and keeps what it measured; the timeout is the backstop).
 STAGES: dict[str, dict[str, float]] = {
-    "tests": {"timeout": 150},
-    "bench": {"timeout": 205, "budget": 170},
-    "recompute": {"timeout": 95, "budget": 70},
+    "aot": {"timeout": 600},  # dry runs only: compile every launch variant for sm_90 and sm_80 (no GPU needed)
+    # First compiles dominate the tests (~30 kernel variants, a few seconds each on an empty Triton cache).
+    "tests": {"timeout": 200},
+    "bench": {"timeout": 180, "budget": 150},
+    "recompute": {"timeout": 85, "budget": 60},
 }
 TEST_FILES = ["tests/test_rel_attention_gpu.py", "tests/test_rel_attention.py", "tests/test_rel_attention_model.py"]
 
@@ -114,8 +120,14 @@ def _triton_smoke() -> None:
         raise RuntimeError("the smoke kernel computed wrong values")
 
 
-def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None) -> dict[str, list[str]]:
+DEFAULT_STAGES = "tests,bench,recompute"
+DRY_RUN_STAGES = "aot,tests,bench,recompute"
+
+
+def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None,
+                   quick: bool = False) -> dict[str, list[str]]:
     py = sys.executable
+    aot = [py, "-m", "triton_kernels.rel_attention.aot_check"] + (["--quick", "--arch", "90"] if quick else [])
     bench = [py, "-m", "triton_kernels.rel_attention.bench", "--out", str(out),
              "--budget-s", str(STAGES["bench"]["budget"])]
     recompute = [py, "-m", "triton_kernels.rel_attention.cache_vs_recompute", "--out", str(out),
@@ -132,7 +144,7 @@ def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None) -> dict[
         tests += TEST_FILES
     if bench_rows is not None:
         bench += ["--max-rows", str(bench_rows)]
-    return {"tests": tests, "bench": bench, "recompute": recompute}
+    return {"aot": aot, "tests": tests, "bench": bench, "recompute": recompute}
 
 
 def run_stage(name: str, cmd: list[str], out: Path, *, timeout_s: float, env: dict[str, str]) -> dict[str, Any]:
@@ -175,14 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="xlgate prepared GPU check (issue 12)")
     parser.add_argument("--out", help="output folder (default $GPU_CHECK_OUT)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes")
-    parser.add_argument("--stages", default="tests,bench,recompute", help="comma-separated subset")
+    parser.add_argument("--stages", default=None,
+                        help=f"comma-separated subset (default {DEFAULT_STAGES}; dry run {DRY_RUN_STAGES})")
     parser.add_argument("--bench-rows", type=int, default=None, help="limit the kernel table (dry runs)")
+    parser.add_argument("--quick", action="store_true", help="aot stage: one variant, sm_90 only")
     args = parser.parse_args(argv)
     out_arg = args.out or os.environ.get("GPU_CHECK_OUT")
     if not out_arg:
         print("gpu-check: set GPU_CHECK_OUT (or --out) to the folder for the tables", file=sys.stderr)
         return 2
-    stages = [s for s in args.stages.split(",") if s]
+    stages = [s for s in (args.stages or (DRY_RUN_STAGES if args.dry_run else DEFAULT_STAGES)).split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         print(f"gpu-check: unknown stages {unknown}; known: {list(STAGES)}", file=sys.stderr)
@@ -205,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         env["TRITON_INTERPRET"] = "1"
     else:
         env.pop("TRITON_INTERPRET", None)
-    commands = stage_commands(out, dry_run=args.dry_run, bench_rows=args.bench_rows)
+    commands = stage_commands(out, dry_run=args.dry_run, bench_rows=args.bench_rows, quick=args.quick)
     results: dict[str, Any] = {}
     for name in stages:
-        left = TOTAL_BUDGET_S - (time.monotonic() - start)
+        left = TOTAL_BUDGET_S - (time.monotonic() - start) if not args.dry_run else STAGES[name]["timeout"]
         if left < 10:
             results[name] = {"status": "skipped: total time budget spent"}
             continue
-        results[name] = run_stage(name, commands[name], out, timeout_s=min(STAGES[name]["timeout"], left), env=env)
+        stage_env = dict(env)
+        if name == "aot":  # compiling for a GPU target needs the real JIT, not the interpreter
+            stage_env.pop("TRITON_INTERPRET", None)
+        results[name] = run_stage(name, commands[name], out, timeout_s=min(STAGES[name]["timeout"], left),
+                                  env=stage_env)
     if "tests" in results:
         results["tests"]["junit"] = _junit_summary(out / "gpu-tests.xml")
     total = time.monotonic() - start

@@ -60,8 +60,14 @@ def variants(quick: bool) -> list[Variant]:
     return out
 
 
-def compile_variant(v: Variant, arch: int) -> int:
-    """Compile one variant to a cubin for ``sm_<arch>``; returns the cubin's size in bytes.
+# Largest dynamic shared memory per block (bytes): a variant above it cannot launch there (the autotuner
+# skips such a configuration; the untuned default must fit).
+MAX_SHARED = {90: 232448, 89: 101376, 86: 101376, 80: 166912}
+
+
+def compile_variant(v: Variant, arch: int) -> tuple[int, int]:
+    """Compile one variant to a cubin for ``sm_<arch>``; returns the cubin's size and the shared memory
+    it needs, in bytes.
 
     Raises:
         triton.compiler.errors.CompilationError (or the backend's error) when the kernel does not lower.
@@ -93,7 +99,7 @@ def compile_variant(v: Variant, arch: int) -> int:
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, num_stages=v.num_stages))
-    return len(compiled.asm["cubin"])
+    return len(compiled.asm["cubin"]), int(compiled.metadata.shared)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants(args.quick):
             t0 = time.monotonic()
             try:
-                size = compile_variant(v, arch)
-                print(f"sm_{arch} {v.label()}: ok ({size} B cubin, {time.monotonic() - t0:.1f} s)", flush=True)
+                size, shared = compile_variant(v, arch)
             except Exception as exc:
                 failed += 1
                 print(f"sm_{arch} {v.label()}: FAILED {type(exc).__name__}: {str(exc)[-400:]}", flush=True)
+                continue
+            limit = MAX_SHARED.get(arch)
+            default = (v.block_n, v.num_stages) == (kernel.DEFAULT_CONFIG["BLOCK_N"], kernel.DEFAULT_CONFIG["num_stages"])
+            fits = limit is None or shared <= limit
+            if not fits and default:
+                failed += 1
+            note = "" if fits else (" TOO MUCH SHARED MEMORY for the default launch" if default else
+                                    " (over this GPU's shared memory: the autotuner skips it)")
+            print(f"sm_{arch} {v.label()}: ok ({size} B cubin, {shared} B shared, {time.monotonic() - t0:.1f} s)"
+                  f"{note}", flush=True)
     return 1 if failed else 0
 
 
