@@ -81,8 +81,8 @@ class Encoder:
             # Projected position tables (constant at inference): cache path M = context - Lq, Lq = step;
             # recompute path M = 0, Lq = context.
             def table(mem_frames: int, queries: int, layer: Layer) -> torch.Tensor:
-                dist = torch.arange(-(queries - 1), mem_frames + queries, device=device)  # (M + 2Lq - 1,)
-                emb = sinusoid_table(dist, d).to(device=device, dtype=dtype)
+                dist = torch.arange(-(queries - 1), mem_frames + queries)  # (M + 2Lq - 1,)
+                emb = sinusoid_table(dist, d).to(device=device, dtype=dtype)  # built on the CPU, as the model does
                 return layer.pos(emb).view(-1, h, e).transpose(0, 1).contiguous()  # (H, P, E)
 
             self.pos_cache = [table(mem, step, layer) for layer in self.layers]

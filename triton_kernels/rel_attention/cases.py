@@ -44,9 +44,11 @@ def make_inputs(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str
                 seed: int = 0, scale: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """(q, k_ring, v_ring, kwargs) for ``rel_attention(q, k_ring, v_ring, **kwargs)``.
 
-    Values are drawn in fp32 on the CPU from ``seed`` (so every device and dtype sees the same numbers) and
-    scaled by ``scale`` to keep fp16 scores moderate. Default frames: every stream well past its first
-    ``M`` frames (full memory) at different ring rotations; default lengths: full windows.
+    Values are drawn in fp32 on ``device`` from ``seed`` (a GPU draws its own: the largest benchmark shape
+    holds ~10^9 values, too many to draw on a CPU and copy) and scaled by ``scale`` to keep fp16 scores
+    moderate; slots and default positions come from a CPU generator with the same seed. Default frames:
+    every stream well past its first ``M`` frames (full memory) at different ring rotations; default
+    lengths: full windows.
     """
     s = shape
     b, h, lq, e = s.batch, s.heads, s.queries, s.head_dim
@@ -55,9 +57,11 @@ def make_inputs(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str
     if rows < b:
         raise ValueError(f"slab_rows ({rows}) must be >= batch ({b})")
     gen = torch.Generator().manual_seed(seed)
+    dev_gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*dims: int) -> torch.Tensor:
-        return (torch.randn(*dims, generator=gen) * scale).to(device=device, dtype=dtype)
+        x = torch.randn(*dims, generator=dev_gen, device=device)
+        return x.mul_(scale).to(dtype)
 
     q = randn(b, h, lq, e)
     k_ring, v_ring = randn(rows, h, w, e), randn(rows, h, w, e)
