@@ -94,30 +94,13 @@ def preflight(*, dry_run: bool) -> dict[str, Any]:
     found["device"] = torch.cuda.get_device_name(0)
     found["device_count"] = torch.cuda.device_count()
     try:
-        _triton_smoke()
+        from triton_kernels.smoke import run_smoke_kernel
+
+        run_smoke_kernel()
     except Exception as exc:
         raise PreflightError(f"triton {triton.__version__} cannot compile and run a kernel on "
                              f"{found['device']}: {type(exc).__name__}: {exc}") from exc
     return found
-
-
-def _triton_smoke() -> None:
-    """Compile and run a trivial kernel, so a broken compiler or driver stops the check in seconds."""
-    import torch
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def double(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
-
-    x = torch.arange(1000, device="cuda", dtype=torch.float32)
-    y = torch.empty_like(x)
-    double[(triton.cdiv(1000, 256),)](x, y, 1000, BLOCK=256)
-    torch.cuda.synchronize()
-    if not torch.equal(y, x * 2):
-        raise RuntimeError("the smoke kernel computed wrong values")
 
 
 DEFAULT_STAGES = "tests,bench,recompute"
