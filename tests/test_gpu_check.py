@@ -79,3 +79,31 @@ def test_sweep_covers_the_issue_grid_target_first() -> None:
     assert {s.mem for s in shapes} >= set(bench.GRID_M)
     assert bench.LARGEST in shapes
     assert len(bench.sweep(full_grid=True)) == 2 + 4 * 3 * 4 * 6
+
+
+@pytest.mark.parametrize("tests_seconds", [40.0, 200.0])
+def test_real_run_shares_the_eight_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tests_seconds: float) -> None:
+    """The GPU run's stage sequence with a fake clock and fake stages: fast tests leave the kernel table
+    more time, slow tests less, and the whole stays within the budget with the recompute stage's share kept."""
+    clock = [0.0]
+    calls: list[tuple[str, list[str], float]] = []
+
+    def fake_stage(name: str, cmd: list[str], out: Path, *, timeout_s: float, env: dict[str, str]) -> dict:
+        calls.append((name, cmd, timeout_s))
+        clock[0] += min(tests_seconds, timeout_s) if name == "tests" else timeout_s
+        return {"status": "passed", "exit_code": 0, "seconds": 0}
+
+    monkeypatch.setattr(gpu_check, "preflight", lambda dry_run: {"device": "fake"})
+    monkeypatch.setattr(gpu_check, "run_stage", fake_stage)
+    monkeypatch.setattr(gpu_check.time, "monotonic", lambda: clock[0])
+    assert gpu_check.main(["--out", str(tmp_path)]) == 0
+    assert [c[0] for c in calls] == ["tests", "bench", "recompute"]
+    bench_cmd, bench_timeout = calls[1][1], calls[1][2]
+    budget = float(bench_cmd[bench_cmd.index("--budget-s") + 1])
+    assert 0 <= budget < bench_timeout
+    assert calls[2][2] == gpu_check.STAGES["recompute"]["timeout"]  # the recompute stage keeps its share
+    assert clock[0] <= gpu_check.TOTAL_BUDGET_S
+    if tests_seconds < gpu_check.STAGES["tests"]["timeout"]:
+        assert bench_timeout > gpu_check.STAGES["bench"]["timeout"]  # the tests' unused time
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["stages"]["bench"]["status"] == "passed"

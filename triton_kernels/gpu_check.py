@@ -107,14 +107,16 @@ DEFAULT_STAGES = "tests,bench,recompute"
 DRY_RUN_STAGES = "aot,tests,bench,recompute"
 
 
-def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None,
-                   quick: bool = False) -> dict[str, list[str]]:
+def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None, quick: bool = False,
+                   budgets: dict[str, float] | None = None) -> dict[str, list[str]]:
+    """Each stage's command line; ``budgets`` overrides the benchmarks' budgets (seconds)."""
+    budget = {name: spec["budget"] for name, spec in STAGES.items() if "budget" in spec} | (budgets or {})
     py = sys.executable
     aot = [py, "-m", "triton_kernels.rel_attention.aot_check"] + (["--quick", "--arch", "90"] if quick else [])
     bench = [py, "-m", "triton_kernels.rel_attention.bench", "--out", str(out),
-             "--budget-s", str(STAGES["bench"]["budget"])]
+             "--budget-s", f"{budget['bench']:.0f}"]
     recompute = [py, "-m", "triton_kernels.rel_attention.cache_vs_recompute", "--out", str(out),
-                 "--budget-s", str(STAGES["recompute"]["budget"])]
+                 "--budget-s", f"{budget['recompute']:.0f}"]
     # --noconftest: tests/conftest.py imports the gateway and its dependencies, which a GPU machine with only
     # torch, triton and pytest lacks; the rel_attention tests need none of its fixtures.
     tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "-rs",
@@ -212,8 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         stage_env = dict(env)
         if name == "aot":  # compiling for a GPU target needs the real JIT, not the interpreter
             stage_env.pop("TRITON_INTERPRET", None)
-        results[name] = run_stage(name, commands[name], out, timeout_s=min(STAGES[name]["timeout"], left),
-                                  env=stage_env)
+        timeout = min(STAGES[name]["timeout"], left)
+        command = commands[name]
+        if name == "bench" and not args.dry_run:
+            # The kernel table gets whatever the later stages do not need: more when the tests finished
+            # early (a warm compiler cache), less when they ran long, so the recompute table still runs.
+            later = sum(STAGES[n]["timeout"] for n in stages[stages.index(name) + 1:])
+            timeout = min(left, max(30.0, left - later))
+            grace = STAGES["bench"]["timeout"] - STAGES["bench"]["budget"]
+            command = stage_commands(out, dry_run=False, bench_rows=args.bench_rows,
+                                     budgets={"bench": max(timeout - grace, 0.0)})["bench"]
+        results[name] = run_stage(name, command, out, timeout_s=timeout, env=stage_env)
     if "tests" in results:
         results["tests"]["junit"] = _junit_summary(out / "gpu-tests.xml")
     total = time.monotonic() - start
