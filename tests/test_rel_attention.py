@@ -70,6 +70,14 @@ def test_row_loop_variant_matches_reference(shape: pytest.param) -> None:  # typ
     check(shape, torch.float32, frames=frames, lengths=lengths, pos_gather=False)
 
 
+@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("shape", [GRID[0], GRID[3], pytest.param(Shape(3, 1, 4, 200, 16, right=1), id="4-key-blocks")])
+def test_split_keys_match_reference(shape: Shape, splits: int) -> None:
+    """Split-key shares (some empty: fewer key blocks than shares, young streams) merge to the same result."""
+    frames, lengths = ragged(shape.batch, mem=shape.mem, chunk=shape.chunk, right=shape.right, seed=2)
+    check(shape, torch.float32, frames=frames, lengths=lengths, splits=splits)
+
+
 def test_empty_memory_every_stream() -> None:
     """Fresh streams (frames = 0): only the chunk's own keys are real, even though the ring holds data."""
     shape = Shape(3, 2, 4, 12, 16)

@@ -64,6 +64,17 @@ def test_largest_benchmark_shape(dtype: torch.dtype) -> None:
     check(Shape(256, 8, 16, 3800), dtype, ragged_batch=False, autotune=False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES[:2])
+@pytest.mark.parametrize("chunk,mem", [(1, 3800), (8, 800), (4, 256)])
+def test_small_batch_long_memory_splits_keys(chunk: int, mem: int, dtype: torch.dtype) -> None:
+    """One stream over a long memory fills a fraction of the SMs: the launcher splits the keys."""
+    from triton_kernels.rel_attention.launcher import choose_splits
+
+    assert choose_splits(6, mem + chunk, torch.device("cuda")) > 1
+    check(Shape(1, 6, chunk, mem), dtype, ragged_batch=False)  # autotuned, auto splits
+    check(Shape(2, 6, chunk, mem, right=1), dtype, autotune=False, splits=5)
+
+
 def test_tuned_launch() -> None:
     check(Shape(64, 6, 8, 256), torch.float16, autotune=True)
 
@@ -81,14 +92,14 @@ def test_auto_dispatch_uses_the_kernel_on_cuda() -> None:
                                **TOL[torch.float16])
 
 
-def test_cuda_graph_replay_follows_positions() -> None:
+@pytest.mark.parametrize("shape", [Shape(16, 6, 8, 128, right=2), Shape(1, 6, 4, 800)], ids=["batch", "split"])
+def test_cuda_graph_replay_follows_positions(shape: Shape) -> None:
     """Captured once, replayed with new slots, positions and lengths written into the same tensors."""
-    shape = Shape(16, 6, 8, 128, right=2)
     q, k_ring, v_ring, kw = make_inputs(shape, dtype=torch.float16, device="cuda")
-    rel_attention_triton(q, k_ring, v_ring, **kw, autotune=False)  # compile outside the capture
+    rel_attention_triton(q, k_ring, v_ring, **kw)  # compile and autotune outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = rel_attention_triton(q, k_ring, v_ring, **kw, autotune=False)
+        out = rel_attention_triton(q, k_ring, v_ring, **kw)
     for seed in range(3):
         frames, lengths = ragged(shape.batch, mem=shape.mem, chunk=shape.chunk, right=shape.right, seed=seed)
         kw["frames"].copy_(torch.tensor(frames))

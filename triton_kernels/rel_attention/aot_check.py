@@ -25,7 +25,9 @@ from triton_kernels.rel_attention import kernel
 
 _POINTERS = ("Q", "K_RING", "V_RING", "K_RIGHT", "V_RIGHT", "POS", "BIAS_U", "BIAS_V", "OUT")
 _INDICES = ("SLOTS", "FRAMES", "LENGTHS")
-_CONSTEXPRS = ("HEAD_DIM", "BLOCK_M", "BLOCK_E", "HAS_RIGHT", "POS_GATHER", "FP32", "BLOCK_N", "BLOCK_P")
+_PARTIALS = ("PART_ACC", "PART_M", "PART_L")
+_CONSTEXPRS = ("HEAD_DIM", "BLOCK_M", "BLOCK_E", "HAS_RIGHT", "POS_GATHER", "SPLIT", "FP32", "BLOCK_N", "BLOCK_P",
+               "BLOCK_S")
 _UNIT_STRIDES = ("stride_qe", "stride_ke", "stride_ve", "stride_rke", "stride_rve", "stride_pe", "stride_ue",
                  "stride_bve", "stride_oe")
 
@@ -39,16 +41,17 @@ class Variant:
     block_n: int
     num_stages: int
     block_e: int = 64
+    split: bool = False
 
     def label(self) -> str:
         return (f"{self.dtype} right={int(self.has_right)} gather={int(self.pos_gather)} BM={self.block_m} "
-                f"BN={self.block_n} stages={self.num_stages} E={self.block_e}")
+                f"BN={self.block_n} stages={self.num_stages} E={self.block_e} split={int(self.split)}")
 
 
 def variants(quick: bool) -> list[Variant]:
     """Every launch the launcher can make for E = 64 (``quick``: one per code path)."""
     if quick:
-        return [Variant("fp16", True, True, 16, 64, 2), Variant("fp32", False, False, 16, 32, 2)]
+        return [Variant("fp16", True, True, 16, 64, 2), Variant("fp32", False, False, 16, 32, 2, split=True)]
     out = []
     configs = [(c.kwargs["BLOCK_N"], c.num_stages) for c in kernel.AUTOTUNE_CONFIGS]
     configs.append((kernel.DEFAULT_CONFIG["BLOCK_N"], kernel.DEFAULT_CONFIG["num_stages"]))
@@ -57,6 +60,8 @@ def variants(quick: bool) -> list[Variant]:
     out += [Variant("fp16", True, False, 16, 64, 2), Variant("bf16", False, False, 16, 64, 2),
             Variant("fp16", False, True, 64, 64, 2), Variant("fp16", True, True, 32, 32, 2),
             Variant("fp16", True, True, 16, 64, 2, block_e=128), Variant("fp16", True, True, 16, 64, 2, block_e=16)]
+    out += [Variant(dtype, False, True, 16, bn, stages, split=True)
+            for dtype in ("fp16", "bf16") for bn, stages in sorted(set(configs))]
     return out
 
 
@@ -81,6 +86,9 @@ def compile_variant(v: Variant, arch: int) -> tuple[int, int]:
         if name in _POINTERS:
             sig[name] = f"*{v.dtype}"
             divisible.append(name)
+        elif name in _PARTIALS:
+            sig[name] = "*fp32"
+            divisible.append(name)
         elif name in _INDICES:
             sig[name] = "*i64"
             divisible.append(name)
@@ -94,12 +102,23 @@ def compile_variant(v: Variant, arch: int) -> tuple[int, int]:
                 divisible.append(name)
     constexprs: dict[str, object] = dict(
         HEAD_DIM=v.block_e, BLOCK_M=v.block_m, BLOCK_E=v.block_e, HAS_RIGHT=v.has_right, POS_GATHER=v.pos_gather,
-        FP32=v.dtype == "fp32", BLOCK_N=v.block_n, BLOCK_P=triton.next_power_of_2(v.block_m + v.block_n - 1))
+        SPLIT=v.split, FP32=v.dtype == "fp32", BLOCK_N=v.block_n,
+        BLOCK_P=triton.next_power_of_2(v.block_m + v.block_n - 1))
     constexprs.update({name: 1 for name in _UNIT_STRIDES})
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, num_stages=v.num_stages))
-    return len(compiled.asm["cubin"]), int(compiled.metadata.shared)
+    size, shared = len(compiled.asm["cubin"]), int(compiled.metadata.shared)
+    if v.split:  # and the pass that merges the shares
+        combine = kernel.rel_attention_combine
+        csig = {name: ("*fp32" if name in _PARTIALS else f"*{v.dtype}" if name == "OUT" else
+                       "constexpr" if name in _CONSTEXPRS or name == "stride_oe" else "i32")
+                for name in combine.arg_names}
+        cconst: dict[str, object] = dict(HEAD_DIM=v.block_e, BLOCK_M=v.block_m, BLOCK_E=v.block_e, BLOCK_S=64,
+                                         stride_oe=1)
+        triton.compile(ASTSource(fn=combine, signature=csig, constexprs=cconst),
+                       target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4))
+    return size, shared
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,10 @@ one small tensor-core product ``(q + v) @ window^T`` followed by a per-row shift
 constant index, or, where a Triton build cannot lower that gather, a loop over query rows): Transformer-XL's
 rel-shift (Dai et al. 2019, appendix B) done by index arithmetic, with no dense bias matrix anywhere.
 
+Split-key (flash-decoding): when a batch has too few (stream, head) pairs to fill the GPU and the memory is
+long, a third grid axis splits each stream's key blocks into ``SPLITS`` shares; each program writes its
+unnormalised partial sums and running maximum, and ``rel_attention_combine`` merges them.
+
 Scores are ``((q + u) . k + (q + v) . pos[row]) * scale`` accumulated in fp32; inputs may be fp16, bf16 or
 fp32 (fp32 dots use IEEE precision, for tests). A query whose keys are all masked gets a zero output.
 
@@ -58,13 +62,14 @@ def _dot(a, b, FP32: tl.constexpr):
 # variant per shape, which the GPU check's minutes cannot afford; it only enters index arithmetic. Strides stay
 # specialised: their divisibility is what lets the K/V/position row loads vectorise (and pipeline). The head
 # size is a compile-time constant, so the head-dimension mask folds away when E is a power of two.
-_GENERIC_ARGS = ["H", "LQ", "MEM", "RING", "RIGHT", "NUM_POS"]
+_GENERIC_ARGS = ["H", "LQ", "MEM", "RING", "RIGHT", "NUM_POS", "SPLITS"]
 
 
 @triton.heuristics({"BLOCK_P": lambda args: triton.next_power_of_2(args["BLOCK_M"] + args["BLOCK_N"] - 1)})
 @triton.jit(do_not_specialize=_GENERIC_ARGS)
 def rel_attention_fwd(
     Q, K_RING, V_RING, K_RIGHT, V_RIGHT, POS, BIAS_U, BIAS_V, SLOTS, FRAMES, LENGTHS, OUT,
+    PART_ACC, PART_M, PART_L,  # split-key partial results (fp32), read only when SPLIT
     stride_qb, stride_qh, stride_qm, stride_qe,
     stride_ks, stride_kh, stride_kn, stride_ke,
     stride_vs, stride_vh, stride_vn, stride_ve,
@@ -74,14 +79,15 @@ def rel_attention_fwd(
     stride_uh, stride_ue,
     stride_bvh, stride_bve,
     stride_ob, stride_oh, stride_om, stride_oe,
-    H, LQ, MEM, RING, RIGHT, NUM_POS,
+    H, LQ, MEM, RING, RIGHT, NUM_POS, SPLITS,
     qk_scale,  # 1/sqrt(E) * log2(e): scores go straight to base 2
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_RIGHT: tl.constexpr,
-    POS_GATHER: tl.constexpr,
+    POS_GATHER: tl.constexpr, SPLIT: tl.constexpr,
     FP32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)  # which share of the key blocks (split-key, when SPLIT)
     b = pid_bh // H
     h = pid_bh % H
     dtype = Q.dtype.element_ty
@@ -117,7 +123,12 @@ def rel_attention_fwd(
     k_ring_base = K_RING + slot * stride_ks + h * stride_kh
     v_ring_base = V_RING + slot * stride_vs + h * stride_vh
     start = (mem_lo // BLOCK_N) * BLOCK_N
-    for c0 in range(start, key_hi, BLOCK_N):
+    stop = key_hi
+    if SPLIT:  # this program walks its share of the stream's key blocks; a combine pass merges the shares
+        per_split = ((key_hi - start + BLOCK_N - 1) // BLOCK_N + SPLITS - 1) // SPLITS  # blocks per share
+        start = start + pid_s * per_split * BLOCK_N
+        stop = tl.minimum(start + per_split * BLOCK_N, key_hi)
+    for c0 in range(start, stop, BLOCK_N):
         c = c0 + cols  # logical key indices
         valid = (c >= mem_lo) & (c < key_hi)
         in_ring = valid & (c < RING)
@@ -163,12 +174,58 @@ def rel_attention_fwd(
         acc = acc * alpha[:, None] + _dot(probs.to(dtype), v, FP32)
         m_i = m_new
 
-    l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_i[:, None]
+    if SPLIT:  # unnormalised partials, rows (stream*head, share, query) of (B*H, SPLITS, Lq[, E]) buffers
+        row = (pid_bh.to(tl.int64) * SPLITS + pid_s) * LQ + offs_m
+        q_ok = offs_m < LQ
+        tl.store(PART_ACC + row[:, None] * HEAD_DIM + offs_e[None, :], acc, mask=q_ok[:, None] & e_ok[None, :])
+        tl.store(PART_M + row, m_i, mask=q_ok)
+        tl.store(PART_L + row, l_i, mask=q_ok)
+    else:
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_i[:, None]
+        tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_oe,
+                 out.to(OUT.dtype.element_ty), mask=(offs_m < LQ)[:, None] & e_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["H", "LQ", "SPLITS"])
+def rel_attention_combine(
+    PART_ACC, PART_M, PART_L, OUT,
+    stride_ob, stride_oh, stride_om, stride_oe,
+    H, LQ, SPLITS,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merge the split-key partials of one (query block, stream, head): rescale each share's sums to the
+    common maximum and normalise (the flash-decoding reduction)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_e = tl.arange(0, BLOCK_E)
+    q_ok = offs_m < LQ
+    e_ok = offs_e < HEAD_DIM
+    rows = (pid_bh.to(tl.int64) * SPLITS + offs_s[None, :]) * LQ + offs_m[:, None]  # (BLOCK_M, BLOCK_S)
+    ok = q_ok[:, None] & (offs_s < SPLITS)[None, :]
+    m_s = tl.load(PART_M + rows, mask=ok, other=float("-inf"))
+    l_s = tl.load(PART_L + rows, mask=ok, other=0.0)
+    m_max = tl.max(m_s, 1)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # no share saw a key: every weight is 0
+    w = tl.math.exp2(m_s - m_max[:, None])  # (BLOCK_M, BLOCK_S); empty shares (m = -inf) weigh 0
+    l_sum = tl.sum(w * l_s, 1)
+    l_sum = tl.where(l_sum == 0.0, 1.0, l_sum)
+    acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
+    for s in range(0, SPLITS):
+        w_s = tl.sum(tl.where((offs_s == s)[None, :], w, 0.0), 1)  # (BLOCK_M,)
+        row = (pid_bh.to(tl.int64) * SPLITS + s) * LQ + offs_m
+        part = tl.load(PART_ACC + row[:, None] * HEAD_DIM + offs_e[None, :], mask=q_ok[:, None] & e_ok[None, :],
+                       other=0.0)
+        acc += part * w_s[:, None]
+    out = acc / l_sum[:, None]
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_e[None, :] * stride_oe,
-             out.to(OUT.dtype.element_ty), mask=(offs_m < LQ)[:, None] & e_ok[None, :])
+             out.to(OUT.dtype.element_ty), mask=q_ok[:, None] & e_ok[None, :])
 
 
 # The tuned entry point: re-tuned per query count, memory, ring and head geometry (not per batch size).
 rel_attention_fwd_tuned = triton.autotune(
-    configs=AUTOTUNE_CONFIGS, key=["LQ", "MEM", "RING", "RIGHT", "HEAD_DIM"])(rel_attention_fwd)
+    configs=AUTOTUNE_CONFIGS, key=["LQ", "MEM", "RING", "RIGHT", "HEAD_DIM", "SPLITS"])(rel_attention_fwd)

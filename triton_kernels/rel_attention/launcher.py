@@ -34,12 +34,39 @@ def block_m(queries: int) -> int:
     return min(max(16, triton.next_power_of_2(queries)), MAX_BLOCK_M)
 
 
+MAX_SPLITS = 64
+KEYS_PER_SPLIT = 256  # a share shorter than this is not worth its partial sums
+
+
+def choose_splits(programs: int, keys: int, device: torch.device) -> int:
+    """Split-key shares: enough programs for about two waves on the GPU, each share >= KEYS_PER_SPLIT keys.
+
+    1 (no split) under the interpreter, on the CPU, and whenever the batch already fills the GPU.
+    """
+    if device.type != "cuda" or interpreting():
+        return 1
+    sms = _sm_count(device)
+    if programs >= sms:
+        return 1
+    return max(1, min(MAX_SPLITS, (2 * sms) // programs, keys // KEYS_PER_SPLIT))
+
+
+_sm_counts: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _sm_counts:
+        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _sm_counts[index]
+
+
 def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Tensor, *,
                          slots: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor,
                          pos_keys: torch.Tensor, bias_u: torch.Tensor, bias_v: torch.Tensor,
                          k_right: torch.Tensor | None = None, v_right: torch.Tensor | None = None,
                          scale: float | None = None, autotune: bool | None = None,
-                         pos_gather: bool | None = None) -> torch.Tensor:
+                         pos_gather: bool | None = None, splits: int | None = None) -> torch.Tensor:
     """The fused kernel; arguments and result as :func:`..reference.rel_attention_reference`.
 
     The result is a (B, H, Lq, E) view of a (B, Lq, H, E) buffer, so the caller's
@@ -49,6 +76,8 @@ def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Te
         autotune: pick the launch configuration per geometry by timing (default: on a GPU, not under the
             interpreter). The first call of each geometry then takes longer; run it before CUDA-graph capture.
         pos_gather: force the position-term variant (default: tl.gather, with a fallback).
+        splits: split each stream's keys into this many shares merged by a second pass (default:
+            :func:`choose_splits`, which splits only small batches over long memories on a GPU).
     Raises:
         ValueError: on shape, dtype or device mismatch (never on values: nothing here synchronises).
     """
@@ -66,16 +95,29 @@ def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Te
     bm = block_m(g.queries)
     tuned = (not interpreting()) if autotune is None else autotune
     gather = _pos_gather_ok if pos_gather is None else pos_gather
-    grid = (triton.cdiv(g.queries, bm), g.batch * g.heads)
+    q_blocks = triton.cdiv(g.queries, bm)
+    n_splits = choose_splits(q_blocks * g.batch * g.heads, g.ring + g.right, q.device) if splits is None else splits
+    if not 1 <= n_splits <= MAX_SPLITS:
+        raise ValueError(f"splits must be in 1..{MAX_SPLITS}, got {n_splits}")
+    block_e = max(16, triton.next_power_of_2(g.head_dim))
+    if n_splits > 1:
+        rows = g.batch * g.heads * n_splits * g.queries
+        part_acc = torch.empty(rows * g.head_dim, device=q.device, dtype=torch.float32)
+        part_m = torch.empty(rows, device=q.device, dtype=torch.float32)
+        part_l = torch.empty(rows, device=q.device, dtype=torch.float32)
+    else:
+        part_acc = part_m = part_l = out  # never touched
+    grid = (q_blocks, g.batch * g.heads, n_splits)
     args = (q, k_ring, v_ring, right_k, right_v, pos_keys, bias_u, bias_v, slots, frames, lengths, out,
+            part_acc, part_m, part_l,
             *q.stride(), *k_ring.stride(), *v_ring.stride(), *right_k.stride(), *right_v.stride(),
             *pos_keys.stride(), *bias_u.stride(), *bias_v.stride(), *out.stride(),
-            g.heads, g.queries, g.mem, g.ring, g.right, g.positions,
+            g.heads, g.queries, g.mem, g.ring, g.right, g.positions, n_splits,
             scale * math.log2(math.e))
 
     def launch(use_gather: bool) -> None:
-        meta = dict(HEAD_DIM=g.head_dim, BLOCK_M=bm, BLOCK_E=max(16, triton.next_power_of_2(g.head_dim)), HAS_RIGHT=g.right > 0,
-                    POS_GATHER=use_gather, FP32=q.dtype == torch.float32)
+        meta = dict(HEAD_DIM=g.head_dim, BLOCK_M=bm, BLOCK_E=block_e, HAS_RIGHT=g.right > 0,
+                    POS_GATHER=use_gather, SPLIT=n_splits > 1, FP32=q.dtype == torch.float32)
         if tuned:
             kernel.rel_attention_fwd_tuned[grid](*args, **meta)
         else:
@@ -93,6 +135,10 @@ def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Te
             launch(False)
     else:
         launch(gather)
+    if n_splits > 1:
+        kernel.rel_attention_combine[(q_blocks, g.batch * g.heads)](
+            part_acc, part_m, part_l, out, *out.stride(), g.heads, g.queries, n_splits,
+            HEAD_DIM=g.head_dim, BLOCK_M=bm, BLOCK_E=block_e, BLOCK_S=triton.next_power_of_2(n_splits))
     return out
 
 
