@@ -119,7 +119,8 @@ def stage_commands(out: Path, *, dry_run: bool, bench_rows: int | None, quick: b
                  "--budget-s", f"{budget['recompute']:.0f}"]
     # --noconftest: tests/conftest.py imports the gateway and its dependencies, which a GPU machine with only
     # torch, triton and pytest lacks; the rel_attention tests need none of its fixtures.
-    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "-rs",
+    # -v: one line per finished test in the log, so a stage stopped at its timeout still says what passed.
+    tests = [py, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--noconftest", "-rs",
              "--junitxml", str(out / "gpu-tests.xml")]
     if dry_run:
         bench += ["--dry-run"]
