@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -184,8 +185,15 @@ def build(impl: str, prob: Problem, *, dry_run: bool) -> Callable[[], torch.Tens
     if impl == "sdpa":
         return lambda: sdpa_attention(*args)
     if impl == "flex":
-        fn = flex_attention_fn if dry_run else torch.compile(flex_attention_fn, dynamic=False)
-        return lambda: fn(*args)
+        if dry_run:  # uncompiled (the unfused reference path, which warns so): the dry run checks the math only
+            def uncompiled() -> torch.Tensor:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+                    return flex_attention_fn(*args)
+
+            return uncompiled
+        compiled = torch.compile(flex_attention_fn, dynamic=False)
+        return lambda: compiled(*args)
     raise ValueError(f"unknown implementation {impl!r}")
 
 
