@@ -5,6 +5,7 @@ Dimension legend: B streams, H heads, Lq queries, E head width, S slab rows, W r
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_M = 64
 
 # The position term's per-row shift uses tl.gather. Should a Triton build fail to compile that for some
-# layout, the launcher falls back once, for the process, to the row-loop variant (same math, slower).
+# layout, the launcher falls back once, for the process, to the row-loop variant (same math, slower). The
+# module's one piece of mutable state: a fact about this process's compiler, learnt at the first launch.
 _pos_gather_ok = True
 
 
@@ -51,14 +53,13 @@ def choose_splits(programs: int, keys: int, device: torch.device) -> int:
     return max(1, min(MAX_SPLITS, (2 * sms) // programs, keys // KEYS_PER_SPLIT))
 
 
-_sm_counts: dict[int, int] = {}
-
-
 def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _sm_counts:
-        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _sm_counts[index]
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count_of(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 def rel_attention_triton(q: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Tensor, *,
