@@ -113,6 +113,14 @@ class Quantization(enum.StrEnum):
     INT8 = "int8"
 
 
+class RelAttention(enum.StrEnum):
+    """Which attention computes a streaming step (triton_kernels.rel_attention)."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    REFERENCE = "reference"
+
+
 class RunnerKind(enum.StrEnum):
     """Where the model runs (gateway.runner.ProcessRunner or ThreadRunner)."""
 
@@ -294,6 +302,11 @@ class ServeSettings:
         "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
         "CPU, but a stream's result then depends slightly on which streams share its batch).",
         _MODEL, choices=_values(Quantization), closed_set=Quantization))
+    rel_attention: RelAttention = field(metadata=_option(
+        Kind.STR, RelAttention.AUTO.value,
+        "Attention of a streaming step: 'auto' = the fused Triton kernel on a CUDA device and PyTorch "
+        "elsewhere; 'triton' or 'reference' force one ('triton' on CPU needs TRITON_INTERPRET=1: tests only).",
+        _MODEL, choices=_values(RelAttention), closed_set=RelAttention))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gateway.config import Quantization
+from gateway.config import Quantization, RelAttention
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
@@ -160,13 +160,15 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
-                 decoder_factory: DecoderFactory | None = None) -> None:
+                 decoder_factory: DecoderFactory | None = None,
+                 rel_attention: RelAttention | str = RelAttention.AUTO) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
         self.compute_dtype = compute_dtype
         self.num_threads = num_threads
         self.model = loaded.model.to(self.device).eval()
+        self.model.attention_backend = RelAttention(rel_attention).value
         if quantize not in tuple(Quantization):
             raise ValueError(f"quantize: expected one of {', '.join(Quantization)}, got {quantize!r}")
         self.quantize = Quantization(quantize)
@@ -341,6 +343,7 @@ class RunnerSpec:
     num_threads: int
     quantize: Quantization = Quantization.NONE
     lm: str = "bundled"
+    rel_attention: RelAttention = RelAttention.AUTO
 
 
 class RunnerCrashed(RuntimeError):
@@ -357,7 +360,7 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         torch.set_num_threads(spec.num_threads)
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
-                             lm=LanguageModel.load(spec.lm))
+                             lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention)
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
