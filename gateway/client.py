@@ -19,6 +19,8 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.loop import run_async
+
 FRAME_MS = 20
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/stream"
 
@@ -166,13 +168,9 @@ def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             frames = _file_frames(args.file, args.speed)
             coro = stream_audio(args.ws, frames, interim=not args.no_interim,
                                 hotwords=_hotwords(args.hotword), as_json=args.json)
-            from gateway.cli import run_async
-
             return int(run_async(coro))
         except AudioFileError as exc:
             print(f"xlgate stream: error: {exc}", file=sys.stderr)
             return 1
-    from gateway.cli import run_async
-
     return int(run_async(stream_audio(args.ws, _mic_frames(), interim=not args.no_interim,
                                       hotwords=_hotwords(args.hotword), as_json=args.json)))
