@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import grpc
+import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -21,7 +22,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.grpc_api import asr_pb2 as pb
 from gateway.runner import ModelRunner
-from tests.grpcharness import GrpcRunning, audio_requests, config, grpc_settings_for, requests, running_grpc, seconds
+from tests.grpcharness import (
+    GrpcRunning,
+    audio_requests,
+    config,
+    grpc_settings_for,
+    requests,
+    running_grpc,
+    seconds,
+)
 from tests.wsharness import noise_pcm
 
 pytestmark = pytest.mark.timeout(180)
@@ -35,10 +44,9 @@ def run(coro: Any) -> Any:
 
 
 async def stream(g: GrpcRunning, first: pb.StreamingRecognizeRequest | None, pcm: np.ndarray | None, *,
-                 frame_samples: int = 160, timeout: float | None = 60) -> tuple[list[pb.StreamingRecognizeResponse],
-                                                                                 Any]:
+                 frame_samples: int = 160) -> tuple[list[pb.StreamingRecognizeResponse], Any]:
     rest = audio_requests(pcm, frame_samples=frame_samples) if pcm is not None else ()
-    call = g.stub.StreamingRecognize(requests(first, rest), timeout=timeout)
+    call = g.stub.StreamingRecognize(requests(first, rest), timeout=60)
     responses = [r async for r in call]
     return responses, call
 
@@ -70,8 +78,11 @@ def check_no_server_error(g: GrpcRunning, caplog: pytest.LogCaptureFixture) -> N
 
 
 async def until(predicate: Any, timeout_s: float = 20) -> None:
+    """Wait until ``predicate()`` (a metrics scrape) holds."""
     async with asyncio.timeout(timeout_s):
-        while not predicate():
+        while True:
+            if predicate():
+                return
             await asyncio.sleep(0.05)
 
 
@@ -152,7 +163,7 @@ def test_hotwords_and_decoding_reach_the_decoder(chatty_checkpoint: str, monkeyp
     async def main() -> None:
         async with running_grpc(grpc_settings_for(chatty_checkpoint)) as g:
             first = config(hotwords=[pb.Hotword(phrase="acme premium", boost=3.5), pb.Hotword(phrase="roaming")])
-            responses, call = await stream(g, first, noise_pcm(1.0))
+            _, call = await stream(g, first, noise_pcm(1.0))
             assert await call.code() == grpc.StatusCode.OK
 
     run(main())
@@ -186,7 +197,6 @@ def test_error_mappings(chatty_checkpoint: str, caplog: pytest.LogCaptureFixture
         async with running_grpc(grpc_settings_for(chatty_checkpoint, "--max-streams", "1")) as g:
             for name, (first, rest) in cases.items():
                 call = g.stub.StreamingRecognize(requests(first, rest), timeout=30)
-                _ = [r async for r in call] if False else None
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     async for _response in call:
                         pass
@@ -211,14 +221,14 @@ def test_error_mappings(chatty_checkpoint: str, caplog: pytest.LogCaptureFixture
             busy = g.stub.StreamingRecognize(held(), timeout=30)
             await busy.initial_metadata()
             await until(lambda: g.metric(LIVE) == 1)
-            responses, call = None, g.stub.StreamingRecognize(requests(config(), []), timeout=30)
+            call = g.stub.StreamingRecognize(requests(config(), []), timeout=30)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 async for _response in call:
                     pass
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert g.metric('xlgate_streams_rejected_total{protocol="grpc",reason="capacity"}') == 1
             gate.set()
-            assert [r async for r in busy] == [] or True
+            _ = [r async for r in busy]
             assert await busy.code() == grpc.StatusCode.OK
             assert g.metric(LIVE) == 0
             check_no_server_error(g, caplog)
@@ -249,7 +259,7 @@ def test_cancel_mid_stream_releases_the_stream(chatty_checkpoint: str, caplog: p
             await until(lambda: g.metric(LIVE) == 0)
             await until(lambda: g.metric('xlgate_streams_ended_total{outcome="client_closed",protocol="grpc"}') == 1)
             # The one slot is free again: a new stream is admitted.
-            responses, second = await stream(g, config(interim=False), noise_pcm(0.5))
+            _, second = await stream(g, config(interim=False), noise_pcm(0.5))
             assert await second.code() == grpc.StatusCode.OK
 
             # A deadline that passes mid-recording ends the call the same way (Recognize, 30 s of audio).
@@ -367,7 +377,8 @@ def test_recognize_a_stereo_recording_with_the_bundled_model() -> None:
     by_channel = {c: " ".join(r.alternatives[0].transcript for r in response.results if r.channel == c)
                   for c in (0, 1)}
     assert by_channel[0] == "can you hear me", by_channel
-    assert "nice" in by_channel[1] or "day" in by_channel[1], by_channel
+    # The bundled model is weak (docs/model.md): the exact phrase on the agent's side, close on the other.
+    assert jiwer.cer("have a nice day", by_channel[1]) <= 0.3, by_channel
     right_results = [r for r in response.results if r.channel == 1]
     assert seconds(right_results[0].start_offset) >= answer_at_s - 0.3
     assert all(seconds(r.end_offset) <= n / 8000 + 0.001 for r in response.results)
