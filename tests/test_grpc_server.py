@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.grpc_api import asr_pb2 as pb
+from gateway.grpc_api import asr_pb2_grpc
 from gateway.runner import ModelRunner
 from tests.grpcharness import (
     GrpcRunning,
@@ -31,7 +33,7 @@ from tests.grpcharness import (
     running_grpc,
     seconds,
 )
-from tests.wsharness import noise_pcm
+from tests.wsharness import noise_pcm, running_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -383,3 +385,42 @@ def test_recognize_a_stereo_recording_with_the_bundled_model() -> None:
     assert seconds(right_results[0].start_offset) >= answer_at_s - 0.3
     assert all(seconds(r.end_offset) <= n / 8000 + 0.001 for r in response.results)
     assert right_results[0].alternatives[0].words
+
+
+def test_tls_with_the_wss_certificate(chatty_checkpoint: str, tmp_path: Path) -> None:
+    from tests.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+
+    async def main() -> None:
+        settings = grpc_settings_for(chatty_checkpoint, "--tls-cert", str(cert), "--tls-key", str(key))
+        async with running_server(settings) as _srv:
+            credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+            async with grpc.aio.secure_channel(f"localhost:{settings.grpc_port}", credentials) as channel:
+                stub = asr_pb2_grpc.RecognizerStub(channel)
+                call = stub.StreamingRecognize(requests(config(interim=False), audio_requests(noise_pcm(0.5))),
+                                               timeout=30)
+                assert results([r async for r in call], final=True)
+                assert await call.code() == grpc.StatusCode.OK
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as plain:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await asr_pb2_grpc.RecognizerStub(plain).Recognize(pb.RecognizeRequest(), timeout=5)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    run(main())
+
+
+def test_message_size_limit(chatty_checkpoint: str) -> None:
+    async def main() -> None:
+        async with running_grpc(grpc_settings_for(chatty_checkpoint, "--grpc-max-message-bytes", "65536")) as g:
+            big = pb.RecognizeRequest(config=pb.RecognitionConfig(encoding=pb.AUDIO_ENCODING_LINEAR16,
+                                                                  sample_rate_hertz=8000),
+                                      audio_content=noise_pcm(5.0).tobytes())  # 80 kB
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await g.stub.Recognize(big, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            small = pb.RecognizeRequest(config=big.config, audio_content=noise_pcm(1.0).tobytes())
+            response = await g.stub.Recognize(small, timeout=30)
+            assert abs(seconds(response.audio_duration) - 1.0) <= 0.001
+
+    run(main())
