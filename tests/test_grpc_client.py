@@ -46,3 +46,19 @@ def test_stream_grpc_reports_an_unreachable_gateway(tmp_path: Path) -> None:
         assert rc == 1 and "UNAVAILABLE" in err, err
 
     asyncio.run(main())
+
+
+def test_the_python_example_of_docs_grpc_runs(chatty_checkpoint: str, tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "grpc.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {"__name__": "docs_grpc_example"}
+    exec(compile(example, "docs/grpc.md", "exec"), namespace)
+    wav = tmp_path / "call.wav"
+    write_wav(wav, [noise_pcm(1.0).astype(np.float32) / 32768], 8000)
+
+    async def main() -> list[str]:
+        async with running_grpc(grpc_settings_for(chatty_checkpoint)) as g:
+            transcribe = namespace["transcribe"]
+            return await transcribe(g.target, str(wav))  # type: ignore[operator, no-any-return]
+
+    assert asyncio.run(main())  # the chatty model always says something
