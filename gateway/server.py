@@ -1,9 +1,10 @@
 """``xlgate serve``: load the model, start the engine, the WebSocket and gRPC servers and the metrics endpoint.
 
 Lifecycle: start-up loads the model (loudly warning if it is untrained), then serves until SIGTERM or
-SIGINT. Drain: ``/readyz`` turns false and new streams are refused at once; live streams go on until they
-end or ``drain_timeout_s`` passes, then each is finalised (its last results are sent) and its connection
-closed with 1001; then the engine stops and every task has ended.
+SIGINT. Drain: ``/readyz`` turns false (gRPC health NOT_SERVING) and new streams are refused at once; live
+streams go on until they end or ``drain_timeout_s`` passes, then each is finalised (its last results are
+sent) and its connection closed with 1001 (a gRPC call with UNAVAILABLE); then the engine stops and every
+task has ended.
 """
 
 from __future__ import annotations
