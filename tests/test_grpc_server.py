@@ -424,3 +424,32 @@ def test_message_size_limit(chatty_checkpoint: str) -> None:
             assert abs(seconds(response.audio_duration) - 1.0) <= 0.001
 
     run(main())
+
+
+def test_idle_call_gets_its_finals_then_deadline_exceeded(chatty_checkpoint: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xlgate")
+
+    async def main() -> None:
+        async with running_grpc(grpc_settings_for(chatty_checkpoint, "--idle-timeout-ms", "1000")) as g:
+            gate = asyncio.Event()
+
+            async def silent_after_audio() -> Any:
+                yield config(interim=False)
+                for request in audio_requests(noise_pcm(1.0)):
+                    yield request
+                await gate.wait()
+
+            call = g.stub.StreamingRecognize(silent_after_audio(), timeout=30)
+            responses = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for response in call:
+                    responses.append(response)
+            gate.set()
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "idle" in (caught.value.details() or "")
+            assert abs(seconds(results(responses, final=True)[-1].audio_processed) - 1.0) <= 0.001
+            await until(lambda: g.metric('xlgate_streams_ended_total{outcome="idle_timeout",protocol="grpc"}') == 1)
+            check_no_server_error(g, caplog)
+
+    run(main())

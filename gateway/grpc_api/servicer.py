@@ -144,11 +144,9 @@ class RecognizerServicer:
                          pcm[0].shape[0] / rate_hz, rate_hz)
                 finals: list[tuple[float, int, pb.SpeechRecognitionResult]] = []
                 async with asyncio.TaskGroup() as tg:
-                    for stream in streams:
-                        tg.create_task(self._collect(stream, options, finals))
+                    ends = [tg.create_task(self._collect(stream, options, finals)) for stream in streams]
                     await self._feed_recording(streams, pcm, rate_hz)
-                failed = [s for s in streams if s.outcome is not Outcome.COMPLETED or not s.ended]
-                if failed:
+                if any(end.result() is not Outcome.COMPLETED for end in ends):
                     raise _CallFailed(grpc.StatusCode.INTERNAL, "recognition failed", Outcome.ERROR)
                 finals.sort(key=lambda item: (item[0], item[1]))
                 return pb.RecognizeResponse(results=[r for _, _, r in finals],
@@ -158,6 +156,9 @@ class RecognizerServicer:
                                                           Outcome.ERROR), kind=exc.code)
             except _CallFailed as exc:
                 outcome = self._fail(context, exc, kind=None)
+            except StreamClosedError:  # the engine failed a stream (its model step; logged there)
+                outcome = self._fail(context, _CallFailed(grpc.StatusCode.INTERNAL, "recognition failed",
+                                                          Outcome.ERROR), kind="internal")
             except asyncio.CancelledError:
                 outcome = Outcome.CLIENT_CLOSED
                 log.info("recognize cancelled by the client (or its deadline)")
@@ -199,11 +200,15 @@ class RecognizerServicer:
 
     @staticmethod
     async def _collect(stream: Stream, options: ResultOptions,
-                       finals: list[tuple[float, int, pb.SpeechRecognitionResult]]) -> None:
+                       finals: list[tuple[float, int, pb.SpeechRecognitionResult]]) -> Outcome:
+        """Gather one stream's non-empty finals; returns how the stream ended."""
         async for event in stream.events():
             if isinstance(event, ResultEvent) and event.is_final and event.hypothesis.text:
                 finals.append((event.hypothesis.end_s, stream.channel,
                                recognition_result(event, channel=stream.channel, options=options)))
+            elif isinstance(event, StreamEnded):
+                return event.outcome
+        raise AssertionError("Stream.events() ends with StreamEnded")
 
     # -- how calls fail ----------------------------------------------------------------------------------
     def _fail(self, context: grpc.aio.ServicerContext[Any, Any], failure: _CallFailed, *,
