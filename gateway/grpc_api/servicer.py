@@ -332,9 +332,10 @@ class _StreamingCall:
                     if not self._draining:
                         timeout.reschedule(loop.time() + idle_s)
                     assert isinstance(request, pb.StreamingRecognizeRequest)
-                    if request.WhichOneof("streaming_request") != "audio_content":
-                        raise InvalidRequestError("request stream: expected audio_content, got a second "
-                                                  "streaming_config")
+                    kind = request.WhichOneof("streaming_request")
+                    if kind != "audio_content":
+                        raise InvalidRequestError("request stream: expected audio_content, got "
+                                                  + ("a second streaming_config" if kind else "an empty request"))
                     for stream, pcm in zip(self.streams, decode_chunk(request.audio_content, audio),
                                            strict=True):
                         await stream.feed(pcm)
