@@ -453,3 +453,20 @@ def test_idle_call_gets_its_finals_then_deadline_exceeded(chatty_checkpoint: str
             check_no_server_error(g, caplog)
 
     run(main())
+
+
+def test_a_busy_grpc_port_fails_start_up(chatty_checkpoint: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = grpc_settings_for(chatty_checkpoint, "--grpc-port", str(taken.getsockname()[1]))
+
+        async def main() -> None:
+            with pytest.raises(BaseExceptionGroup) as caught:  # from run_server's TaskGroup
+                async with running_grpc(settings):
+                    pass
+            assert caught.group_contains(OSError, match="cannot bind the gRPC port")
+
+        run(main())

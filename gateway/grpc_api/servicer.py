@@ -421,14 +421,17 @@ class GrpcServer:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         host = self.settings.host
         address = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
-        if self.settings.tls_cert_chain is not None and self.settings.tls_private_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(self.settings.tls_private_key, self.settings.tls_cert_chain)])
-            port = server.add_secure_port(address, credentials)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if self.settings.tls_cert_chain is not None and self.settings.tls_private_key is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(self.settings.tls_private_key, self.settings.tls_cert_chain)])
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises this where older versions returned port 0
+            raise OSError(f"cannot bind the gRPC port {address} (in use?)") from exc
         if port == 0:
-            raise OSError(f"cannot bind the gRPC port {address}")
+            raise OSError(f"cannot bind the gRPC port {address} (in use?)")
         await server.start()
         self._server, self.port = server, int(port)
         for service in (health.OVERALL_HEALTH, SERVICE_NAME):
