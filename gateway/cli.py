@@ -20,26 +20,14 @@ remain: ``python -m streaming_model.train`` (``xlgate train``), ``python -m gate
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.config import ConfigError, EventLoop, add_serve_arguments, resolve_serve_settings
+from gateway.config import ConfigError, add_serve_arguments, resolve_serve_settings
 from gateway.logging import configure_logging
-
-
-def run_async(coro: Coroutine[Any, Any, Any], event_loop: EventLoop = EventLoop.UVLOOP) -> Any:
-    """Run on uvloop when asked and available, else on asyncio's own loop."""
-    if event_loop is EventLoop.UVLOOP:
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            print("uvloop is not installed; using asyncio's loop", file=sys.stderr)
-        else:
-            return uvloop.run(coro)
-    return asyncio.run(coro)
+from gateway.loop import run_async
 
 
 def _version() -> str:

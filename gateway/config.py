@@ -279,7 +279,12 @@ class ServeSettings:
         Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
         _NETWORK, min_value=0, max_value=MAX_PORT))
     grpc_port: int = field(metadata=_option(
-        Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK, min_value=0, max_value=MAX_PORT))
+        Kind.INT, 50051, "gRPC port of the Recognizer service, health and reflection (0 = gRPC disabled).",
+        _NETWORK, min_value=0, max_value=MAX_PORT))
+    grpc_max_message_bytes: int = field(metadata=_option(
+        Kind.INT, 4 * 1024 * 1024,
+        "Largest gRPC message received or sent, in bytes (a Recognize request holds a whole recording).",
+        _NETWORK, min_value=1024, max_value=256 * 1024 * 1024))
     max_frame_bytes: int = field(metadata=_option(
         Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
         _NETWORK, min_value=1024, max_value=16 * 1024 * 1024))

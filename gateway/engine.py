@@ -50,6 +50,7 @@ class DrainingError(OverloadedError):
     """The gateway is draining (shutting down) and takes no new streams."""
 
     code = "draining"
+    grpc_status = "UNAVAILABLE"  # go elsewhere now, unlike RESOURCE_EXHAUSTED's "retry later"
 
 
 class StreamClosedError(GatewayError):

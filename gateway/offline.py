@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from gateway.config import BUNDLED_MODEL, ConfigError, Quantization, add_option_arguments, load_hotwords_file
+from gateway.loop import run_async
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
 from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, score_by_id
@@ -434,7 +435,6 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``xlgate transcribe``. Returns 0, 1 when any file failed, 2 for a bad model or settings."""
-    from gateway.cli import run_async
     from gateway.logging import configure_logging
     from gateway.models import load_model
     from gateway.session import DecodingSettings, EndpointingSettings, StreamSettings

@@ -70,7 +70,8 @@ def test_defaults() -> None:
         host="127.0.0.1",
         ws_port=8080,
         metrics_port=9464,
-        grpc_port=0,
+        grpc_port=50051,
+        grpc_max_message_bytes=4194304,
         max_frame_bytes=64000,
         model="bundled",
         device="cpu",
@@ -130,6 +131,7 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "ws_port": (8100, 8101, 8102),
     "metrics_port": (9100, 9101, 9102),
     "grpc_port": (50051, 50052, 50053),
+    "grpc_max_message_bytes": (65536, 131072, 262144),
     "max_frame_bytes": (2048, 4096, 8192),
     "model": ("a.safetensors", "b.safetensors", "c.safetensors"),
     "device": ("cuda", "cuda:1", "cpu"),
@@ -353,7 +355,7 @@ def test_flag_validation_messages(argv: list[str], message: str) -> None:
 
 
 def test_zero_ports_may_repeat() -> None:
-    settings = resolve(["--ws-port", "0", "--metrics-port", "0"])
+    settings = resolve(["--ws-port", "0", "--metrics-port", "0", "--grpc-port", "0"])
     assert (settings.ws_port, settings.metrics_port, settings.grpc_port) == (0, 0, 0)
 
 

@@ -28,7 +28,7 @@ def free_port() -> int:
 def settings_for(model: str, *extra: str) -> ServeSettings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    args = parser.parse_args(["--model", model, "--ws-port", "0", "--metrics-port", str(free_port()),
+    args = parser.parse_args(["--model", model, "--ws-port", "0", "--metrics-port", str(free_port()), "--grpc-port", "0",
                               "--event-loop", "asyncio", "--runner", "thread", *extra])
     return resolve_serve_settings(args, {})
 
