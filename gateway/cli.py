@@ -1,34 +1,33 @@
 """The ``xlgate`` command: one parser tree for serve, stream, transcribe, eval, train, bench and version.
 
-``train`` and ``bench`` hand their arguments, untouched, to the parsers of the trainer
-(``python -m streaming_model.train``, which stays as an alias) and of the load generator
-(``python -m loadtest``); every other command's flags are declared here or beside its implementation,
-and the serve options once, in :mod:`gateway.config`.
+::
+
+    xlgate serve | stream | transcribe | version
+    xlgate eval score --refs REFS.tsv HYPS.tsv      score hypotheses already written (gateway.offline)
+    xlgate eval dev {wer,tune,hotwords,confidence,calibrate} ...
+                                                    the dev-set report through the engine (gateway.evaluate)
+    xlgate train --config C [--resume]              train (streaming_model.train_cli)
+    xlgate train greedy-wer | export ...            report on and export a run
+    xlgate bench ...                                the load generator
+
+Every command's flags are declared here or beside its implementation, the serve options once, in
+:mod:`gateway.config`. ``bench`` hands its arguments, untouched, to the load generator's parser
+(``python -m loadtest``), which must run where the gateway is not installed as a whole. Three aliases
+remain: ``python -m streaming_model.train`` (``xlgate train``), ``python -m gateway.evaluate``
+(``xlgate eval dev``) and ``python -m loadtest`` (``xlgate bench``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.config import ConfigError, EventLoop, add_serve_arguments, resolve_serve_settings
+from gateway.config import ConfigError, add_serve_arguments, resolve_serve_settings
 from gateway.logging import configure_logging
-
-
-def run_async(coro: Coroutine[Any, Any, Any], event_loop: EventLoop = EventLoop.UVLOOP) -> Any:
-    """Run on uvloop when asked and available, else on asyncio's own loop."""
-    if event_loop is EventLoop.UVLOOP:
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            print("uvloop is not installed; using asyncio's loop", file=sys.stderr)
-        else:
-            return uvloop.run(coro)
-    return asyncio.run(coro)
+from gateway.loop import run_async
 
 
 def _version() -> str:
@@ -50,12 +49,6 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     run_async(run_server(settings), settings.event_loop)
     return 0
-
-
-def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from streaming_model.train import main as train_main
-
-    return int(train_main(args.args))
 
 
 def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -91,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
-    from gateway import client, offline
+    from gateway import client, evaluate, offline
+    from streaming_model import train_cli
 
     client.add_arguments(sub.add_parser("stream", help="stream a WAV file or the microphone to a gateway",
                                         description="Stream audio in real time to a running gateway and "
@@ -100,14 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
         "transcribe", help="transcribe files offline through the streaming path",
         description="Transcribe audio files in-process through the same streaming engine the server uses. "
                     "stdout carries only results; progress and errors go to stderr."))
-    offline.add_eval_arguments(sub.add_parser(
-        "eval", help="WER/CER of hypotheses against references",
+    eval_sub = sub.add_parser(
+        "eval", help="WER/CER: score transcripts, or report a model on the dev set",
+        description="score: WER/CER of hypotheses already written; dev: a model's dev-set report, "
+                    "run through the streaming engine.").add_subparsers(dest="eval_command", required=True)
+    offline.add_score_arguments(eval_sub.add_parser(
+        "score", help="WER/CER of a hypotheses TSV against a references TSV",
         description="Score a hypotheses TSV against a references TSV (id<TAB>text), overall and per subset "
                     "(the part of an id before its first '/')."))
+    evaluate.add_dev_arguments(eval_sub.add_parser(
+        "dev", help="a model's dev-set report through the streaming engine (make eval)",
+        description="Transcribe a manifest through the streaming engine the server runs and report WER/CER "
+                    "per subset, channel and voice, LM tuning, hotword biasing or word confidence "
+                    "(see docs/training.md)."))
 
-    _add_pass_through(sub, "train", help="train the model (see docs/training.md)", func=cmd_train,
-                      description="Train, evaluate or export the acoustic model; arguments are those of "
-                                  "`python -m streaming_model.train` (try `xlgate train --help`).")
+    train_cli.add_arguments(sub.add_parser(
+        "train", help="train the model, report on and export a run (see docs/training.md)",
+        description="Train the streaming model (--config), or report on (greedy-wer) and export a run. "
+                    "`python -m streaming_model.train` is the same command."))
     _add_pass_through(sub, "bench", help="concurrent real-time load against a gateway (make bench)",
                       func=cmd_bench,
                       description="The load generator and latency report; arguments are those of "

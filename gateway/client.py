@@ -1,4 +1,4 @@
-"""``xlgate stream``: a real-time WebSocket client for a WAV file or the microphone.
+"""``xlgate stream``: a real-time WebSocket (or, with ``--grpc``, gRPC) client for a WAV file or the microphone.
 
 Audio is sent as 20 ms frames of 16-bit PCM on an absolute schedule (no drift), at real time or faster with
 ``--speed``; partials are shown updating in place on a terminal (one line per partial otherwise) and finals
@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.loop import run_async
 
 FRAME_MS = 20
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/stream"
@@ -26,6 +29,8 @@ DEFAULT_URL = "ws://127.0.0.1:8080/v1/stream"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", help="audio file to stream (WAV or anything `transcribe` reads)")
     parser.add_argument("--ws", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
+    parser.add_argument("--grpc", metavar="HOST:PORT",
+                        help="use the gateway's gRPC API at HOST:PORT (e.g. 127.0.0.1:50051) instead of --ws")
     parser.add_argument("--mic", action="store_true", help="stream the default microphone (needs pyaudio)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="pace relative to real time (2 = twice as fast; 0 = as fast as possible)")
@@ -49,7 +54,7 @@ def _hotwords(items: list[str]) -> list[dict[str, Any]]:
 
 
 async def _file_frames(path: str, speed: float) -> AsyncIterator[tuple[bytes, int, int]]:
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.pcm import float32_to_int16
 
     clip = read_audio_file(path)
@@ -174,15 +179,20 @@ def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
         try:
             frames = _file_frames(args.file, args.speed)
-            coro = stream_audio(args.ws, frames, interim=not args.no_interim,
-                                hotwords=_hotwords(args.hotword), as_json=args.json)
-            from gateway.cli import run_async
-
+            coro = _streamer(args)(frames, interim=not args.no_interim, hotwords=_hotwords(args.hotword),
+                                   as_json=args.json)
             return int(run_async(coro))
         except AudioFileError as exc:
             print(f"xlgate stream: error: {exc}", file=sys.stderr)
             return 1
-    from gateway.cli import run_async
+    return int(run_async(_streamer(args)(_mic_frames(), interim=not args.no_interim,
+                                         hotwords=_hotwords(args.hotword), as_json=args.json)))
 
-    return int(run_async(stream_audio(args.ws, _mic_frames(), interim=not args.no_interim,
-                                      hotwords=_hotwords(args.hotword), as_json=args.json)))
+
+def _streamer(args: argparse.Namespace) -> Callable[..., Coroutine[Any, Any, int]]:
+    """The conversation the flags ask for: gRPC with ``--grpc``, else WebSocket."""
+    if args.grpc:
+        from gateway.grpc_api.client import stream_grpc
+
+        return functools.partial(stream_grpc, args.grpc)
+    return functools.partial(stream_audio, args.ws)

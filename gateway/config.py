@@ -113,6 +113,14 @@ class Quantization(enum.StrEnum):
     INT8 = "int8"
 
 
+class RelAttention(enum.StrEnum):
+    """Which attention computes a streaming step (triton_kernels.rel_attention)."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    REFERENCE = "reference"
+
+
 class RunnerKind(enum.StrEnum):
     """Where the model runs (gateway.runner.ProcessRunner or ThreadRunner)."""
 
@@ -290,7 +298,12 @@ class ServeSettings:
         Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
         _NETWORK, min_value=0, max_value=MAX_PORT))
     grpc_port: int = field(metadata=_option(
-        Kind.INT, 0, "gRPC streaming port (0 = gRPC disabled).", _NETWORK, min_value=0, max_value=MAX_PORT))
+        Kind.INT, 50051, "gRPC port of the Recognizer service, health and reflection (0 = gRPC disabled).",
+        _NETWORK, min_value=0, max_value=MAX_PORT))
+    grpc_max_message_bytes: int = field(metadata=_option(
+        Kind.INT, 4 * 1024 * 1024,
+        "Largest gRPC message received or sent, in bytes (a Recognize request holds a whole recording).",
+        _NETWORK, min_value=1024, max_value=256 * 1024 * 1024))
     sip_port: int = field(metadata=_option(
         Kind.INT, 5060, "SIP port of the MRCPv2 server, UDP and TCP (0 = MRCP disabled).", _NETWORK,
         min_value=0, max_value=MAX_PORT))
@@ -325,6 +338,11 @@ class ServeSettings:
         "Weights of the model's linear layers: float32 ('none') or dynamic int8 ('int8': faster on "
         "CPU, but a stream's result then depends slightly on which streams share its batch).",
         _MODEL, choices=_values(Quantization), closed_set=Quantization))
+    rel_attention: RelAttention = field(metadata=_option(
+        Kind.STR, RelAttention.AUTO.value,
+        "Attention of a streaming step: 'auto' = the fused Triton kernel on a CUDA device and PyTorch "
+        "elsewhere; 'triton' or 'reference' force one ('triton' on CPU needs TRITON_INTERPRET=1: tests only).",
+        _MODEL, choices=_values(RelAttention), closed_set=RelAttention))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -28,8 +28,6 @@ from gateway.metrics import Metrics
 from gateway.runner import AsyncRunner, ChunkInput, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
 from gateway.session import (
-    DecodingSettings,
-    EndpointingSettings,
     Outcome,
     ResultEvent,
     SpeechEnded,
@@ -52,6 +50,7 @@ class DrainingError(OverloadedError):
     """The gateway is draining (shutting down) and takes no new streams."""
 
     code = "draining"
+    grpc_status = "UNAVAILABLE"  # go elsewhere now, unlike RESOURCE_EXHAUSTED's "retry later"
 
 
 class StreamClosedError(GatewayError):
@@ -414,11 +413,3 @@ class Engine:
             stream.abort(Outcome.ABORTED)
         self.metrics.ready.set(0)
         self.wake()
-
-
-def StreamParams(*, endpoint: EndpointingSettings | None = None, decoder: DecodingSettings | None = None,
-                 sample_rate_hz: int = 8000, interim_results: bool = True) -> StreamSettings:
-    """The old spelling of :class:`StreamSettings`, kept only for streaming_model/evaluate.py until issue 8
-    moves it onto the session API; nothing else may use it."""
-    return StreamSettings(sample_rate_hz=sample_rate_hz, interim_results=interim_results,
-                          endpointing=endpoint or EndpointingSettings(), decoding=decoder or DecodingSettings())

@@ -373,9 +373,9 @@ def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float) -> int:
     """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body."""
     import sys
 
-    from gateway.cli import run_async
+    from gateway.audio_files import read_audio_file
+    from gateway.loop import run_async
     from protocols.audio.errors import AudioFileError
-    from protocols.audio.files import read_audio_file
     from protocols.audio.pcm import float32_to_int16
     from protocols.audio.resample import resample
 

@@ -1,4 +1,4 @@
-"""``xlgate transcribe`` and ``xlgate eval``: offline transcription through the streaming engine, and scoring.
+"""``xlgate transcribe`` and ``xlgate eval score``: offline transcription through the streaming engine, and scoring.
 
 Transcription does not have an offline code path of its own: it builds the same :class:`ModelRunner` and
 :class:`Engine` the server runs, opens one :class:`Stream` per channel of each file (protocol ``local``),
@@ -10,8 +10,8 @@ Files are read one ahead of the streams that are running (memory stays bounded b
 files); results are printed in the order the files were given, as soon as every earlier file is done.
 stdout carries only results; warnings, progress and per-file errors go to stderr.
 
-Scoring normalises references and hypotheses alike with
-:func:`streaming_model.textnorm.normalise_for_scoring` and counts word and character edits with jiwer.
+``xlgate eval score`` reads, normalises and counts with :mod:`streaming_model.scoring`, the one scoring
+module of every tool; this module only prints its report.
 """
 
 from __future__ import annotations
@@ -23,41 +23,36 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from gateway.config import BUNDLED_MODEL, ConfigError, add_option_arguments, load_hotwords_file
+from gateway.config import BUNDLED_MODEL, ConfigError, Quantization, add_option_arguments, load_hotwords_file
+from gateway.loop import run_async
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
-from streaming_model.textnorm import normalise_for_scoring
+from streaming_model.scoring import IdReport, TsvError, read_transcripts_tsv, score_by_id
 
 # The engine, torch and the audio stack are imported where they are used: the CLI builds every
-# subcommand's parser, and `xlgate eval` or `xlgate stream --help` should not pay for loading them.
+# subcommand's parser, and `xlgate eval score` or `xlgate stream --help` should not pay for loading them.
 if TYPE_CHECKING:
+    from gateway.audio_files import AudioClip
     from gateway.engine import Engine, Stream
-    from protocols.audio.files import AudioClip
+    from gateway.runner import LanguageModel
     from streaming_model.checkpoint import LoadedModel
     from streaming_model.decoding import Hypothesis
 
 __all__ = [
     "ChannelTranscript",
-    "ErrorCounts",
-    "EvalReport",
     "FileTranscript",
     "ReadOptions",
     "TranscriptionFailedError",
-    "TsvError",
-    "add_eval_arguments",
+    "add_score_arguments",
     "add_transcribe_arguments",
-    "cmd_eval",
+    "cmd_score",
     "cmd_transcribe",
-    "evaluate",
     "parse_hotword",
-    "read_transcripts_tsv",
     "run_transcription",
-    "score_utterance",
-    "subset_of",
     "transcribe_clip",
     "transcribe_files",
 ]
@@ -69,7 +64,6 @@ DEFAULT_MAX_PARALLEL = 16
 # No caller is waiting on a partial here: a short batching window only covers the feeders' turnaround.
 OFFLINE_MAX_WAIT_S = 0.005
 OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyond this
-SUBSET_WITHOUT_SLASH = "-"
 # protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
 RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
 
@@ -112,7 +106,7 @@ class FileTranscript:
 
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
-    """How headerless files are decoded (see :func:`protocols.audio.files.read_audio_file`)."""
+    """How headerless files are decoded (see :func:`gateway.audio_files.read_audio_file`)."""
 
     raw_encoding: str | None = None
     raw_sample_rate_hz: int = 8000
@@ -149,7 +143,7 @@ async def _collect_finals(stream: Stream) -> tuple[Hypothesis, ...]:
     return tuple(finals)
 
 
-async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSettings, *,
+async def transcribe_clip(engine: Engine, clip: AudioClip, settings: StreamSettings, *,
                           piece_s: float = FEED_PIECE_S) -> tuple[ChannelTranscript, ...]:
     """Recognise every channel of ``clip`` through ``engine``, as fast as backpressure allows.
 
@@ -158,7 +152,7 @@ async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSetting
     Args:
         engine: A running engine.
         clip: The audio; each channel becomes one stream at the clip's own sample rate.
-        params: Stream parameters; ``sample_rate_hz`` is replaced by the clip's rate.
+        settings: The streams' settings; ``sample_rate_hz`` is replaced by the clip's rate.
         piece_s: Seconds of audio handed to :meth:`Stream.feed` at a time.
 
     Returns:
@@ -167,8 +161,8 @@ async def transcribe_clip(engine: Engine, clip: AudioClip, params: StreamSetting
     Raises:
         TranscriptionFailedError: A stream did not complete (inside an ExceptionGroup).
     """
-    stream_params = replace(params, sample_rate_hz=clip.sample_rate_hz)
-    streams = engine.open_streams(clip.num_channels, stream_params, protocol="local")
+    clip_settings = replace(settings, sample_rate_hz=clip.sample_rate_hz)
+    streams = engine.open_streams(clip.num_channels, clip_settings, protocol="local")
     piece = max(1, round(piece_s * clip.sample_rate_hz))
     try:
         async with asyncio.TaskGroup() as tg:
@@ -204,15 +198,15 @@ def _is_expected(exc: BaseException) -> bool:
     return isinstance(exc, GatewayError)
 
 
-async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: StreamSettings,
+async def transcribe_files(engine: Engine, paths: Sequence[str], *, settings: StreamSettings,
                            read_options: ReadOptions, on_result: Callable[[FileTranscript], None]) -> None:
     """Transcribe ``paths`` through ``engine``, with up to ``engine.max_streams`` channels live at once.
 
     ``on_result`` is called once per file, in completion order, with its transcript or its error; one
     file's failure does not stop the others.
     """
+    from gateway.audio_files import read_audio_file
     from protocols.audio.errors import AudioError, AudioFileError
-    from protocols.audio.files import read_audio_file
     from protocols.audio.resample import StreamingResampler
 
     budget = _StreamBudget(engine.max_streams)
@@ -220,7 +214,7 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
 
     async def run_one(index: int, path: str, clip: AudioClip) -> None:
         try:
-            channels = await transcribe_clip(engine, clip, params)
+            channels = await transcribe_clip(engine, clip, settings)
         except Exception as exc:  # one file's failure must not stop the others
             if not _is_expected(exc):  # a bug: say so with a traceback
                 log.error("%s: transcription failed", path, exc_info=exc)
@@ -248,23 +242,42 @@ async def transcribe_files(engine: Engine, paths: Sequence[str], *, params: Stre
             tg.create_task(run_one(index, path, clip), name=f"transcribe-{index}")
 
 
-async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, params: StreamSettings,
+async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, settings: StreamSettings,
                             read_options: ReadOptions, max_parallel: int, device: str,
-                            on_result: Callable[[FileTranscript], None]) -> None:
+                            on_result: Callable[[FileTranscript], None], num_threads: int | None = None,
+                            quantize: Quantization = Quantization.NONE,
+                            lm: LanguageModel | None = None) -> None:
     """Build a runner and an engine for ``loaded``, transcribe ``paths`` (see :func:`transcribe_files`),
-    and shut the engine down."""
+    and shut the engine down.
+
+    This is the one offline set-up of the engine: ``xlgate transcribe`` and the dev-set report
+    (:mod:`gateway.evaluate`) both call it.
+
+    Args:
+        loaded: The model.
+        paths: The audio files.
+        settings: Every stream's settings (the sample rate is each file's own).
+        read_options: How headerless files are decoded.
+        max_parallel: Streams live and batched at once.
+        device: Torch device of the model.
+        on_result: Called once per file, in completion order.
+        num_threads: Torch threads of the model's thread (None: torch's default).
+        quantize: The serving option's linear-layer quantisation.
+        lm: The word LM of beam search (None: no LM).
+    """
     from gateway.engine import Engine
     from gateway.metrics import Metrics
     from gateway.runner import ModelRunner, ThreadRunner
 
-    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device))
+    runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device, num_threads=num_threads,
+                                      quantize=quantize, lm=lm))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
                     max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             try:
-                await transcribe_files(engine, paths, params=params, read_options=read_options,
+                await transcribe_files(engine, paths, settings=settings, read_options=read_options,
                                        on_result=on_result)
             finally:
                 engine.close()
@@ -422,7 +435,6 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``xlgate transcribe``. Returns 0, 1 when any file failed, 2 for a bad model or settings."""
-    from gateway.cli import run_async
     from gateway.logging import configure_logging
     from gateway.models import load_model
     from gateway.session import DecodingSettings, EndpointingSettings, StreamSettings
@@ -433,7 +445,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         hotwords = _hotwords(args)
     except (ValueError, ConfigError) as exc:
         parser.error(str(exc))
-    params = StreamSettings(
+    settings = StreamSettings(
         endpointing=EndpointingSettings(silence_s=args.endpoint_silence_ms / 1000),
         decoding=DecodingSettings(method=args.decoding, beam_size=args.beam_size, hotwords=hotwords),
         interim_results=False)
@@ -447,7 +459,7 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         return 2
     reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
     try:
-        run_async(run_transcription(loaded, args.files, params=params, read_options=read_options,
+        run_async(run_transcription(loaded, args.files, settings=settings, read_options=read_options,
                                     max_parallel=args.max_parallel, device=args.device, on_result=reporter))
     except KeyboardInterrupt:
         reporter.close()
@@ -460,141 +472,12 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-class TsvError(ValueError):
-    """A references or hypotheses file is unreadable or has a malformed line."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        super().__init__(f"{path}" + (f" line {line}" if line is not None else "") + f": {reason}")
-
-
-def read_transcripts_tsv(path: str) -> dict[str, str]:
-    """Read ``id<TAB>text`` lines (UTF-8; blank lines skipped; text may be empty), ids in file order.
-
-    Raises:
-        TsvError: the file cannot be read, or a line has no tab, an empty id, or an id seen before.
-    """
-    try:
-        content = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TsvError(path, None, f"cannot read: {exc}") from exc
-    rows: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for number, raw in enumerate(content.split("\n"), start=1):
-        line = raw.removesuffix("\r")
-        if not line.strip():
-            continue
-        utt_id, sep, text = line.partition("\t")
-        if not sep:
-            raise TsvError(path, number, f"expected 'id<TAB>text', got {line[:80]!r} (no tab)")
-        if not utt_id.strip():
-            raise TsvError(path, number, "empty id before the tab")
-        if utt_id in rows:
-            raise TsvError(path, number, f"duplicate id {utt_id!r} (first on line {first_line[utt_id]})")
-        rows[utt_id] = text
-        first_line[utt_id] = number
-    return rows
-
-
-def subset_of(utt_id: str) -> str:
-    """The part of an id before its first ``/``; ids without one belong to subset ``-``."""
-    head, sep, _ = utt_id.partition("/")
-    return head if sep else SUBSET_WITHOUT_SLASH
-
-
-@dataclass(slots=True)
-class ErrorCounts:
-    """Edit counts of a set of utterances, words and characters (spaces count as characters)."""
-
-    utterances: int = 0
-    ref_words: int = 0
-    hits: int = 0
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    ref_chars: int = 0
-    char_substitutions: int = 0
-    char_deletions: int = 0
-    char_insertions: int = 0
-
-    def add(self, other: ErrorCounts) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def wer(self) -> float | None:
-        """Word error rate; None when there are no reference words."""
-        errors = self.substitutions + self.deletions + self.insertions
-        return errors / self.ref_words if self.ref_words else None
-
-    @property
-    def cer(self) -> float | None:
-        """Character error rate; None when there are no reference characters."""
-        errors = self.char_substitutions + self.char_deletions + self.char_insertions
-        return errors / self.ref_chars if self.ref_chars else None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
-        data["wer"] = self.wer
-        data["cer"] = self.cer
-        return data
-
-
-def score_utterance(reference: str, hypothesis: str) -> ErrorCounts:
-    """Counts for one utterance, both sides normalised with :func:`normalise_for_scoring`."""
-    import jiwer
-
-    ref = normalise_for_scoring(reference)
-    hyp = normalise_for_scoring(hypothesis)
-    counts = ErrorCounts(utterances=1, ref_words=len(ref.split()), ref_chars=len(ref))
-    if not ref and not hyp:
-        return counts
-    words = jiwer.process_words(ref, hyp)
-    chars = jiwer.process_characters(ref, hyp)
-    counts.hits = words.hits
-    counts.substitutions, counts.deletions, counts.insertions = (
-        words.substitutions, words.deletions, words.insertions)
-    counts.char_substitutions, counts.char_deletions, counts.char_insertions = (
-        chars.substitutions, chars.deletions, chars.insertions)
-    return counts
-
-
-@dataclass(slots=True)
-class EvalReport:
-    """Overall and per-subset counts, and the ids found on one side only."""
-
-    overall: ErrorCounts = field(default_factory=ErrorCounts)
-    subsets: dict[str, ErrorCounts] = field(default_factory=dict)
-    missing_ids: list[str] = field(default_factory=list)  # in refs, not in hyps: scored as all deletions
-    extra_ids: list[str] = field(default_factory=list)  # in hyps, not in refs: ignored
-
-    def to_json(self) -> dict[str, Any]:
-        return {"overall": self.overall.to_json(),
-                "subsets": {name: c.to_json() for name, c in sorted(self.subsets.items())},
-                "missing_ids": self.missing_ids, "extra_ids": self.extra_ids}
-
-
-def evaluate(refs: dict[str, str], hyps: dict[str, str]) -> EvalReport:
-    """Score ``hyps`` against ``refs`` (id -> text); a missing hypothesis counts as empty."""
-    report = EvalReport()
-    for utt_id, reference in refs.items():
-        if utt_id not in hyps:
-            report.missing_ids.append(utt_id)
-        counts = score_utterance(reference, hyps.get(utt_id, ""))
-        report.overall.add(counts)
-        report.subsets.setdefault(subset_of(utt_id), ErrorCounts()).add(counts)
-    report.extra_ids = [utt_id for utt_id in hyps if utt_id not in refs]
-    return report
-
-
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def format_report(report: EvalReport, *, refs_path: str, hyps_path: str) -> str:
-    """The human-readable table ``xlgate eval`` prints."""
+def format_report(report: IdReport, *, refs_path: str, hyps_path: str) -> str:
+    """The human-readable table ``xlgate eval score`` prints."""
     lines = [f"references: {refs_path}", f"hypotheses: {hyps_path}", ""]
     header = f"{'subset':<24} {'utts':>7} {'words':>8} {'WER':>8} {'CER':>8} {'sub':>7} {'del':>7} {'ins':>7}"
     lines += [header, "-" * len(header)]
@@ -611,34 +494,34 @@ def format_report(report: EvalReport, *, refs_path: str, hyps_path: str) -> str:
     return "\n".join(lines)
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``xlgate eval`` flags; sets ``func`` to :func:`cmd_eval`."""
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate eval score`` flags; sets ``func`` to :func:`cmd_score`."""
     parser.add_argument("--refs", required=True, metavar="REFS.tsv", help="references, 'id<TAB>text' a line")
     parser.add_argument("hyps", metavar="HYPS.tsv", help="hypotheses, 'id<TAB>text' a line "
                                                          "(e.g. the output of xlgate transcribe)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the scores as JSON to OUT")
-    parser.set_defaults(func=cmd_eval)
+    parser.set_defaults(func=cmd_score)
 
 
-def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``xlgate eval``. Returns 0, or 2 when an input is unreadable or malformed."""
+def cmd_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``xlgate eval score``. Returns 0, or 2 when an input is unreadable or malformed."""
     try:
         refs = read_transcripts_tsv(args.refs)
         hyps = read_transcripts_tsv(args.hyps)
     except TsvError as exc:
-        print(f"xlgate eval: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval score: error: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(refs, hyps)
+    report = score_by_id(refs, hyps)
     print(format_report(report, refs_path=args.refs, hyps_path=args.hyps))
     if report.missing_ids:
-        print(f"xlgate eval: warning: {len(report.missing_ids)} reference ids have no hypothesis",
+        print(f"xlgate eval score: warning: {len(report.missing_ids)} reference ids have no hypothesis",
               file=sys.stderr)
     if args.json is not None:
         data = {"refs": args.refs, "hyps": args.hyps, **report.to_json()}
         try:
             Path(args.json).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         except OSError as exc:
-            print(f"xlgate eval: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            print(f"xlgate eval score: error: cannot write {args.json}: {exc}", file=sys.stderr)
             return 2
     return 0
 

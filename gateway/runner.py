@@ -29,11 +29,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gateway.config import Quantization
+from gateway.config import Quantization, RelAttention
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
-from streaming_model.decoding import ConfidenceCalibration, GreedyDecoder, Hypothesis, StreamDecoder
+from streaming_model.decoding import (
+    ConfidenceCalibration,
+    GreedyDecoder,
+    Hypothesis,
+    StreamDecoder,
+    endpoint_reached,
+)
 from streaming_model.features import Fbank, FbankConfig
 from streaming_model.model import StateStore
 from streaming_model.phrase_scoring import phrase_confidences
@@ -159,13 +165,15 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, *, max_streams: int, device: str = "cpu",
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
-                 decoder_factory: DecoderFactory | None = None) -> None:
+                 decoder_factory: DecoderFactory | None = None,
+                 rel_attention: RelAttention | str = RelAttention.AUTO) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
         self.compute_dtype = compute_dtype
         self.num_threads = num_threads
         self.model = loaded.model.to(self.device).eval()
+        self.model.attention_backend = RelAttention(rel_attention).value
         if quantize not in tuple(Quantization):
             raise ValueError(f"quantize: expected one of {', '.join(Quantization)}, got {quantize!r}")
         self.quantize = Quantization(quantize)
@@ -311,10 +319,9 @@ class ModelRunner:
         started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
         ended: float | None = None
         close = item.kind in (ItemKind.FINALIZE, ItemKind.END)
-        if not close and endpointing.enabled and not hyp.is_empty:
-            silence_s = decoder.trailing_silence_frames * self.frame_s
-            long_s = decoder.frames_decoded * self.frame_s - hyp.start_s
-            close = silence_s >= endpointing.silence_s or long_s >= endpointing.max_utterance_s
+        if not close and endpointing.enabled:
+            close = endpoint_reached(decoder, hyp, frame_s=self.frame_s, silence_s=endpointing.silence_s,
+                                     max_utterance_s=endpointing.max_utterance_s)
         partial: Hypothesis | None = None
         if hyp.is_empty and len(state.utterance_log_probs) > MAX_LEADING_CHUNKS:
             del state.utterance_log_probs[:-MAX_LEADING_CHUNKS]  # leading silence: only blanks to score
@@ -369,6 +376,7 @@ class RunnerSpec:
     num_threads: int
     quantize: Quantization = Quantization.NONE
     lm: str = "bundled"
+    rel_attention: RelAttention = RelAttention.AUTO
 
 
 class RunnerCrashed(RuntimeError):
@@ -385,7 +393,7 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         torch.set_num_threads(spec.num_threads)
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
-                             lm=LanguageModel.load(spec.lm))
+                             lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention)
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -465,9 +473,3 @@ class ProcessRunner:
 
         await asyncio.get_running_loop().run_in_executor(self._io, stop)
         self._io.shutdown(wait=True)
-
-
-# The names streaming_model/evaluate.py still imports; issue 8 moves it out of streaming_model/ and onto the
-# session API's names (gateway.session), after which these go. Nothing else may use them.
-DecoderParams = DecodingSettings
-EndpointParams = EndpointingSettings

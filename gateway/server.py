@@ -1,9 +1,11 @@
-"""``xlgate serve``: load the model, start the engine, the WebSocket and MRCPv2 servers and the metrics endpoint.
+"""``xlgate serve``: load the model, start the engine, the WebSocket, gRPC and MRCPv2 servers and the metrics
+endpoint.
 
 Lifecycle: start-up loads the model (loudly warning if it is untrained), then serves until SIGTERM or
-SIGINT. Drain: ``/readyz`` turns false and new streams are refused at once; live streams go on until they
-end or ``drain_timeout_s`` passes, then each is finalised (its last results are sent) and its connection
-closed with 1001; then the engine stops and every task has ended.
+SIGINT. Drain: ``/readyz`` turns false (gRPC health NOT_SERVING) and new streams are refused at once; live
+streams go on until they end or ``drain_timeout_s`` passes, then each is finalised (its last results are
+sent) and its connection closed with 1001 (a gRPC call with UNAVAILABLE); then the engine stops and every
+task has ended.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from websockets.asyncio.server import serve
 
 from gateway.config import RunnerKind, ServeSettings, parse_port_range
 from gateway.engine import Engine
+from gateway.grpc_api.servicer import GrpcServer, GrpcSettings
 from gateway.logging import LogPolicy
 from gateway.metrics import Metrics
 from gateway.models import WEAK_MODEL_WER, warn_untrained
@@ -105,6 +108,7 @@ def _ssl_context(settings: ServeSettings) -> ssl.SSLContext | None:
 class BoundPorts:
     ws_port: int
     metrics_port: int | None
+    grpc_port: int | None = None
     sip_port: int | None = None  # None: MRCP disabled
     mrcp_port: int | None = None
 
@@ -145,6 +149,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
         defaults=settings.stream_defaults()), LogPolicy(log_transcripts=settings.log_transcripts))
+    grpc_server = _grpc_server(settings, engine)
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,20 +165,27 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                              max_queue=64, write_limit=2**16, ping_interval=20, ping_timeout=20,
                              close_timeout=5, ssl=_ssl_context(settings)) as server:
                 ws_port = next(iter(server.sockets)).getsockname()[1]
-                log.info("serving ws%s://%s:%d/v1/stream; metrics on %s", "s" if settings.tls_cert else "",
-                         settings.host, ws_port,
-                         f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
-                mrcp = await _start_mrcp(settings, engine)
+                grpc_port = await grpc_server.start() if grpc_server is not None else None
+                mrcp: MrcpGateway | None = None
                 try:
+                    mrcp = await _start_mrcp(settings, engine)
+                    log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
+                             "s" if settings.tls_cert else "", settings.host, ws_port,
+                             f"{settings.host}:{grpc_port}" if grpc_port else "off",
+                             f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
                     if on_ready is not None:
-                        on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None,
+                        on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
                                             mrcp_port=mrcp.mrcp.port if mrcp else None))
                     await stop_event.wait()
+                    if grpc_server is not None:
+                        await grpc_server.begin_drain()
                     await _drain(engine, settings.drain_timeout_s)
                 finally:
                     if mrcp is not None:
                         await mrcp.aclose()
+                    if grpc_server is not None:
+                        await grpc_server.stop()
             engine.close()
             await engine_task
     finally:
@@ -202,12 +214,26 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     return gateway
 
 
+def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
+    """The gRPC listener (gateway/grpc_api), unless ``grpc_port`` is 0; TLS with wss's cert and key."""
+    if not settings.grpc_port:
+        return None
+    tls = settings.tls_cert is not None and settings.tls_key is not None
+    return GrpcServer(engine, GrpcSettings(
+        host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_max_message_bytes,
+        idle_timeout_s=settings.idle_timeout_s, defaults=settings.stream_defaults(),
+        tls_cert_chain=settings.tls_cert.read_bytes() if tls and settings.tls_cert else None,
+        tls_private_key=settings.tls_key.read_bytes() if tls and settings.tls_key else None,
+    ), LogPolicy(log_transcripts=settings.log_transcripts))
+
+
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
     if settings.runner is RunnerKind.PROCESS:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
-                                          quantize=settings.quantize, lm=settings.lm))
+                                          quantize=settings.quantize, lm=settings.lm,
+                                          rel_attention=settings.rel_attention))
         await runner.start()
         return runner
     from gateway.models import load_model
@@ -215,7 +241,7 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
-                                    lm=LanguageModel.load(settings.lm)))
+                                    lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

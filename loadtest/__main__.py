@@ -19,7 +19,7 @@ from loadtest.runner import RunOptions, RunResult, load_baseline, run_baseline, 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="ws://127.0.0.1:8080/v1/stream", help="server WebSocket URL")
+    p.add_argument("--url", default="ws://127.0.0.1:8080/v1/stream", help="server WebSocket URL, or grpc://HOST:PORT for the gRPC API")
     p.add_argument("--audio-dir", type=Path, required=True, help="folder of 8 kHz mono 16-bit WAV files")
     p.add_argument("--refs", type=Path, help="reference transcripts, id<TAB>text (id = stem or relative path)")
     p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le")

@@ -1,7 +1,7 @@
 """Audio for the load generator: read a folder of WAV files, convert to the wire encoding, cut 20 ms frames.
 
-The colleague-owned ``protocols.audio`` helpers (``resample`` and ``files.read_audio_file``) are used when
-they exist; otherwise a stdlib ``wave`` reader and a polyphase resampler stand in, so the load generator
+The gateway's own helpers (``protocols.audio.resample`` and ``gateway.audio_files.read_audio_file``) are
+used when they exist; otherwise a stdlib ``wave`` reader and a polyphase resampler stand in, so the load generator
 works on a checkout where that package is not written yet.
 """
 
@@ -95,7 +95,7 @@ def _read_wav(path: Path) -> tuple[npt.NDArray[np.float64], int]:
 def read_audio(path: Path, *, sample_rate_hz: int) -> Int16Array:
     """Read one audio file as mono int16 at ``sample_rate_hz``.
 
-    Uses ``protocols.audio.files.read_audio_file`` when present (an ``AudioClip``: float32 channels in
+    Uses ``gateway.audio_files.read_audio_file`` when present (an ``AudioClip``: float32 channels in
     [-1, 1] and ``sample_rate_hz``; channels are averaged), else the stdlib WAV reader.
 
     Raises:
@@ -103,7 +103,7 @@ def read_audio(path: Path, *, sample_rate_hz: int) -> Int16Array:
         protocols.audio.AudioError: the shared reader could not read the file.
     """
     x: npt.NDArray[np.float64]
-    shared = _optional("protocols.audio.files", "read_audio_file")
+    shared = _optional("gateway.audio_files", "read_audio_file")
     if shared is not None:
         clip = shared(path)
         if clip.duration_s > MAX_FILE_S:

@@ -3,12 +3,14 @@
 #  1. on a gateway running uvloop, find the largest number of concurrent real-time streams whose
 #     partial-result p99 stays at or under 150 ms (with no errors and WER within 1 point of one stream);
 #  2. at that N, run the same load against a gateway on uvloop and one on asyncio's own loop, to compare.
-# Writes $OUT/bench-uvloop.json (the search), $OUT/at-max-{uvloop,asyncio}.json, CDF plots, server logs.
+#  3. at that N, on uvloop, the same load over the gRPC API (grpc://), to compare the two protocols.
+# Writes $OUT/bench-uvloop.json (the search), $OUT/at-max-{uvloop,asyncio,grpc}.json, CDF plots, server logs.
 set -euo pipefail
 OUT=${1:-bench-results}
 PY=${PY:-.venv/bin/python}
 WS_PORT=${WS_PORT:-18080}
 METRICS_PORT=${METRICS_PORT:-19464}
+GRPC_PORT=${GRPC_PORT:-18051}
 DURATION_S=${DURATION_S:-30}
 mkdir -p "$OUT"
 [ -f "$OUT/audio/refs.tsv" ] || "$PY" -m loadtest make-audio --out "$OUT/audio"
@@ -16,7 +18,8 @@ URL="ws://127.0.0.1:$WS_PORT/v1/stream"
 SERVER=""
 
 start_server() {  # $1 = event loop
-  "$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --event-loop "$1" \
+  "$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --grpc-port "$GRPC_PORT" \
+      --event-loop "$1" \
       --max-streams "${MAX_STREAMS:-256}" --max-batch-size "${MAX_BATCH:-64}" ${SERVE_ARGS:-} \
       >"$OUT/server-$1.log" 2>&1 &
   SERVER=$!
@@ -46,12 +49,18 @@ for LOOP in uvloop asyncio; do
       --out "$OUT/at-max-$LOOP.json" --plot "$OUT/at-max-cdf-$LOOP.png" || true
   stop_server
 done
+start_server uvloop
+"$PY" -m loadtest run --url "grpc://127.0.0.1:$GRPC_PORT" --audio-dir "$OUT/audio" --refs "$OUT/audio/refs.tsv" \
+    --baseline "$OUT/single.json" --streams "$N" --duration-s "$DURATION_S" \
+    --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" --server-pid "$SERVER" \
+    --out "$OUT/at-max-grpc.json" --plot "$OUT/at-max-cdf-grpc.png" || true
+stop_server
 "$PY" - "$OUT" "$N" <<'PYEOF'
 import json, sys
 out, n = sys.argv[1], sys.argv[2]
 print(f"\nlargest N with partial p99 <= 150 ms (uvloop): {n}")
-print(f"{'loop':8} {'p50':>8} {'p95':>8} {'p99':>8} {'errors':>7} {'server cores':>13}")
-for loop in ("uvloop", "asyncio"):
+print(f"{'run':8} {'p50':>8} {'p95':>8} {'p99':>8} {'errors':>7} {'server cores':>13}")
+for loop in ("uvloop", "asyncio", "grpc"):  # grpc: the gRPC API on uvloop
     r = json.load(open(f"{out}/at-max-{loop}.json"))
     lat = r["latency_ms"]["partial"]
     print(f"{loop:8} {lat['p50_ms']:8.1f} {lat['p95_ms']:8.1f} {lat['p99_ms']:8.1f} {r['errors']['total']:7d} "

@@ -1,4 +1,4 @@
-"""The streams of one client process: real-time paced WebSocket sessions and what they measure.
+"""The streams of one client process: real-time paced WebSocket (or gRPC) sessions and what they measure.
 
 Theory of operation: every stream owns a list of utterances (files). Each utterance is one session:
 connect, ``start``, wait for ``ready``, send 20 ms frames on an absolute schedule taken from one
@@ -225,12 +225,17 @@ def _retry_after_s(exc: InvalidStatus) -> float:
         return ERROR_BACKOFF_S
 
 
-async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | None, tally: Tally) -> float:
-    """Send one utterance as one session.
+async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | None, tally: Tally,
+                      grpc_channel: Any = None) -> float:
+    """Send one utterance as one session (a gRPC call when ``grpc_channel`` is given, for ``grpc://`` URLs).
 
     Returns:
         How long the stream should back off before its next session (0 after a normal session).
     """
+    if grpc_channel is not None:
+        from loadtest.grpc_client import run_grpc_session
+
+        return await run_grpc_session(utt, channel=grpc_channel, cfg=cfg, deadline=deadline, tally=tally)
     try:
         ws = await connect(
             cfg.url,
@@ -318,7 +323,7 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
 
 
 async def run_stream(stream_index: int, utts: list[Utterance], *, cfg: ClientConfig, num_streams: int,
-                     t0: float, tally: Tally) -> None:
+                     t0: float, tally: Tally, grpc_channel: Any = None) -> None:
     """One stream: wait for its staggered start, then send its files one session each."""
     start_at = t0 + cfg.stagger_s * stream_index / max(num_streams, 1)
     deadline = None if cfg.duration_s is None else t0 + cfg.duration_s
@@ -336,7 +341,7 @@ async def run_stream(stream_index: int, utts: list[Utterance], *, cfg: ClientCon
             utt = utts[(stream_index + k) % len(utts)]
         if deadline is not None and time.monotonic() >= deadline:
             return
-        backoff_s = await run_session(utt, cfg=cfg, deadline=deadline, tally=tally)
+        backoff_s = await run_session(utt, cfg=cfg, deadline=deadline, tally=tally, grpc_channel=grpc_channel)
         if backoff_s > 0:
             if deadline is not None:
                 backoff_s = min(backoff_s, max(deadline - time.monotonic(), 0.0))
@@ -371,13 +376,22 @@ async def run_streams(utts: list[Utterance], stream_indices: list[int], *, cfg: 
     """
     tally = Tally()
     cpu0, wall0 = time.process_time(), time.monotonic()
+    grpc_channel = None
+    if cfg.url.startswith("grpc://"):
+        from loadtest.grpc_client import open_channel
+
+        grpc_channel = open_channel(cfg.url)
     try:
         async with asyncio.timeout(budget_s(cfg, utts, num_streams=num_streams)):
             async with asyncio.TaskGroup() as tg:
                 for i in stream_indices:
-                    tg.create_task(run_stream(i, utts, cfg=cfg, num_streams=num_streams, t0=t0, tally=tally))
+                    tg.create_task(run_stream(i, utts, cfg=cfg, num_streams=num_streams, t0=t0, tally=tally,
+                                              grpc_channel=grpc_channel))
     except TimeoutError:
         tally.errors["client.budget_exceeded"] += 1
+    finally:
+        if grpc_channel is not None:
+            await grpc_channel.close()
     tally.client_cpu_s = time.process_time() - cpu0
     tally.wall_s = time.monotonic() - wall0
     return tally

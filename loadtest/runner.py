@@ -69,7 +69,7 @@ class RunOptions:
             raise ValueError(f"duration_s must be in (0, 86400], got {self.duration_s}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        check_url(self.url, schemes=("ws", "wss"), allow_remote=self.allow_remote)
+        check_url(self.url, schemes=("ws", "wss", "grpc"), allow_remote=self.allow_remote)
         if self.metrics_url is not None:
             check_url(self.metrics_url, schemes=("http", "https"), allow_remote=self.allow_remote)
 

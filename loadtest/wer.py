@@ -1,43 +1,25 @@
-"""Word error rate of the finals against reference transcripts, with one normalisation for both sides."""
+"""Word error rate of the finals against reference transcripts, scored by :mod:`streaming_model.scoring`
+(the normaliser, reader and edit counts every xlgate tool shares)."""
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jiwer
+from streaming_model.scoring import read_transcripts_tsv, score_pairs
 
-_APOSTROPHES = str.maketrans("", "", "'\u2019")
-_SPACES = re.compile(r"\s+")
-
-
-def normalize(text: str) -> str:
-    """Lowercase, drop apostrophes (``don't`` -> ``dont``), turn other punctuation into spaces."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
-    text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in text)
-    return _SPACES.sub(" ", text).strip()
+__all__ = ["load_refs", "ref_for", "wer_report", "word_error_rate"]
 
 
 def load_refs(path: Path) -> dict[str, str]:
     """Read ``id<TAB>text`` lines (blank lines and ``#`` comments skipped).
 
     Raises:
-        ValueError: a line has no tab, or an id appears twice.
+        ValueError: a line has no tab, or an id appears twice (a
+            :class:`streaming_model.scoring.TsvError`).
     """
-    refs: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, sep, text = line.partition("\t")
-        if not sep:
-            raise ValueError(f"{path}:{lineno}: expected 'id<TAB>text', got {line!r}")
-        if key in refs:
-            raise ValueError(f"{path}:{lineno}: id {key!r} appears twice")
-        refs[key.strip()] = text.strip()
-    return refs
+    return {key.strip(): text.strip() for key, text in read_transcripts_tsv(path, comments=True).items()}
 
 
 def ref_for(file_id: str, refs: Mapping[str, str]) -> str | None:
@@ -51,7 +33,7 @@ def ref_for(file_id: str, refs: Mapping[str, str]) -> str | None:
 
 
 def word_error_rate(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Corpus WER over ``(reference, hypothesis)`` pairs after :func:`normalize`.
+    """Corpus WER over ``(reference, hypothesis)`` pairs, both sides normalised alike.
 
     Pairs whose normalised reference is empty are skipped (WER is undefined on them).
 
@@ -59,27 +41,10 @@ def word_error_rate(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         ``{"wer", "utterances", "ref_words", "substitutions", "deletions", "insertions", "hits"}``;
         ``wer`` is ``None`` when no pair is left.
     """
-    refs: list[str] = []
-    hyps: list[str] = []
-    for ref, hyp in pairs:
-        r = normalize(ref)
-        if r:
-            refs.append(r)
-            hyps.append(normalize(hyp))
-    if not refs:
-        return {"wer": None, "utterances": 0, "ref_words": 0, "substitutions": 0, "deletions": 0,
-                "insertions": 0, "hits": 0}
-    out = jiwer.process_words(refs, hyps)
-    ref_words = out.hits + out.substitutions + out.deletions
-    return {
-        "wer": (out.substitutions + out.deletions + out.insertions) / ref_words,
-        "utterances": len(refs),
-        "ref_words": ref_words,
-        "substitutions": out.substitutions,
-        "deletions": out.deletions,
-        "insertions": out.insertions,
-        "hits": out.hits,
-    }
+    counts = score_pairs(pairs, skip_empty_refs=True)
+    return {"wer": counts.wer, "utterances": counts.utterances, "ref_words": counts.ref_words,
+            "substitutions": counts.substitutions, "deletions": counts.deletions,
+            "insertions": counts.insertions, "hits": counts.hits}
 
 
 def wer_report(

@@ -84,6 +84,29 @@ class StreamDecoder(Protocol):
     def finalize(self) -> Hypothesis: ...
 
 
+def endpoint_reached(decoder: StreamDecoder, partial: Hypothesis, *, frame_s: float, silence_s: float,
+                     max_utterance_s: float) -> bool:
+    """The endpoint rule: does the utterance in ``decoder`` end after the frames it has accepted?
+
+    An utterance ends once speech was heard (``partial`` has a word) and either ``silence_s`` of trailing
+    silence follow it (frames since the last emitted token, sherpa-onnx's rule 2) or it has lasted
+    ``max_utterance_s`` since its first word (rule 3). The serving runner and the dev-set evaluation both
+    ask this after every streaming step, so an utterance split in one is split in the other.
+
+    Args:
+        decoder: The stream's decoder after accepting the step's frames.
+        partial: ``decoder.partial()`` for the same frames (the caller has it already).
+        frame_s: Seconds per encoder frame.
+        silence_s: Trailing silence that ends an utterance.
+        max_utterance_s: Length from the first word at which an utterance is cut.
+    """
+    if partial.is_empty:
+        return False
+    trailing_s = decoder.trailing_silence_frames * frame_s
+    length_s = decoder.frames_decoded * frame_s - partial.start_s
+    return trailing_s >= silence_s or length_s >= max_utterance_s
+
+
 def words_from_tokens(tokens: list[_Token], tokenizer: Tokenizer, frame_s: float) -> Hypothesis:
     """Group tokens into words (a ``▁`` piece starts a word) with times and confidences."""
     if not tokens:

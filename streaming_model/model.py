@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streaming_model.config import ModelConfig
+from triton_kernels.rel_attention import rel_attention, resolve_backend
 
 
 @dataclass(slots=True)
@@ -425,6 +426,7 @@ class _StepContext:
             state.frames, lengths, mem_frames=c.mem_frames, chunk_frames=c.chunk_frames,
             right_frames=c.right_frames)
         self.rows = torch.arange(state.frames.shape[0], device=state.frames.device)[:, None]  # (B, 1)
+        self.lengths = lengths  # (B,) real frames of the chunk and its look-ahead
 
     def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
         l_ = self.c.chunk_frames
@@ -434,6 +436,17 @@ class _StepContext:
         rows = self.rows if slots is None else slots[:, None]
         ring_k[rows, :, self.write_pos] = k[:, :, :l_].transpose(1, 2).to(ring_k.dtype)  # (B, L, H, E)
         ring_v[rows, :, self.write_pos] = v[:, :, :l_].transpose(1, 2).to(ring_v.dtype)
+        needs_grad = torch.is_grad_enabled() and q.requires_grad
+        if resolve_backend(q, self.model.attention_backend, needs_grad=needs_grad) == "triton":
+            # The fused kernel reads the batch's rows of the slab by slot: no gather of the rings.
+            b, heads, lq, e = q.shape
+            out = rel_attention(
+                q, ring_k, ring_v, slots=slots if slots is not None else self.rows[:, 0],
+                frames=self.state.frames, lengths=self.lengths,
+                pos_keys=attn.position_keys(self.model.pos_emb), bias_u=attn.u, bias_v=attn.v,
+                k_right=k[:, :, l_:] if self.c.right_frames else None,
+                v_right=v[:, :, l_:] if self.c.right_frames else None, backend="triton")  # (B, H, L+R, E)
+            return attn.out(out.transpose(1, 2).reshape(b, lq, heads * e))
         if slots is not None:  # read the batch's rows of the slab: (S, H, M+L, E) -> (B, H, M+L, E)
             ring_k = ring_k.view(ring_k.shape[0], -1).index_select(0, slots).view(-1, *ring_k.shape[1:])
             ring_v = ring_v.view(ring_v.shape[0], -1).index_select(0, slots).view(-1, *ring_v.shape[1:])
@@ -462,6 +475,9 @@ class StreamingTransformerXL(nn.Module):
         super().__init__()
         c = config
         self.config = c
+        # Which attention computes a streaming step: None = ``XLGATE_REL_ATTENTION`` or "auto" (the fused
+        # Triton kernel for CUDA tensors, PyTorch elsewhere); "triton" or "reference" force one.
+        self.attention_backend: str | None = None
         self.register_buffer("feat_mean", torch.zeros(c.n_mels))
         self.register_buffer("feat_std", torch.ones(c.n_mels))
         self.fe1 = CausalStridedConv(c.n_mels, c.frontend_channels, stride=2 if c.frontend == "xl" else 1)

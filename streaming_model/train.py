@@ -1,9 +1,9 @@
-"""Train the streaming Transformer-XL CTC model, evaluate a checkpoint, export the inference file.
+"""Train the streaming Transformer-XL CTC model, report a checkpoint's greedy WER, export the inference file.
 
-Commands (see docs/training.md)::
+Commands (see docs/training.md; ``xlgate train`` is the same command, :mod:`streaming_model.train_cli`)::
 
     python -m streaming_model.train --config configs/train-cpu.toml [--resume]
-    python -m streaming_model.train evaluate --checkpoint runs/cpu1/last.pt --manifest dev/manifests/dev.jsonl
+    python -m streaming_model.train greedy-wer --checkpoint runs/cpu1/last.pt --manifest dev/manifests/dev.jsonl
     python -m streaming_model.train export --run runs/cpu1 --out streaming_model/assets/xlgate-en-8k.safetensors
     torchrun --nproc_per_node 8 -m streaming_model.train --config configs/train-gpu.toml
 
@@ -14,7 +14,7 @@ Theory of operation
    the manifest and the feature config. Global mean/std come out of the same pass and are written into
    the model's ``feat_mean``/``feat_std`` buffers before step 0.
 2. *Split.* A small, stable (hash of the audio path) slice of the training manifest is held out for the
-   validation curve. The dev set is never read here except by ``evaluate``, which only reports.
+   validation curve. The dev set is never read here except by ``greedy-wer``, which only reports.
 3. *Tokens.* A SentencePiece BPE model is trained on the remaining training texts (or the character
    tokenizer is used); it is saved in the run folder so a resumed run reuses it.
 4. *Batches.* Utterances are sorted by (slightly jittered) length and cut into batches under a padded
@@ -65,6 +65,7 @@ from streaming_model.data.manifest import Utterance, read_manifest, resolve_audi
 from streaming_model.decoding import GreedyDecoder
 from streaming_model.features import Fbank, FbankConfig, compute_fbank
 from streaming_model.model import StreamingTransformerXL
+from streaming_model.scoring import score_pairs
 from streaming_model.tokenizer import (
     BLANK_ID,
     CharTokenizer,
@@ -509,16 +510,14 @@ def greedy_transcripts(model: StreamingTransformerXL, feats: torch.Tensor, lengt
 
 
 def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, float]:
-    """Corpus WER and CER (jiwer), references and hypotheses normalised alike."""
-    import jiwer
+    """Corpus WER and CER (:func:`streaming_model.scoring.score_pairs`); NaN when no reference has a word.
 
-    refs_n = [normalise_text(r) for r in refs]
-    hyps_n = [normalise_text(h) for h in hyps]
-    keep = [i for i, r in enumerate(refs_n) if r]
-    refs_n, hyps_n = [refs_n[i] for i in keep], [hyps_n[i] for i in keep]
-    if not refs_n:
-        return float("nan"), float("nan")
-    return float(jiwer.wer(refs_n, hyps_n)), float(jiwer.cer(refs_n, hyps_n))
+    Pairs whose normalised reference is empty are left out, so a silent utterance cannot make the rate
+    undefined.
+    """
+    counts = score_pairs(zip(refs, hyps, strict=True), skip_empty_refs=True)
+    wer, cer = counts.wer, counts.cer
+    return (float("nan") if wer is None else wer), (float("nan") if cer is None else cer)
 
 
 def evaluate_cached(model: StreamingTransformerXL, cache: FeatureCache, indices: np.ndarray, texts: Sequence[str],
@@ -1043,42 +1042,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, which: str = "last", dev
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "evaluate":
-        p = argparse.ArgumentParser(prog="python -m streaming_model.train evaluate",
-                                    description="Greedy WER/CER of a checkpoint on a manifest (reporting only).")
-        p.add_argument("--checkpoint", required=True, help="runs/NAME/last.pt, best.pt or a .safetensors file")
-        p.add_argument("--manifest", required=True)
-        p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-        p.add_argument("--out", help="write the result as JSON here (default: dev_eval.json beside a run checkpoint)")
-        a = p.parse_args(args[1:])
-        result = evaluate_manifest(a.checkpoint, a.manifest, threads=a.threads, precision=a.precision)
-        print(json.dumps(result, indent=2))
-        out = a.out or (str(Path(a.checkpoint).parent / "dev_eval.json") if a.checkpoint.endswith(".pt") else None)
-        if out:
-            Path(out).write_text(json.dumps(result, indent=2))
-        return 0
-    if args and args[0] == "export":
-        p = argparse.ArgumentParser(prog="python -m streaming_model.train export",
-                                    description="Write the float16 inference checkpoint of a run.")
-        p.add_argument("--run", required=True, help="runs/NAME")
-        p.add_argument("--out", required=True)
-        p.add_argument("--which", choices=("last", "best"), default="last")
-        p.add_argument("--dev-wer", type=float, default=None, help="dev WER to record in the file's info")
-        a = p.parse_args(args[1:])
-        path = export_run(a.run, a.out, which=a.which, dev_wer=a.dev_wer)
-        loaded = load_checkpoint(path)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB, trained={loaded.trained}): {loaded.info}")
-        return 0
-    p = argparse.ArgumentParser(prog="python -m streaming_model.train",
-                                description="Train the streaming model (subcommands: evaluate, export).")
-    p.add_argument("--config", required=True, help="TOML file, e.g. configs/train-cpu-char.toml")
-    p.add_argument("--resume", action="store_true", help="continue runs/NAME/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    a = p.parse_args(args)
-    train(TrainConfig.from_toml(a.config), resume=a.resume, progress_bar=not a.no_progress)
-    return 0
+    """``python -m streaming_model.train``: the ``xlgate train`` command (:mod:`streaming_model.train_cli`)."""
+    from streaming_model.train_cli import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m streaming_model.train",
+                                     description="Train the streaming model; subcommands report on and export "
+                                                 "a run (the same command as `xlgate train`).")
+    add_arguments(parser)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return int(args.func(args, parser))
 
 
 if __name__ == "__main__":

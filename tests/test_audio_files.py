@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from gateway.audio_files import RAW_EXTENSIONS, AudioClip, read_audio_file, write_wav
 from protocols.audio import (
-    RAW_EXTENSIONS,
-    AudioClip,
     AudioFileError,
     AudioFormatError,
     alaw_decode,
@@ -19,8 +18,6 @@ from protocols.audio import (
     int16_to_float32,
     mulaw_decode,
     mulaw_encode,
-    read_audio_file,
-    write_wav,
 )
 
 RNG = np.random.default_rng(7)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocols.audio.files import write_wav
+from gateway.audio_files import write_wav
 from tests.wsharness import noise_pcm, running_server, settings_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,8 @@ def test_defaults() -> None:
         host="127.0.0.1",
         ws_port=8080,
         metrics_port=9464,
-        grpc_port=0,
+        grpc_port=50051,
+        grpc_max_message_bytes=4194304,
         sip_port=5060,
         mrcp_port=1544,
         rtp_ports="20000-29999",
@@ -81,6 +82,7 @@ def test_defaults() -> None:
         torch_threads=0,
         event_loop="uvloop",
         quantize="none",
+        rel_attention="auto",
         runner="process",
         max_streams=64,
         max_batch_size=32,
@@ -133,6 +135,7 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "ws_port": (8100, 8101, 8102),
     "metrics_port": (9100, 9101, 9102),
     "grpc_port": (50051, 50052, 50053),
+    "grpc_max_message_bytes": (65536, 131072, 262144),
     "sip_port": (5070, 5071, 5072),
     "mrcp_port": (1554, 1555, 1556),
     "rtp_ports": ("30000-30999", "31000-31999", "32000-32999"),
@@ -144,6 +147,7 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "event_loop": ("asyncio", "uvloop", "asyncio"),
     "runner": ("thread", "process", "thread"),
     "quantize": ("int8", "none", "int8"),
+    "rel_attention": ("reference", "triton", "auto"),
     "max_streams": (10, 11, 12),
     "max_batch_size": (4, 5, 6),
     "max_wait_ms": (5, 6, 7),
@@ -359,7 +363,7 @@ def test_flag_validation_messages(argv: list[str], message: str) -> None:
 
 
 def test_zero_ports_may_repeat() -> None:
-    settings = resolve(["--ws-port", "0", "--metrics-port", "0"])
+    settings = resolve(["--ws-port", "0", "--metrics-port", "0", "--grpc-port", "0"])
     assert (settings.ws_port, settings.metrics_port, settings.grpc_port) == (0, 0, 0)
 
 

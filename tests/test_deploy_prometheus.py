@@ -194,7 +194,7 @@ def gateway(chatty_checkpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--model", chatty_checkpoint, "--host", "127.0.0.1",
              "--ws-port", str(ws_port), "--metrics-port", str(metrics_port), "--runner", "thread",
-             "--sip-port", str(free_port()), "--mrcp-port", "0",
+             "--grpc-port", "0", "--sip-port", str(free_port()), "--mrcp-port", "0",
              "--max-streams", "1", "--log-format", "json"],
             env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:

@@ -34,7 +34,7 @@ def start_server(model: str, ws_port: int, metrics_port: int, drain_ms: int) -> 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLGATE_DRAIN_TIMEOUT_MS": str(drain_ms)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--model", model, "--ws-port", str(ws_port),
-         "--metrics-port", str(metrics_port), "--sip-port", "0", "--log-format", "json"],
+         "--metrics-port", str(metrics_port), "--grpc-port", "0", "--sip-port", "0", "--log-format", "json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

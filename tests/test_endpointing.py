@@ -14,7 +14,7 @@ from gateway.runner import ChunkInput, ModelRunner
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import EndpointingSettings, StreamSettings
 from streaming_model.checkpoint import LoadedModel
-from streaming_model.decoding import GreedyDecoder
+from streaming_model.decoding import GreedyDecoder, endpoint_reached
 from streaming_model.features import FbankConfig
 from streaming_model.tokenizer import CharTokenizer
 from tests.conftest import make_tiny_model
@@ -100,3 +100,23 @@ def test_max_utterance_forces_a_final() -> None:
 def test_disabled_endpointing_waits_for_end() -> None:
     outs = run("h_i_ " + "_" * 30 + "y_o_", silence_s=0.2, enabled=False)
     assert finals(outs) == ["hi yo"]
+
+
+def test_the_endpoint_rule_itself() -> None:
+    """streaming_model.decoding.endpoint_reached, the one rule the runner and the dev-set report share."""
+    decoder = GreedyDecoder(TOK)
+    for lp in frames("__hi"):
+        decoder.accept(lp[None])
+    rule = {"frame_s": 0.04, "silence_s": 0.2, "max_utterance_s": 1.0}
+    assert not endpoint_reached(decoder, decoder.partial(), **rule)
+    for lp in frames("____"):
+        decoder.accept(lp[None])
+    assert not endpoint_reached(decoder, decoder.partial(), **rule)  # 4 frames = 0.16 s of silence
+    decoder.accept(frames("_")[0][None])
+    assert endpoint_reached(decoder, decoder.partial(), **rule)  # 0.2 s
+    decoder.finalize()
+    assert not endpoint_reached(decoder, decoder.partial(), **rule)  # nothing heard since: no endpoint
+    talker = GreedyDecoder(TOK)
+    for lp in frames("ab" * 13):  # 26 frames of speech from 0 s: 1.04 s
+        talker.accept(lp[None])
+    assert endpoint_reached(talker, talker.partial(), **rule)

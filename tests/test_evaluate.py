@@ -1,4 +1,4 @@
-"""``python -m streaming_model.evaluate``: the scoring helpers on hand-made inputs, and every subcommand end
+"""``xlgate eval dev`` (gateway/evaluate.py): the scoring helpers on hand-made inputs, and every subcommand end
 to end on a tiny random model and a few short WAVs (a random model transcribes gibberish, so the end-to-end
 tests check structure, not figures)."""
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.runner import DecoderParams, LanguageModel
-from protocols.audio.files import write_wav
-from streaming_model import evaluate as ev
+from gateway import evaluate as ev
+from gateway.audio_files import write_wav
+from gateway.runner import LanguageModel
+from gateway.session import DecodingSettings
 from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.features import FbankConfig
 from streaming_model.ngram import NgramLM
@@ -139,7 +140,7 @@ def test_grid_decoding_matches_the_engine(setup: dict[str, str]) -> None:
     log_probs = ev.utterance_log_probs(loaded, items)
     grid = [ev.decode_log_probs(lp, loaded, beam_size=4, lm=lm.model, lm_weight=0.5, word_bonus=1.0)
             for lp in log_probs]
-    engine = ev.transcribe_items(loaded, items, decoder=DecoderParams(method="beam", beam_size=4), lm=lm,
+    engine = ev.transcribe_items(loaded, items, decoding=DecodingSettings(method="beam", beam_size=4), lm=lm,
                                  settings=ev.EngineSettings(num_threads=1, max_parallel=4))
     assert any(grid)
     assert grid == engine.texts
@@ -260,7 +261,7 @@ def test_calibrate_command_fits_writes_and_serves_the_map(tmp_path: Path) -> Non
         lines.append(json.dumps({"audio": f"s{n}.wav", "text": text, "duration_s": len(audio) / 8000}))
     (tmp_path / "speech.jsonl").write_text("\n".join(lines) + "\n")
     items = ev.load_items(tmp_path / "speech.jsonl")
-    out = ev.transcribe_items(load_checkpoint(bundled), items, decoder=DecoderParams(), lm=LanguageModel(None),
+    out = ev.transcribe_items(load_checkpoint(bundled), items, decoding=DecodingSettings(), lm=LanguageModel(None),
                               settings=ev.EngineSettings(num_threads=1))
     lines = []
     for item, finals in zip(items, out.finals, strict=True):

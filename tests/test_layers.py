@@ -1,14 +1,15 @@
 """The import layers of the house style hold (issue 9); this test is the one sans-I/O check of protocols/.
 
 * ``protocols/`` imports nothing of ours but itself, and does no I/O: no network, clock, thread or process
-  module, and no file access (one named exception below), except in the one thin ``transport.py`` of a
-  protocol, which does its asyncio I/O (STYLE.md: events, errors, codec and connection are sans-I/O; the
-  transport is the only file that touches sockets and the clock).
+  module, and no file access (recordings are read by ``gateway/audio_files.py``), except in the one thin
+  ``transport.py`` of a protocol, which does its asyncio I/O (STYLE.md: events, errors, codec and connection
+  are sans-I/O; the transport is the only file that touches sockets and the clock).
 * ``streaming_model/`` never imports ``gateway/`` (nor the load generator or the tests); the sans-I/O
   ``protocols/`` (audio helpers) is below it and allowed.
 
-Every import statement counts, at module level or inside a function. Known exceptions are listed with the
-issue that removes them; an exception that no longer happens fails the test, so the list cannot go stale.
+Every import statement counts, at module level or inside a function. Known exceptions (none today) are
+listed with the issue that removes them; an exception that no longer happens fails the test, so the list
+cannot go stale.
 """
 
 from __future__ import annotations
@@ -32,15 +33,7 @@ FILE_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text"}
 TRANSPORT_IO = {"asyncio", "socket", "ssl", "time", "selectors"}
 
 # (importer, imported top-level package or I/O module) -> the issue that removes it.
-KNOWN_EXCEPTIONS = {
-    # Evaluation drives the engine (gateway/) from the model package; issue 8 moves it out of
-    # streaming_model/.
-    ("streaming_model/evaluate.py", "gateway"): "issue 8",
-    # Audio containers are decoded by libsndfile from a path; until the readers move to a transport-side
-    # module (streaming_model/evaluate.py imports them from here, see issue 8) this one file reads files.
-    ("protocols/audio/files.py", "soundfile"): "issue 8",
-    ("protocols/audio/files.py", "read_bytes"): "issue 8",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def python_files(package: str) -> list[Path]:

@@ -52,3 +52,28 @@ def test_step_probe_report_is_the_difference_of_two_scrapes() -> None:
                  "avg_queue_wait_ms": 3.33, "runner_busy_fraction": 0.2}
     assert ServerStepProbe.report(None, after, wall_s=10.0) is None
     assert ServerStepProbe(None).sample() is None
+
+
+def test_run_drives_grpc_streams(chatty_checkpoint: str, tmp_path: Path) -> None:
+    """The same load over the gRPC API (``--url grpc://HOST:PORT``): a short smoke run, not a benchmark."""
+    from tests.grpcharness import grpc_settings_for
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        _write_wav(audio / f"utt{i}.wav", noise_pcm(1.2, seed=i).tobytes())
+    settings = grpc_settings_for(chatty_checkpoint)
+
+    async def main() -> tuple[dict[str, object], str]:
+        async with running_server(settings) as srv:
+            opts = RunOptions(url=f"grpc://127.0.0.1:{settings.grpc_port}", audio_dir=audio, streams=3,
+                              processes=1, metrics_url=srv.metrics_url + "/metrics")
+            report = (await asyncio.to_thread(run_load, opts)).report
+            return report, srv.http_get("/metrics")[1]
+
+    report, metrics = asyncio.run(main())
+    assert report["errors"]["total"] == 0, report["errors"]  # type: ignore[index]
+    assert report["counts"]["sessions_completed"] == 3  # type: ignore[index]
+    assert report["counts"]["partials"] > 0 and report["counts"]["finals"] >= 3  # type: ignore[index]
+    assert report["counts"].get("overruns", 0) == 0  # type: ignore[attr-defined]
+    assert 'xlgate_streams_ended_total{outcome="completed",protocol="grpc"} 3.0' in metrics

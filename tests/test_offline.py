@@ -1,4 +1,4 @@
-"""``xlgate transcribe`` and ``xlgate eval`` end to end, on real files and a tiny random model.
+"""``xlgate transcribe`` and ``xlgate eval score`` end to end, on real files and a tiny random model.
 
 A random model transcribes gibberish, so transcription tests check structure (which lines, in which
 order, on which stream) and equality with the live streaming path, not words.
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from gateway import offline
+from gateway.audio_files import write_wav
 from gateway.cli import main
 from gateway.runner import ModelRunner
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
-from protocols.audio.files import write_wav
 from protocols.audio.g711 import mulaw_encode
 from streaming_model.checkpoint import load_checkpoint, save_checkpoint
 from streaming_model.decoding import StreamDecoder
@@ -101,7 +101,7 @@ def test_transcribe_equals_live_streaming(capsys: pytest.CaptureFixture[str], fi
     assert rc == 0
     offline_utts = [u["text"] for u in json.loads(lines[0])["utterances"]]
 
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.pcm import float32_to_int16
 
     pcm = float32_to_int16(read_audio_file(files["mono"]).channels[0])
@@ -186,7 +186,8 @@ def _eval(capsys: pytest.CaptureFixture[str], tmp_path: Path, refs: str, hyps: s
     (tmp_path / "refs.tsv").write_text(refs, encoding="utf-8")
     (tmp_path / "hyps.tsv").write_text(hyps, encoding="utf-8")
     out_json = tmp_path / "scores.json"
-    rc = main(["eval", "--refs", str(tmp_path / "refs.tsv"), str(tmp_path / "hyps.tsv"), "--json", str(out_json)])
+    rc = main(["eval", "score", "--refs", str(tmp_path / "refs.tsv"), str(tmp_path / "hyps.tsv"), "--json",
+               str(out_json)])
     out, err = capsys.readouterr()
     data = json.loads(out_json.read_text(encoding="utf-8")) if out_json.exists() else {}
     return rc, data, out + err

@@ -162,14 +162,22 @@ def test_repetition_guard_on_unpadded_states(second_pass: WhisperSecondPass, tmp
 
 
 def test_hotword_prompt(second_pass: WhisperSecondPass, tmp_path: Path) -> None:
-    mel = _espeak_mel("i would like to speak to ignatius fairweather", tmp_path)
-    hotwords = ["ignatius fairweather", "dagny thorvaldsen", "marisol echeverria"]
+    mel = _espeak_mel("my manager is marisol echeverria", tmp_path)
+    hotwords = ["ignatius fairweather", "ravenswood manor", "marisol echeverria", "dagny thorvaldsen"]
     prompt = second_pass.prompt(hotwords)
     tok = second_pass.tokenizer
     assert prompt[0] == tok.sot_prev and prompt[-1] == tok.sot
-    assert tok.decode(prompt) == " ignatius fairweather, dagny thorvaldsen, marisol echeverria"
-    assert "fairweather" not in second_pass.transcribe(mel).text.split()
-    assert "fairweather" in second_pass.transcribe(mel, hotwords=hotwords).text.split()
+    assert tok.decode(prompt) == " ignatius fairweather, ravenswood manor, marisol echeverria, dagny thorvaldsen"
+    assert "echeverria" not in second_pass.transcribe(mel).text
+    assert second_pass.transcribe(mel, hotwords=hotwords).text == "my manager is marisol echeverria"
+
+
+def test_hotword_gate_keeps_the_plain_final_without_a_hotword(second_pass: WhisperSecondPass,
+                                                             tmp_path: Path) -> None:
+    mel = _espeak_mel("can you hear me", tmp_path)
+    gated = second_pass.transcribe(mel, hotwords=["ignatius fairweather", "ravenswood manor"])
+    assert gated.text == "can you hear me"
+    assert gated.decode_s > 0
 
 
 # ------------------------------------------------------------------------------------------- alignment

@@ -186,8 +186,8 @@ def test_export_and_evaluate(dataset: Path, tmp_path: Path) -> None:
     assert out.stat().st_size < 16 * 2**20
     result = evaluate_manifest(out, dataset, threads=1, progress_bar=False)
     assert result["utterances"] == 14 and 0.0 <= result["wer"]
-    # the command line: evaluate a run checkpoint (writes dev_eval.json), export picks its WER up
-    assert main(["evaluate", "--checkpoint", str(cfg.run_dir / "last.pt"), "--manifest", str(dataset),
+    # the command line: greedy-wer of a run checkpoint (writes dev_eval.json), export picks its WER up
+    assert main(["greedy-wer", "--checkpoint", str(cfg.run_dir / "last.pt"), "--manifest", str(dataset),
                  "--threads", "1"]) == 0
     wer = json.loads((cfg.run_dir / "dev_eval.json").read_text())["wer"]
     assert main(["export", "--run", str(cfg.run_dir), "--out", str(tmp_path / "cli.safetensors")]) == 0

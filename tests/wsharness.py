@@ -28,9 +28,10 @@ def free_port() -> int:
 def settings_for(model: str, *extra: str) -> ServeSettings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    # MRCP off (--sip-port 0): these tests are about the WebSocket path and must not bind 5060.
+    # gRPC and MRCP off (--sip-port 0): these tests are about the WebSocket path and bind no fixed port.
     args = parser.parse_args(["--model", model, "--ws-port", "0", "--metrics-port", str(free_port()),
-                              "--sip-port", "0", "--event-loop", "asyncio", "--runner", "thread", *extra])
+                              "--grpc-port", "0", "--sip-port", "0", "--event-loop", "asyncio", "--runner", "thread",
+                              *extra])
     return resolve_serve_settings(args, {})
 
 

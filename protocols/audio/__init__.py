@@ -1,11 +1,10 @@
 """Audio codecs and conversions shared by the ingress protocols, the session and the data pipeline.
 
-Pure computation except :mod:`protocols.audio.files`, which reads and writes files through
-libsndfile. Nothing here imports asyncio, socket or time.
+Pure computation: nothing here imports asyncio, socket or time, or touches a file (recordings are read and
+written on the transport side, by :mod:`gateway.audio_files`).
 """
 
 from protocols.audio.errors import AudioError, AudioFileError, AudioFormatError
-from protocols.audio.files import RAW_EXTENSIONS, AudioClip, read_audio_file, write_wav
 from protocols.audio.g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
 from protocols.audio.pcm import (
     WIRE_ENCODINGS,
@@ -18,9 +17,7 @@ from protocols.audio.pcm import (
 from protocols.audio.resample import StreamingResampler, resample
 
 __all__ = [
-    "RAW_EXTENSIONS",
     "WIRE_ENCODINGS",
-    "AudioClip",
     "AudioError",
     "AudioFileError",
     "AudioFormatError",
@@ -34,7 +31,5 @@ __all__ = [
     "mulaw_decode",
     "mulaw_encode",
     "pcm16le_to_int16",
-    "read_audio_file",
     "resample",
-    "write_wav",
 ]

@@ -1,26 +1,27 @@
-"""Evaluate a trained model on a manifest: WER/CER, LM fusion tuning, hotword biasing, word confidence.
+"""The dev-set report of a model: WER/CER, LM fusion tuning, hotword biasing, word confidence (``xlgate eval dev``).
 
 Usage (each subcommand prints a table and writes its figures as JSON to ``--out``)::
 
-    python -m streaming_model.evaluate wer --manifest dev/manifests/dev.jsonl --model M --out wer.json
-    python -m streaming_model.evaluate tune --manifest dev/manifests/dev.jsonl --model M --out tune.json \\
+    xlgate eval dev wer --manifest dev/manifests/dev.jsonl --model M --out wer.json
+    xlgate eval dev tune --manifest dev/manifests/dev.jsonl --model M --out tune.json \\
         --write-lm-json streaming_model/assets/lm-en.json
-    python -m streaming_model.evaluate hotwords --manifest dev/manifests/dev_hotwords.jsonl \\
+    xlgate eval dev hotwords --manifest dev/manifests/dev_hotwords.jsonl \\
         --hotwords dev/hotwords.txt --model M --out hotwords.json
-    python -m streaming_model.evaluate confidence --manifest dev/manifests/dev.jsonl --model M --out conf.json
-    python -m streaming_model.evaluate calibrate --manifest dev/manifests/dev.jsonl --model M --out cal.json \
+    xlgate eval dev confidence --manifest dev/manifests/dev.jsonl --model M --out conf.json
+    xlgate eval dev calibrate --manifest dev/manifests/dev.jsonl --model M --out cal.json \\
         --write-into M
 
-Every figure of ``wer``, ``hotwords``, ``confidence`` and ``calibrate`` comes from the streaming engine
-the server runs (:class:`gateway.engine.Engine` over a :class:`gateway.runner.ModelRunner`, endpointing on,
-finals joined), so it is what a caller would get for the same audio and settings. ``tune`` computes the
-log-probabilities of each utterance once (``model.forward`` on the whole utterance, numerically the
-streaming encoder's output) and re-decodes them for every grid point, feeding them one streaming step at a
-time under the runner's endpoint rule, so a grid point's transcripts are the engine's; the chosen setting
-is then run through the engine once more, and that WER is the ``dev_wer`` written beside the LM.
+(``python -m gateway.evaluate`` is the same command.) It lives in ``gateway/`` because it drives the engine:
+every figure of ``wer``, ``hotwords``, ``confidence`` and ``calibrate`` comes from the streaming engine the
+server runs, set up as ``xlgate transcribe`` sets it up (:func:`gateway.offline.run_transcription`;
+endpointing on, finals joined), so it is what a caller would get for the same audio and settings. ``tune``
+computes the log-probabilities of each utterance once (``model.forward`` on the whole utterance, numerically
+the streaming encoder's output) and re-decodes them for every grid point, feeding them one streaming step at
+a time under the runner's endpoint rule (:func:`streaming_model.decoding.endpoint_reached`), so a grid
+point's transcripts are the engine's; the chosen setting is then run through the engine once more, and that
+WER is the ``dev_wer`` written beside the LM.
 
-Scoring normalises references and hypotheses alike with :func:`streaming_model.textnorm.normalise_for_scoring`
-and counts edits with jiwer (:func:`gateway.offline.score_utterance`, the same as ``xlgate eval``).
+Scoring is :mod:`streaming_model.scoring`, the one normaliser and edit count of every tool.
 
 Dimension legend: T encoder frames, V vocabulary.
 """
@@ -41,12 +42,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from gateway.offline import ErrorCounts, positive_int, score_utterance
+from gateway.config import Quantization
+from gateway.offline import positive_int
+from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.data.manifest import read_manifest, resolve_audio
-from streaming_model.textnorm import normalise_for_scoring
+from streaming_model.scoring import ErrorCounts, normalise, score_pairs, score_utterance
 
 if TYPE_CHECKING:
-    from gateway.runner import DecoderParams, EndpointParams, LanguageModel
+    from gateway.offline import FileTranscript
+    from gateway.runner import LanguageModel
     from streaming_model.checkpoint import LoadedModel
     from streaming_model.decoding import Hypothesis
     from streaming_model.ngram import NgramLM
@@ -56,7 +60,9 @@ __all__ = [
     "EvalItem",
     "EvaluationError",
     "HotwordCounts",
+    "add_dev_arguments",
     "channel_group",
+    "cmd_dev",
     "decode_log_probs",
     "expected_calibration_error",
     "hotword_counts",
@@ -192,7 +198,7 @@ class EngineSettings:
     device: str = "cpu"
     num_threads: int = DEFAULT_THREADS
     max_parallel: int = DEFAULT_MAX_PARALLEL
-    quantize: str = "none"  # or "int8": the serving option's dynamic int8 linear layers
+    quantize: Quantization = Quantization.NONE  # INT8: the serving option's dynamic int8 linear layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,40 +213,25 @@ class Transcripts:
         return [" ".join(h.text for h in f if h.text) for f in self.finals]
 
 
-async def _transcribe(loaded: LoadedModel, paths: Sequence[str], *, decoder: DecoderParams,
-                      lm: LanguageModel, settings: EngineSettings, on_done: Callable[[], None]) -> list[Any]:
-    # gateway.offline.run_transcription, with the runner built here so that it can carry an LM.
-    from gateway.engine import Engine, StreamParams
-    from gateway.metrics import Metrics
-    from gateway.offline import OFFLINE_MAX_PENDING_CHUNKS, OFFLINE_MAX_WAIT_S, ReadOptions, transcribe_files
-    from gateway.runner import EndpointParams, ModelRunner, ThreadRunner
+async def _transcribe(loaded: LoadedModel, paths: Sequence[str], *, decoding: DecodingSettings,
+                      lm: LanguageModel, settings: EngineSettings,
+                      on_done: Callable[[], None]) -> list[FileTranscript | None]:
+    from gateway.offline import ReadOptions, run_transcription
 
-    results: list[Any] = [None] * len(paths)
+    results: list[FileTranscript | None] = [None] * len(paths)
 
-    def on_result(result: Any) -> None:
+    def on_result(result: FileTranscript) -> None:
         results[result.index] = result
         on_done()
 
-    runner = ThreadRunner(ModelRunner(loaded, max_streams=settings.max_parallel, device=settings.device,
-                                      num_threads=settings.num_threads, lm=lm, quantize=settings.quantize))
-    engine = Engine(runner, metrics=Metrics(), max_streams=settings.max_parallel,
-                    max_batch_size=settings.max_parallel, max_wait_s=OFFLINE_MAX_WAIT_S,
-                    max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
-    params = StreamParams(endpoint=EndpointParams(), decoder=decoder, interim_results=False)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(engine.run(), name="engine")
-            try:
-                await transcribe_files(engine, paths, params=params, read_options=ReadOptions(),
-                                       on_result=on_result)
-            finally:
-                engine.close()
-    finally:
-        await runner.close()
+    await run_transcription(loaded, paths, settings=StreamSettings(decoding=decoding, interim_results=False),
+                            read_options=ReadOptions(), max_parallel=settings.max_parallel,
+                            device=settings.device, num_threads=settings.num_threads,
+                            quantize=settings.quantize, lm=lm, on_result=on_result)
     return results
 
 
-def transcribe_items(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams,
+def transcribe_items(loaded: LoadedModel, items: Sequence[EvalItem], *, decoding: DecodingSettings,
                      lm: LanguageModel, settings: EngineSettings, desc: str = "transcribe") -> Transcripts:
     """Transcribe every item through the streaming engine (endpointing as served, interim results off).
 
@@ -253,7 +244,7 @@ def transcribe_items(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder:
                leave=False)
     start = time.perf_counter()
     try:
-        results = asyncio.run(_transcribe(loaded, [i.path for i in items], decoder=decoder, lm=lm,
+        results = asyncio.run(_transcribe(loaded, [i.path for i in items], decoding=decoding, lm=lm,
                                           settings=settings, on_done=lambda: bar.update(1)))
     finally:
         bar.close()
@@ -276,7 +267,7 @@ def oov_counts(texts: Iterable[str], vocab: Iterable[str]) -> tuple[int, int]:
     known = set(vocab)
     oov = total = 0
     for text in texts:
-        words = normalise_for_scoring(text).split()
+        words = normalise(text).split()
         total += len(words)
         oov += sum(1 for w in words if w not in known)
     return oov, total
@@ -326,13 +317,13 @@ def format_scores(scores: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- wer
 
 
-def _decoder_json(decoder: DecoderParams, lm: LanguageModel, lm_spec: str) -> dict[str, Any]:
-    beam = decoder.method == "beam"
-    return {"method": decoder.method, "beam_size": decoder.beam_size if beam else None,
+def _decoder_json(decoding: DecodingSettings, lm: LanguageModel, lm_spec: str) -> dict[str, Any]:
+    beam = decoding.method is DecodingMethod.BEAM
+    return {"method": str(decoding.method), "beam_size": decoding.beam_size if beam else None,
             "lm": lm_spec if beam and lm.model is not None else None,
             "lm_weight": lm.weight if beam and lm.model is not None else None,
             "word_insertion_bonus": lm.word_bonus if beam and lm.model is not None else None,
-            "hotwords": len(decoder.hotwords)}
+            "hotwords": len(decoding.hotwords)}
 
 
 def _geometry_json(loaded: LoadedModel) -> dict[str, Any]:
@@ -341,13 +332,13 @@ def _geometry_json(loaded: LoadedModel) -> dict[str, Any]:
             "chunk_ms": c.chunk_ms, "mem_ms": c.mem_ms, "right_ms": c.right_ms}
 
 
-def run_wer(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams, lm: LanguageModel,
+def run_wer(loaded: LoadedModel, items: Sequence[EvalItem], *, decoding: DecodingSettings, lm: LanguageModel,
             lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """WER/CER overall, per subset and per channel group, the references' OOV rate against the LM."""
-    out = transcribe_items(loaded, items, decoder=decoder, lm=lm, settings=settings, desc="wer")
+    out = transcribe_items(loaded, items, decoding=decoding, lm=lm, settings=settings, desc="wer")
     report: dict[str, Any] = {"model": loaded.path, "utterances": len(items),
                               "geometry": _geometry_json(loaded),
-                              "decoding": _decoder_json(decoder, lm, lm_spec),
+                              "decoding": _decoder_json(decoding, lm, lm_spec),
                               **_audio_stats(items, out.wall_s),
                               **score_items(items, out.texts)}
     if lm.model is not None:
@@ -381,7 +372,7 @@ def utterance_log_probs(loaded: LoadedModel, items: Sequence[EvalItem], *,
     """Per item, the (T, V) float32 CTC log-probabilities of the whole utterance (``model.forward``)."""
     import torch
 
-    from protocols.audio.files import read_audio_file
+    from gateway.audio_files import read_audio_file
     from protocols.audio.resample import resample
     from streaming_model.features import Fbank, compute_fbank
 
@@ -405,17 +396,17 @@ def utterance_log_probs(loaded: LoadedModel, items: Sequence[EvalItem], *,
 
 
 def decode_log_probs(log_probs: np.ndarray, loaded: LoadedModel, *, beam_size: int, lm: NgramLM | None,
-                     lm_weight: float, word_bonus: float, endpoint: EndpointParams | None = None) -> str:
+                     lm_weight: float, word_bonus: float, endpointing: EndpointingSettings | None = None) -> str:
     """Beam search over one utterance's log-probabilities, as the engine's runner would run it.
 
-    The frames are fed one streaming step (``chunk_frames``) at a time and the runner's endpoint rule is
-    applied after each step (:meth:`gateway.runner.ModelRunner._finish`), so that an utterance split by an
-    endpoint in the engine is split here too; the finals' texts are joined.
+    The frames are fed one streaming step (``chunk_frames``) at a time and the runner's endpoint rule
+    (:func:`streaming_model.decoding.endpoint_reached`) is applied after each step, so that an utterance
+    split by an endpoint in the engine is split here too; the finals' texts are joined.
     """
-    from gateway.runner import EndpointParams
     from streaming_model.beam import BeamConfig, BeamDecoder
+    from streaming_model.decoding import endpoint_reached
 
-    endpoint = EndpointParams() if endpoint is None else endpoint
+    endpointing = EndpointingSettings() if endpointing is None else endpointing
     frame_s = loaded.model.config.subsampling * loaded.features.hop_samples / loaded.features.sample_rate_hz
     step = loaded.model.config.chunk_frames
     decoder = BeamDecoder(loaded.tokenizer, BeamConfig(beam_size=beam_size, lm_weight=lm_weight,
@@ -424,10 +415,9 @@ def decode_log_probs(log_probs: np.ndarray, loaded: LoadedModel, *, beam_size: i
     texts: list[str] = []
     for start in range(0, log_probs.shape[0], step):
         decoder.accept(log_probs[start:start + step])
-        hyp = decoder.partial()
-        if endpoint.enabled and not hyp.is_empty and (
-                decoder.trailing_silence_frames * frame_s >= endpoint.silence_s
-                or decoder.frames_decoded * frame_s - hyp.start_s >= endpoint.max_utterance_s):
+        if endpointing.enabled and endpoint_reached(decoder, decoder.partial(), frame_s=frame_s,
+                                                    silence_s=endpointing.silence_s,
+                                                    max_utterance_s=endpointing.max_utterance_s):
             texts.append(decoder.finalize().text)
     texts.append(decoder.finalize().text)
     return " ".join(t for t in texts if t)
@@ -446,9 +436,7 @@ class TuneResult:
 
 
 def _corpus_wer(items: Sequence[EvalItem], hyps: Sequence[str]) -> tuple[float | None, dict[str, Any]]:
-    counts = ErrorCounts()
-    for item, hyp in zip(items, hyps, strict=True):
-        counts.add(score_utterance(item.reference, hyp))
+    counts = score_pairs((item.reference, hyp) for item, hyp in zip(items, hyps, strict=True))
     return counts.wer, counts.to_json()
 
 
@@ -495,8 +483,6 @@ def run_tune(loaded: LoadedModel, items: Sequence[EvalItem], *, lm: LanguageMode
              weights: Sequence[float] = LM_WEIGHTS, bonuses: Sequence[float] = WORD_BONUSES,
              beam_sizes: Sequence[int] = BEAM_SIZES) -> dict[str, Any]:
     """:func:`tune_grid` on forward-pass log-probabilities, then the chosen setting through the engine."""
-    from gateway.runner import DecoderParams
-
     if lm.model is None:
         raise EvaluationError(f"tune needs a language model; --lm {lm_spec} gives none")
     start = time.perf_counter()
@@ -523,8 +509,8 @@ def run_tune(loaded: LoadedModel, items: Sequence[EvalItem], *, lm: LanguageMode
     }
     if confirm:
         tuned_lm = replace(lm, weight=tuned.lm_weight, word_bonus=tuned.word_bonus)
-        decoder = DecoderParams(method="beam", beam_size=tuned.beam_size)
-        out = transcribe_items(loaded, items, decoder=decoder, lm=tuned_lm, settings=settings, desc="confirm")
+        decoding = DecodingSettings(method=DecodingMethod.BEAM, beam_size=tuned.beam_size)
+        out = transcribe_items(loaded, items, decoding=decoding, lm=tuned_lm, settings=settings, desc="confirm")
         scores = score_items(items, out.texts)
         report["confirm"] = {"engine_wer": scores["overall"]["wer"], "engine_cer": scores["overall"]["cer"],
                              "wall_s": round(out.wall_s, 2), **scores}
@@ -594,11 +580,11 @@ class HotwordCounts:
 
 def hotword_counts(phrases: Iterable[str], refs: Sequence[str], hyps: Sequence[str]) -> HotwordCounts:
     """Count spoken, recalled and falsely inserted phrases, once per (utterance, phrase)."""
-    normalised = {p: normalise_for_scoring(p) for p in phrases}
+    normalised = {p: normalise(p) for p in phrases}
     counts = HotwordCounts(per_phrase={p: {"spoken": 0, "recalled": 0, "false_insertions": 0}
                                        for p in normalised})
     for ref, hyp in zip(refs, hyps, strict=True):
-        ref_n, hyp_n = normalise_for_scoring(ref), normalise_for_scoring(hyp)
+        ref_n, hyp_n = normalise(ref), normalise(hyp)
         for phrase, norm in normalised.items():
             in_ref, in_hyp = _contains(ref_n, norm), _contains(hyp_n, norm)
             row = counts.per_phrase[phrase]
@@ -614,21 +600,21 @@ def hotword_counts(phrases: Iterable[str], refs: Sequence[str], hyps: Sequence[s
     return counts
 
 
-def run_hotwords(loaded: LoadedModel, items: Sequence[EvalItem], hotwords: Sequence[tuple[str, float]], *,
+def run_hotwords(loaded: LoadedModel, items: Sequence[EvalItem], hotwords: Sequence[Hotword], *,
                  beam_size: int, lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Beam search without and with the hotword list (same beam and LM): recall, insertions, WER, deltas."""
-    from gateway.runner import DecoderParams
-
-    phrases = [p for p, _ in hotwords]
+    phrases = [h.phrase for h in hotwords]
     refs = [i.reference for i in items]
     report: dict[str, Any] = {"model": loaded.path, "utterances": len(items), "phrases": len(phrases),
                               "ids": [i.utt_id for i in items],
-                              "decoding": _decoder_json(DecoderParams(method="beam", beam_size=beam_size,
-                                                                      hotwords=tuple(hotwords)), lm, lm_spec)}
+                              "decoding": _decoder_json(DecodingSettings(method=DecodingMethod.BEAM,
+                                                                         beam_size=beam_size,
+                                                                         hotwords=tuple(hotwords)), lm, lm_spec)}
     wall_s = 0.0
+    listed: tuple[Hotword, ...]
     for name, listed in (("without", ()), ("with", tuple(hotwords))):
-        decoder = DecoderParams(method="beam", beam_size=beam_size, hotwords=listed)
-        out = transcribe_items(loaded, items, decoder=decoder, lm=lm, settings=settings,
+        decoding = DecodingSettings(method=DecodingMethod.BEAM, beam_size=beam_size, hotwords=listed)
+        out = transcribe_items(loaded, items, decoding=decoding, lm=lm, settings=settings,
                                desc=f"{name} hotwords")
         wall_s += out.wall_s
         scores = score_items(items, out.texts)
@@ -715,10 +701,10 @@ def label_hyp_words(reference: str, words: Sequence[tuple[str, float]]) -> list[
     """
     import jiwer
 
-    hyp = [(w, conf) for text, conf in words for w in normalise_for_scoring(text).split()]
+    hyp = [(w, conf) for text, conf in words for w in normalise(text).split()]
     if not hyp:
         return []
-    ref = normalise_for_scoring(reference)
+    ref = normalise(reference)
     if not ref:
         return [(w, c, False) for w, c in hyp]
     correct = [False] * len(hyp)
@@ -755,13 +741,13 @@ def expected_calibration_error(table: Sequence[dict[str, Any]]) -> float | None:
     return gap / total
 
 
-def run_confidence(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams,
+def run_confidence(loaded: LoadedModel, items: Sequence[EvalItem], *, decoding: DecodingSettings,
                    lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Word confidences of the engine's finals against jiwer's alignment: ROC AUC and reliability."""
-    out = transcribe_items(loaded, items, decoder=decoder, lm=lm, settings=settings, desc="confidence")
+    out = transcribe_items(loaded, items, decoding=decoding, lm=lm, settings=settings, desc="confidence")
     confs, labels = _flatten(_labelled_words(items, out.finals))
     table = reliability_table(confs, labels)
-    return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
+    return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoding, lm, lm_spec),
             "hyp_words": len(labels), "correct_words": sum(labels),
             "word_accuracy": sum(labels) / len(labels) if labels else None,
             "auc": roc_auc(confs, labels), "ece": expected_calibration_error(table), "reliability": table,
@@ -783,7 +769,7 @@ def _flatten(groups: Sequence[Sequence[tuple[float, bool]]]) -> tuple[list[float
     return [c for g in groups for c, _ in g], [ok for g in groups for _, ok in g]
 
 
-def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: DecoderParams,
+def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoding: DecodingSettings,
                   lm: LanguageModel, lm_spec: str, settings: EngineSettings) -> dict[str, Any]:
     """Fit the Platt map of word confidences (:class:`ConfidenceCalibration`) on the engine's finals.
 
@@ -794,7 +780,7 @@ def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: De
     from streaming_model.decoding import CALIBRATION_INFO_KEY, ConfidenceCalibration
 
     raw = replace(loaded, info={k: v for k, v in loaded.info.items() if k != CALIBRATION_INFO_KEY})
-    out = transcribe_items(raw, items, decoder=decoder, lm=lm, settings=settings, desc="calibrate")
+    out = transcribe_items(raw, items, decoding=decoding, lm=lm, settings=settings, desc="calibrate")
     per_utt = _labelled_words(items, out.finals)
     confs, labels = _flatten(per_utt)
     try:
@@ -807,7 +793,7 @@ def run_calibrate(loaded: LoadedModel, items: Sequence[EvalItem], *, decoder: De
         raise EvaluationError(f"cannot fit a confidence calibration on {len(items)} utterances: {exc}") from exc
     before = reliability_table(confs, labels)
     after = reliability_table(*_flatten(cross))
-    return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoder, lm, lm_spec),
+    return {"model": loaded.path, "utterances": len(items), "decoding": _decoder_json(decoding, lm, lm_spec),
             "hyp_words": len(labels), "correct_words": sum(labels),
             "calibration": fitted.to_json(), "auc": roc_auc(confs, labels),
             "ece_raw": expected_calibration_error(before), "ece_cross_fitted": expected_calibration_error(after),
@@ -877,10 +863,9 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m streaming_model.evaluate`` parser and its subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m streaming_model.evaluate",
-                                     description="Evaluate a trained model on a manifest.")
+def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``xlgate eval dev`` subcommands (wer, tune, hotwords, confidence, calibrate); sets ``func`` to
+    :func:`cmd_dev`."""
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--manifest", required=True, help="JSON-lines manifest (audio, text, duration_s)")
@@ -899,14 +884,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--right-frames", type=_non_negative_int, default=None, metavar="R",
                         help="encoder frames of look-ahead after each chunk, instead of the checkpoint's")
     common.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    common.add_argument("--quantize", choices=("none", "int8"), default="none",
+    common.add_argument("--quantize", type=Quantization, choices=tuple(Quantization), default=Quantization.NONE,
                         help="serve the linear layers in dynamic int8, as `xlgate serve --quantize int8`")
     common.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"torch threads of the model (default {DEFAULT_THREADS})")
     common.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL,
                         help=f"streams batched together in the engine (default {DEFAULT_MAX_PARALLEL})")
     decoding = argparse.ArgumentParser(add_help=False)
-    decoding.add_argument("--decoding", choices=("greedy", "beam"), default="greedy")
+    decoding.add_argument("--decoding", type=DecodingMethod, choices=tuple(DecodingMethod),
+                          default=DecodingMethod.GREEDY)
     decoding.add_argument("--beam-size", type=positive_int, default=TUNE_BEAM_SIZE)
 
     sub.add_parser("wer", parents=[common, decoding], help="WER/CER per subset and channel, OOV rate")
@@ -931,6 +917,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fit the word-confidence calibration (Platt scaling) on the engine's finals")
     cal.add_argument("--write-into", default=None, metavar="CHECKPOINT",
                      help="store the fitted map in this checkpoint's info (e.g. the bundled model)")
+    parser.set_defaults(func=cmd_dev)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m gateway.evaluate`` parser: the same subcommands as ``xlgate eval dev``."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.evaluate",
+                                     description="The dev-set report of a model (the same as `xlgate eval dev`).")
+    add_dev_arguments(parser)
     return parser
 
 
@@ -941,15 +935,19 @@ def _write_json(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand. Returns 0, or 2 for unusable inputs."""
+    """``python -m gateway.evaluate``: run one subcommand. Returns 0, or 2 for unusable inputs."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    return cmd_dev(args, parser)
+
+
+def cmd_dev(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run one ``xlgate eval dev`` subcommand. Returns 0, or 2 for unusable inputs."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     from gateway.config import ConfigError, load_hotwords_file
     from gateway.models import load_model
-    from gateway.runner import DecoderParams
     from streaming_model.checkpoint import CheckpointError
     from streaming_model.data.manifest import ManifestError
 
@@ -964,12 +962,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         lm = load_language_model(args.lm, weight=args.lm_weight, word_bonus=args.word_bonus)
         hotwords = (tuple(load_hotwords_file(Path(args.hotwords))) if args.command == "hotwords" else ())
     except (CheckpointError, ConfigError, EvaluationError, ManifestError, OSError, ValueError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval dev {args.command}: error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "wer":
-            decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)
-            report = run_wer(loaded, items, decoder=decoder, lm=lm, lm_spec=args.lm, settings=settings)
+            decoding = DecodingSettings(method=args.decoding, beam_size=args.beam_size)
+            report = run_wer(loaded, items, decoding=decoding, lm=lm, lm_spec=args.lm, settings=settings)
             text = format_wer(report)
         elif args.command == "tune":
             report = run_tune(loaded, items, lm=lm, lm_spec=args.lm, manifest=args.manifest,
@@ -980,12 +978,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _write_json(args.write_lm_json, lm_json(report))
                 text += f"\nwrote {args.write_lm_json}"
         elif args.command == "hotwords":
-            report = run_hotwords(loaded, items, [(h[0], h[1]) for h in hotwords], beam_size=args.beam_size,
+            report = run_hotwords(loaded, items, hotwords, beam_size=args.beam_size,
                                   lm=lm, lm_spec=args.lm, settings=settings)
             text = format_hotwords(report)
         elif args.command == "calibrate":
-            decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)
-            report = run_calibrate(loaded, items, decoder=decoder, lm=lm, lm_spec=args.lm, settings=settings)
+            decoding = DecodingSettings(method=args.decoding, beam_size=args.beam_size)
+            report = run_calibrate(loaded, items, decoding=decoding, lm=lm, lm_spec=args.lm, settings=settings)
             text = format_calibrate(report)
             if args.write_into is not None:
                 from streaming_model.checkpoint import update_info
@@ -995,11 +993,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               f"{CALIBRATION_INFO_KEY}_fitted_on": args.manifest})
                 text += f"\nwrote the calibration into {args.write_into}"
         else:
-            decoder = DecoderParams(method=args.decoding, beam_size=args.beam_size)
-            report = run_confidence(loaded, items, decoder=decoder, lm=lm, lm_spec=args.lm, settings=settings)
+            decoding = DecodingSettings(method=args.decoding, beam_size=args.beam_size)
+            report = run_confidence(loaded, items, decoding=decoding, lm=lm, lm_spec=args.lm, settings=settings)
             text = format_confidence(report)
     except (CheckpointError, EvaluationError, OSError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"xlgate eval dev {args.command}: error: {exc}", file=sys.stderr)
         return 2
     report = {"command": args.command, "manifest": args.manifest, **report}
     _write_json(args.out, report)

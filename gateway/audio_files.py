@@ -1,4 +1,7 @@
-"""Reading and writing call recordings (``xlgate transcribe``, the training-data pipeline).
+"""Reading and writing call recordings (``xlgate transcribe``, ``xlgate stream``, ``xlgate eval dev``, the tests).
+
+This is file I/O, so it lives on the transport side (``gateway/``), not in the sans-I/O ``protocols/``; the
+codecs it uses (G.711, PCM conversions) are there.
 
 Containers and codecs are handled by libsndfile through the ``soundfile`` package: WAV with PCM
 (8/16/24/32-bit, float), mu-law, A-law, GSM 6.10 and the ADPCMs, FLAC, OGG Vorbis/Opus, and MP3 where
