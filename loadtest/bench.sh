@@ -18,7 +18,7 @@ URL="ws://127.0.0.1:$WS_PORT/v1/stream"
 SERVER=""
 
 start_server() {  # $1 = event loop
-  "$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --grpc-port "$GRPC_PORT" \
+  "$PY" -m gateway.cli serve --ws-port "$WS_PORT" --metrics-port "$METRICS_PORT" --grpc-port "$GRPC_PORT" --sip-port 0 \
       --event-loop "$1" \
       --max-streams "${MAX_STREAMS:-256}" --max-batch-size "${MAX_BATCH:-64}" ${SERVE_ARGS:-} \
       >"$OUT/server-$1.log" 2>&1 &
