@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocols.audio.files import write_wav
+from gateway.audio_files import write_wav
 from tests.grpcharness import grpc_settings_for, running_grpc
 from tests.test_client import _run_client
 from tests.wsharness import free_port, noise_pcm
