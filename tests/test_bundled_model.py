@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import jiwer
-import pytest
 import numpy as np
+import pytest
 import soundfile as sf
 
 from gateway.models import load_model
