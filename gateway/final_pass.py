@@ -14,8 +14,9 @@ finals leave in the order of their utterances. :meth:`SecondPassFinals.has_pendi
 before sending a partial: while a stream has a final not yet handed out, its partials (and the start of its
 next utterance) are held back (dropped: a later partial carries the whole utterance so far).
 
-Bounds and fallbacks: at most ``max_pending`` second passes are queued or running; a close beyond that keeps
-its CTC final (in its place in the stream's FIFO), as does an utterance longer than Whisper's 30 s window, an
+Bounds and fallbacks: at most ``max_pending`` second passes are queued or running (the runner allows
+:data:`gateway.runner.MAX_PENDING_SECOND_PASSES`: with one worker at ~0.3 s a final, a final waits at most
+a few seconds); a close beyond that keeps its CTC final (in its place in the stream's FIFO), as does an utterance longer than Whisper's 30 s window, an
 utterance whose second pass fails, and one whose second pass finds no words. Finals of a stream that was
 aborted are still handed out (the runner does not know streams, only slots); the engine drops them.
 
@@ -105,14 +106,11 @@ class SecondPassFinals:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-final")
         self._streams: dict[int, deque[_Entry]] = {}
         self._running = 0  # entries with a future not yet handed out
+        self.overflows = 0  # closes that kept their CTC final because max_pending were pending
 
     def has_pending(self, stream_id: int) -> bool:
         """Whether a final of the stream is waiting to be handed out."""
         return stream_id in self._streams
-
-    @property
-    def pending(self) -> int:
-        return sum(len(q) for q in self._streams.values())
 
     def submit(self, job: FinalJob) -> None:
         """Queue a closed utterance; never blocks (over ``max_pending``, its CTC final stands)."""
@@ -121,8 +119,10 @@ class SecondPassFinals:
             future = self._executor.submit(self._transcribe, job)
             self._running += 1
         elif job.use_second_pass:
-            log.warning("stream %d: %d second passes pending; this final keeps the CTC text", job.stream_id,
-                        self._running)
+            self.overflows += 1
+            if self.overflows % 100 == 1:
+                log.warning("second pass overloaded (%d pending): %d finals so far keep their CTC text",
+                            self._running, self.overflows)
         self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future))
 
     def collect(self, wait_s: float = 0.0) -> list[LateFinal]:

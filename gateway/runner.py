@@ -99,6 +99,9 @@ class StreamOutput:
 DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
 MAX_SECOND_PASS_MEL_FRAMES = 3000  # Whisper's 30 s window at 10 ms
+# Second passes queued or running at once; a close beyond them keeps its CTC final (overload sheds quality,
+# not latency: one worker at ~0.2-0.3 s a final clears them in ~2 s)
+MAX_PENDING_SECOND_PASSES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +219,7 @@ class ModelRunner:
                 raise ValueError(f"final_pass whisper aligns characters; the model's tokenizer is "
                                  f"{type(tokenizer).__name__}")
             self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
-                                           max_pending=2 * max_streams, tokenizer=tokenizer)
+                                           max_pending=MAX_PENDING_SECOND_PASSES, tokenizer=tokenizer)
 
     def _whisper_frontend(self, features: FbankConfig) -> Fbank | None:
         """The Fbank that turns a step's windows into Whisper log-mels (None: the model's features are)."""
