@@ -306,7 +306,9 @@ class Engine:
         self._idle.set()
         self.steps_run = 0
         self._finals_owed: dict[int, int] = {}  # live stream id -> late finals still to come
-        self._finals_outstanding = 0  # late finals still to come, dropped streams' included
+        # late finals still to come, dropped streams' included (a step that failed may have started some
+        # uncounted: the count is a floor at 0, and owed finals are always collected)
+        self._finals_outstanding = 0
         self._ending: set[int] = set()  # streams whose audio has ended, waiting for their late finals
 
     # -- admission -------------------------------------------------------------------------------------
@@ -396,7 +398,7 @@ class Engine:
             if plan is None:
                 deadline = self.scheduler.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - now)
-                if self._finals_outstanding:
+                if self._finals_outstanding or self._finals_owed:
                     await self._collect_finals(LATE_FINAL_WAIT_S if timeout is None
                                                else min(timeout, LATE_FINAL_WAIT_S))
                     continue
@@ -404,7 +406,7 @@ class Engine:
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
                 continue
             await self._run_plan(plan)
-            if self._finals_outstanding:
+            if self._finals_outstanding or self._finals_owed:
                 await self._collect_finals(0.0)
 
     async def _collect_finals(self, wait_s: float) -> None:
@@ -421,7 +423,7 @@ class Engine:
                     self.remove_stream(stream, Outcome.ERROR)
             return
         for late in finals:
-            self._finals_outstanding -= 1
+            self._finals_outstanding = max(0, self._finals_outstanding - 1)
             stream = self._streams.get(late.stream_id)
             if stream is None:
                 continue  # aborted while its final was in the second pass
@@ -456,13 +458,14 @@ class Engine:
         self.scheduler.complete(plan)
         self.steps_run += 1
         for item, out in zip(plan.items, outputs, strict=True):
+            if out.final_pending:
+                self._finals_outstanding += 1  # the runner hands it out even if the stream is gone
             stream = self._streams.get(item.stream_id)
             if stream is None:
                 continue  # aborted while its step ran
             stream.deliver(out, item.arrival_s)
             if out.final_pending:
                 self._finals_owed[item.stream_id] = self._finals_owed.get(item.stream_id, 0) + 1
-                self._finals_outstanding += 1
             if item.kind is ItemKind.END:
                 if item.stream_id in self._finals_owed:
                     self._ending.add(item.stream_id)

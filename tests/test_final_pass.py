@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,10 +65,12 @@ class SlowSecondPass:
         self.hotwords: list[tuple[str, ...]] = []
         self.calls = 0
         self.release = threading.Event()
+        self.started = threading.Event()
 
     def transcribe(self, mel: np.ndarray, *, hotwords: Sequence[str] = ()) -> Any:
         self.calls += 1
         self.hotwords.append(tuple(hotwords))
+        self.started.set()
         self.release.wait(self.delay_s)
         return self.inner.transcribe(mel, hotwords=hotwords)
 
@@ -206,15 +207,14 @@ def test_abort_while_a_final_is_pending_drops_it_and_the_slot_serves_the_next_st
         a_events = asyncio.create_task(all_events(a))
         await feed(a, first)
         await a.finalize()
-        deadline = time.monotonic() + 60
-        while slow.calls == 0:  # the final is in the second pass
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        assert await asyncio.to_thread(slow.started.wait, 60)  # the final is in the second pass
         a.abort(Outcome.CLIENT_CLOSED)
         events_a = await a_events
         slow.delay_s = 0.0
         slow.release.set()  # the aborted stream's second pass finishes now; its final must go nowhere
-        while not engine.has_capacity(1):
+        for _ in range(500):  # the slot comes back once the step in flight (if any) ends
+            if engine.has_capacity(1):
+                break
             await asyncio.sleep(0.01)
         (b,) = engine.open_streams(1, StreamSettings(), protocol="local")  # the same slot
         b_events = asyncio.create_task(all_events(b))
