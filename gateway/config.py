@@ -121,6 +121,13 @@ class RelAttention(enum.StrEnum):
     REFERENCE = "reference"
 
 
+class FinalPass(enum.StrEnum):
+    """Where a final's text comes from (gateway.runner.SecondPassWorker)."""
+
+    NONE = "none"
+    WHISPER = "whisper"
+
+
 class RunnerKind(enum.StrEnum):
     """Where the model runs (gateway.runner.ProcessRunner or ThreadRunner)."""
 
@@ -343,6 +350,12 @@ class ServeSettings:
         "Attention of a streaming step: 'auto' = the fused Triton kernel on a CUDA device and PyTorch "
         "elsewhere; 'triton' or 'reference' force one ('triton' on CPU needs TRITON_INTERPRET=1: tests only).",
         _MODEL, choices=_values(RelAttention), closed_set=RelAttention))
+    final_pass: FinalPass = field(metadata=_option(
+        Kind.STR, FinalPass.NONE.value,
+        "Text of finals: the streaming CTC decoder's ('none') or a second pass of Whisper tiny.en's decoder "
+        "over the utterance ('whisper': better words, aligned to the CTC posteriors for timings and "
+        "confidences; ~0.2-0.3 s of CPU per final on a worker thread, so finals come later).",
+        _MODEL, choices=_values(FinalPass), closed_set=FinalPass))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -10,6 +10,11 @@ Ownership: the engine owns the streams (admission, metrics, :meth:`Engine.remove
 owns their queues and their state slots; the runner owns what lives in a slot (model state, decoder),
 told by each plan which slots changed hands. Stream and Engine talk through public methods only: the
 engine calls :meth:`Stream.deliver` and :meth:`Stream.close`, a stream calls :meth:`Engine.remove_stream`.
+
+Late finals (``final_pass``): a step's output may say ``final_pending``; the engine then owes the stream a
+final, which it collects from the runner after each step and, when no step is due, by waiting on the runner
+for up to :data:`LATE_FINAL_WAIT_S` at a time. A stream whose audio has ended stays live (and keeps its
+slot) until the finals it is owed are out; an aborted stream's late finals are dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from gateway.final_pass import LateFinal
 from gateway.metrics import Metrics
 from gateway.runner import AsyncRunner, ChunkInput, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
@@ -44,6 +50,9 @@ from streaming_model.features import StreamingFbank
 log = logging.getLogger("xlgate.engine")
 
 MAX_EVENTS_PER_STREAM = 1024  # finals and events a slow reader may leave unread before we give up on it
+# Longest the loop waits on the runner for a late final when no step is due: new audio arriving meanwhile
+# waits at most this long for its step.
+LATE_FINAL_WAIT_S = 0.02
 
 
 class DrainingError(OverloadedError):
@@ -220,6 +229,16 @@ class Stream:
             self._push(SpeechEnded(self._heard(out.speech_ended_s, audio_end_s)))
         self._room.set()
 
+    def deliver_final(self, late: LateFinal) -> None:
+        """A final the runner finished after the step that closed its utterance (called by the engine)."""
+        audio_end_s = self._stream_time(late.audio_end_s)
+        if late.speech_started_s is not None:
+            self._push(SpeechStarted(self._heard(late.speech_started_s, audio_end_s)))
+        self._seq += 1
+        self._push(ResultEvent(True, self._on_stream_timeline(late.final, audio_end_s), audio_end_s,
+                               late.arrival_s, self._seq))
+        self._push(SpeechEnded(self._heard(late.speech_ended_s, audio_end_s)))
+
     def close(self, outcome: Outcome) -> None:
         """The stream has ended (called by the engine once it has forgotten it): no more input is taken, and
         :class:`StreamEnded` is its last event."""
@@ -286,6 +305,11 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self.steps_run = 0
+        self._finals_owed: dict[int, int] = {}  # live stream id -> late finals still to come
+        # late finals still to come, dropped streams' included (a step that failed may have started some
+        # uncounted: the count is a floor at 0, and owed finals are always collected)
+        self._finals_outstanding = 0
+        self._ending: set[int] = set()  # streams whose audio has ended, waiting for their late finals
 
     # -- admission -------------------------------------------------------------------------------------
     @property
@@ -330,6 +354,8 @@ class Engine:
         """End ``stream`` now, counted as ``outcome``: its pending work is dropped, its slot freed (after
         the step in flight, if it is in it), and :class:`StreamEnded` becomes its last event.
         :meth:`Stream.abort` is the usual way to call this."""
+        self._finals_owed.pop(stream.stream_id, None)
+        self._ending.discard(stream.stream_id)
         if self._streams.pop(stream.stream_id, None) is not None:
             self.scheduler.remove_stream(stream.stream_id)
             self.metrics.live_streams.labels(stream.protocol).dec()
@@ -372,10 +398,43 @@ class Engine:
             if plan is None:
                 deadline = self.scheduler.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - now)
+                if self._finals_outstanding or self._finals_owed:
+                    await self._collect_finals(LATE_FINAL_WAIT_S if timeout is None
+                                               else min(timeout, LATE_FINAL_WAIT_S))
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
                 continue
             await self._run_plan(plan)
+            if self._finals_outstanding or self._finals_owed:
+                await self._collect_finals(0.0)
+
+    async def _collect_finals(self, wait_s: float) -> None:
+        """Deliver the runner's late finals; a stream whose audio has ended ends after its last one."""
+        try:
+            finals = await self.runner.collect_finals(wait_s)
+        except Exception:
+            log.exception("collecting late finals failed; failing the streams that wait for one")
+            self._finals_outstanding = 0
+            for stream_id in list(self._finals_owed):
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    self.metrics.errors.labels(stream.protocol, "internal").inc()
+                    self.remove_stream(stream, Outcome.ERROR)
+            return
+        for late in finals:
+            self._finals_outstanding = max(0, self._finals_outstanding - 1)
+            stream = self._streams.get(late.stream_id)
+            if stream is None:
+                continue  # aborted while its final was in the second pass
+            stream.deliver_final(late)
+            owed = self._finals_owed[late.stream_id] - 1
+            if owed:
+                self._finals_owed[late.stream_id] = owed
+                continue
+            del self._finals_owed[late.stream_id]
+            if late.stream_id in self._ending:
+                self.remove_stream(stream, stream.outcome)
 
     async def _run_plan(self, plan: StepPlan) -> None:
         m = self.metrics
@@ -399,12 +458,19 @@ class Engine:
         self.scheduler.complete(plan)
         self.steps_run += 1
         for item, out in zip(plan.items, outputs, strict=True):
+            if out.final_pending:
+                self._finals_outstanding += 1  # the runner hands it out even if the stream is gone
             stream = self._streams.get(item.stream_id)
             if stream is None:
                 continue  # aborted while its step ran
             stream.deliver(out, item.arrival_s)
+            if out.final_pending:
+                self._finals_owed[item.stream_id] = self._finals_owed.get(item.stream_id, 0) + 1
             if item.kind is ItemKind.END:
-                self.remove_stream(stream, stream.outcome)
+                if item.stream_id in self._finals_owed:
+                    self._ending.add(item.stream_id)
+                else:
+                    self.remove_stream(stream, stream.outcome)
 
     def close(self) -> None:
         """End the loop (after the step in flight); streams still live are aborted."""

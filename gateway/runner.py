@@ -9,6 +9,12 @@ receives immutable outputs. The engine drives it through an :class:`AsyncRunner`
   never wait for the event loop's GIL (measured on the 2-core machine: a busy Python thread beside the
   model thread made each step 2.5-3x slower; see docs/benchmarks.md). This is the default on CPU.
 
+With ``final_pass = whisper`` a closed utterance's final comes from a second pass on a worker thread of the
+runner (:mod:`gateway.final_pass`): the step that closes it says ``final_pending``, and the final comes out
+later from :meth:`ModelRunner.collect_finals` as a :class:`LateFinal`. While a stream has a final not yet
+collected, its partials and the start of its next utterance are held back (dropped; the next partial after
+the final carries the whole utterance so far), so nothing of the next utterance overtakes it.
+
 A GPU runner keeps the same interface and swaps the state store for a device-resident one.
 
 Dimension legend: B streams in the step, N samples, T frames, V vocabulary.
@@ -29,7 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gateway.config import Quantization, RelAttention
+from gateway.config import FinalPass, Quantization, RelAttention
+from gateway.final_pass import FinalJob, LateFinal, SecondPassFinals
 from gateway.scheduler import ItemKind, NewStream, StepPlan, WorkItem
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.checkpoint import LoadedModel
@@ -40,9 +47,10 @@ from streaming_model.decoding import (
     StreamDecoder,
     endpoint_reached,
 )
-from streaming_model.features import Fbank, FbankConfig
+from streaming_model.features import Fbank, FbankConfig, whisper_features
 from streaming_model.model import StateStore
 from streaming_model.phrase_scoring import phrase_confidences
+from streaming_model.tokenizer import CharTokenizer
 
 log = logging.getLogger("xlgate.runner")
 
@@ -67,6 +75,15 @@ class _SlotState:
     last_partial: str = ""
     phrases: tuple[tuple[str, list[int]], ...] = ()  # closed-set phrases and their token ids
     utterance_log_probs: list[np.ndarray] = field(default_factory=list)  # (T_i, V) each, since the last final
+    hotwords: tuple[str, ...] = ()
+    # final_pass only: the current utterance's Whisper log-mels (t, 80) and CTC log-probs (f, V), bounded
+    # by Whisper's window (an utterance past it keeps its CTC final)
+    mels: list[np.ndarray] = field(default_factory=list)
+    log_probs: list[np.ndarray] = field(default_factory=list)
+    num_mel_frames: int = 0
+    frames_seen: int = 0  # CTC frames of the stream so far
+    utterance_frame: int = 0  # CTC frame where the current utterance began
+    overflow: bool = False  # the utterance outgrew the bound: its CTC final stands
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +96,17 @@ class StreamOutput:
     speech_started_s: float | None
     speech_ended_s: float | None
     audio_end_s: float
+    final_pending: bool = False  # the closed utterance's final will come as a LateFinal
 
 
 DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
 MAX_SCORED_PHRASES = 256  # closed-set phrases scored per final (CTC forward, a few ms each)
 MAX_LEADING_CHUNKS = 16  # posteriors kept for phrase scoring while no speech has been heard
+MAX_SECOND_PASS_MEL_FRAMES = 3000  # Whisper's 30 s window at 10 ms
+# Second passes queued or running at once; a close beyond them keeps its CTC final (overload sheds quality,
+# not latency: one worker at ~0.2-0.3 s a final clears them in ~2 s)
+MAX_PENDING_SECOND_PASSES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +188,8 @@ class ModelRunner:
                  compute_dtype: torch.dtype = torch.float32, num_threads: int | None = None,
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None,
-                 rel_attention: RelAttention | str = RelAttention.AUTO) -> None:
+                 rel_attention: RelAttention | str = RelAttention.AUTO,
+                 final_pass: FinalPass | str = FinalPass.NONE) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
@@ -191,6 +214,30 @@ class ModelRunner:
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_frames = self.config.step_feature_frames  # the chunk and its look-ahead
         self.window_samples = loaded.features.context_samples + self.window_frames * loaded.features.hop_samples
+        self.final_pass = FinalPass(final_pass)
+        self.finals: SecondPassFinals | None = None
+        self._whisper_fbank: Fbank | None = None
+        if self.final_pass is FinalPass.WHISPER:
+            self._whisper_fbank = self._whisper_frontend(loaded.features)
+            tokenizer = loaded.tokenizer
+            if not isinstance(tokenizer, CharTokenizer):
+                raise ValueError(f"final_pass whisper aligns characters; the model's tokenizer is "
+                                 f"{type(tokenizer).__name__}")
+            self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
+                                           max_pending=MAX_PENDING_SECOND_PASSES, tokenizer=tokenizer)
+
+    def _whisper_frontend(self, features: FbankConfig) -> Fbank | None:
+        """The Fbank that turns a step's windows into Whisper log-mels (None: the model's features are)."""
+        if features.style == "whisper":
+            return None
+        whisper = whisper_features()
+        if (features.sample_rate_hz, features.hop_samples, features.context_samples) != (
+                whisper.sample_rate_hz, whisper.hop_samples, whisper.context_samples):
+            raise ValueError(f"final_pass whisper needs windows Whisper's log-mels can be computed from: "
+                             f"{whisper.sample_rate_hz} Hz, hop {whisper.hop_samples}, context "
+                             f"{whisper.context_samples}; the model has {features.sample_rate_hz} Hz, hop "
+                             f"{features.hop_samples}, context {features.context_samples}")
+        return Fbank(whisper).to(self.device)
 
     @property
     def info(self) -> RunnerInfo:
@@ -198,7 +245,7 @@ class ModelRunner:
         return RunnerInfo(
             features=self.loaded.features, chunk_frames=self.chunk_frames, max_streams=self.store.max_slots,
             description=(f"{self.loaded.path}: {self.loaded.model.num_parameters() / 1e6:.2f}M parameters, "
-                         f"{self.quantize}, chunk "
+                         f"{self.quantize}, final pass {self.final_pass}, chunk "
                          f"{c.chunk_ms} ms, look-ahead {c.right_ms} ms, memory {c.mem_ms} ms, {c.n_layers} "
                          f"layers, vocab {c.vocab_size}, device {self.device}"),
             trained=self.loaded.trained, model_path=self.loaded.path,
@@ -271,7 +318,8 @@ class ModelRunner:
         inputs: list[ChunkInput] = [i.payload for i in plan.items]
         audio_rows = [b for b, inp in enumerate(inputs) if inp.window is not None and inp.num_frames > 0]
         if audio_rows:
-            self._encode([inputs[b] for b in audio_rows], [plan.slots[b] for b in audio_rows])
+            self._encode([inputs[b] for b in audio_rows], [plan.slots[b] for b in audio_rows],
+                         [plan.items[b].kind is ItemKind.END for b in audio_rows])
         return [self._finish(item, slot, inp)
                 for item, slot, inp in zip(plan.items, plan.slots, inputs, strict=True)]
 
@@ -280,15 +328,28 @@ class ModelRunner:
         owner's)."""
         for new in new_streams:
             settings: StreamSettings = new.info
-            self._slots[new.slot] = _SlotState(self._decoder_factory(settings.decoding), settings.endpointing,
-                                               phrases=self._encode_phrases(settings.decoding.phrases))
+            self._slots[new.slot] = _SlotState(
+                self._decoder_factory(settings.decoding), settings.endpointing,
+                phrases=self._encode_phrases(settings.decoding.phrases),
+                hotwords=tuple(h.phrase for h in settings.decoding.hotwords if h.phrase.strip()))
         self.reset_slots([new.slot for new in new_streams])
 
     def reset_slots(self, slots: Sequence[int]) -> None:
         """Return ``slots`` of the state store to the initial (empty-memory) state."""
         self.store.reset(torch.tensor(list(slots), dtype=torch.int64, device=self.device))
 
-    def _encode(self, inputs: list[ChunkInput], slots: list[int]) -> None:
+    def collect_finals(self, wait_s: float = 0.0) -> list[LateFinal]:
+        """Second-pass finals ready to go out (each stream's in order), waiting up to ``wait_s`` for one
+        when none is ready; always empty without a final pass."""
+        self._check_thread()
+        return self.finals.collect(wait_s) if self.finals is not None else []
+
+    def close(self) -> None:
+        """Stop the second pass's worker (pending finals are dropped)."""
+        if self.finals is not None:
+            self.finals.close()
+
+    def _encode(self, inputs: list[ChunkInput], slots: list[int], last: list[bool]) -> None:
         windows = np.zeros((len(inputs), self.window_samples), dtype=np.float32)
         for b, inp in enumerate(inputs):
             assert inp.window is not None
@@ -304,48 +365,108 @@ class ModelRunner:
         self.store.commit(index, state)
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()  # (B, L, V)
         lengths = out_lengths.cpu().numpy()
+        mels = None
+        if self.finals is not None:
+            whisper = feats if self._whisper_fbank is None else self._whisper_fbank(torch.from_numpy(windows))
+            mels = whisper.cpu().numpy()  # (B, chunk + look-ahead, 80)
         for b, slot in enumerate(slots):
             slot_state = self._slots[slot]
-            slot_state.decoder.accept(log_probs[b, : int(lengths[b])])
+            frames = log_probs[b, : int(lengths[b])]  # (f, V)
+            slot_state.decoder.accept(frames)
             if slot_state.phrases:
-                slot_state.utterance_log_probs.append(log_probs[b, : int(lengths[b])])
+                slot_state.utterance_log_probs.append(frames)
+            if mels is not None:
+                # a window's look-ahead frames come again in the next window, except after the last one
+                new = inputs[b].num_frames if last[b] else min(inputs[b].num_frames, self.chunk_frames)
+                self._keep_utterance(slot_state, mels[b, :new], frames)
+            slot_state.frames_seen += frames.shape[0]
+
+    @staticmethod
+    def _keep_utterance(state: _SlotState, mels: np.ndarray, log_probs: np.ndarray) -> None:
+        """Append a step's frames to the slot's utterance, up to Whisper's window."""
+        if state.overflow:
+            return
+        if state.num_mel_frames + mels.shape[0] > MAX_SECOND_PASS_MEL_FRAMES:
+            state.overflow = True
+            state.mels.clear()
+            state.log_probs.clear()
+            return
+        state.mels.append(mels.copy())
+        state.log_probs.append(log_probs.copy())
+        state.num_mel_frames += mels.shape[0]
 
     def _finish(self, item: WorkItem, slot: int, inp: ChunkInput) -> StreamOutput:
         state = self._slots[slot]
         decoder, endpointing = state.decoder, state.endpointing
         had_speech = bool(state.last_partial)
+        held = self.finals is not None and self.finals.has_pending(item.stream_id)
         hyp = decoder.partial()
         finals: list[Hypothesis] = []
-        started = hyp.start_s if (not had_speech and not hyp.is_empty) else None
+        started = hyp.start_s if (not had_speech and not hyp.is_empty and not held) else None
         ended: float | None = None
         close = item.kind in (ItemKind.FINALIZE, ItemKind.END)
         if not close and endpointing.enabled:
             close = endpoint_reached(decoder, hyp, frame_s=self.frame_s, silence_s=endpointing.silence_s,
                                      max_utterance_s=endpointing.max_utterance_s)
         partial: Hypothesis | None = None
+        pending = False
         if hyp.is_empty and len(state.utterance_log_probs) > MAX_LEADING_CHUNKS:
             del state.utterance_log_probs[:-MAX_LEADING_CHUNKS]  # leading silence: only blanks to score
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
             if state.phrases:
                 final = replace(final, phrase_scores=self._score_phrases(state))
-            if not final.is_empty:
+            if self.finals is not None:
+                pending = self._submit_final(item, state, final, announce=not final.is_empty and started is None
+                                             and not had_speech)
+            elif not final.is_empty:
                 finals.append(final)
                 ended = final.end_s
             state.last_partial = ""
-        elif hyp.text != state.last_partial:
+        elif hyp.text != state.last_partial and not held:
             partial = self.calibration.hypothesis(hyp)  # only what is sent pays for the mapping
             state.last_partial = hyp.text
         return StreamOutput(stream_id=item.stream_id, partial=partial, finals=tuple(finals),
-                            speech_started_s=started, speech_ended_s=ended, audio_end_s=inp.audio_end_s)
+                            speech_started_s=started, speech_ended_s=ended, audio_end_s=inp.audio_end_s,
+                            final_pending=pending)
+
+    def _submit_final(self, item: WorkItem, state: _SlotState, ctc_final: Hypothesis, *, announce: bool) -> bool:
+        """Hand a closed utterance to the second pass (when it has words) and start the slot's next one.
+
+        ``announce``: no SpeechStarted went out for this utterance (its partials were held back), so its
+        late final carries one. Returns whether a final is now pending."""
+        assert self.finals is not None
+        job = None
+        if not ctc_final.is_empty:
+            mels = np.concatenate(state.mels) if state.mels else np.zeros((0, 80), np.float32)  # (T, 80)
+            log_probs = (np.concatenate(state.log_probs) if state.log_probs
+                         else np.zeros((0, self.config.vocab_size), np.float32))  # (F, V)
+            inp: ChunkInput = item.payload
+            job = FinalJob(stream_id=item.stream_id, mels=mels, log_probs=log_probs,
+                           start_s=state.utterance_frame * self.frame_s, hotwords=state.hotwords,
+                           ctc_final=ctc_final, speech_started_s=ctc_final.start_s if announce else None,
+                           audio_end_s=inp.audio_end_s, arrival_s=item.arrival_s,
+                           use_second_pass=not state.overflow and mels.shape[0] > 0)
+        state.mels.clear()
+        state.log_probs.clear()
+        state.num_mel_frames = 0
+        state.overflow = False
+        state.utterance_frame = state.frames_seen
+        if job is None:
+            return False
+        self.finals.submit(job)
+        return True
 
 
 class AsyncRunner(Protocol):
-    """How the engine drives a model runner: one step at a time, awaited."""
+    """How the engine drives a model runner: one step (or one collection of late finals) at a time,
+    awaited."""
 
     info: RunnerInfo
 
     async def run_step(self, plan: StepPlan) -> list[StreamOutput]: ...
+
+    async def collect_finals(self, wait_s: float) -> list[LateFinal]: ...
 
     async def close(self) -> None: ...
 
@@ -362,8 +483,15 @@ class ThreadRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.run_step, plan)
 
+    async def collect_finals(self, wait_s: float) -> list[LateFinal]:
+        if self.runner.finals is None:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.collect_finals, wait_s)
+
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.runner.close)
+        await loop.run_in_executor(None, self._executor.shutdown, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +505,14 @@ class RunnerSpec:
     quantize: Quantization = Quantization.NONE
     lm: str = "bundled"
     rel_attention: RelAttention = RelAttention.AUTO
+    final_pass: FinalPass = FinalPass.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class CollectFinals:
+    """Request to the model process: its late finals, waiting up to ``wait_s`` for one."""
+
+    wait_s: float
 
 
 class RunnerCrashed(RuntimeError):
@@ -393,20 +529,26 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         torch.set_num_threads(spec.num_threads)
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
-                             lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention)
+                             lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention,
+                             final_pass=spec.final_pass)
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     while True:
         try:
-            plan = conn.recv()
+            request = conn.recv()  # a StepPlan, a CollectFinals, or None to stop
         except EOFError:
+            runner.close()
             return
-        if plan is None:
+        if request is None:
+            runner.close()
             return
         try:
-            conn.send(("ok", runner.run_step(plan)))
+            if isinstance(request, CollectFinals):
+                conn.send(("ok", runner.collect_finals(request.wait_s)))
+            else:
+                conn.send(("ok", runner.run_step(request)))
         except Exception as exc:
             log.exception("model step failed")
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -445,18 +587,27 @@ class ProcessRunner:
         except (EOFError, OSError) as exc:
             raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
 
-    def _roundtrip(self, plan: StepPlan) -> list[StreamOutput]:
+    def _roundtrip(self, request: StepPlan | CollectFinals) -> Any:
         try:
-            self._conn.send(plan)
+            self._conn.send(request)
         except (BrokenPipeError, OSError) as exc:
             raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
         kind, payload = self._recv()
         if kind != "ok":
             raise RunnerCrashed(f"model step failed in the model process: {payload}")
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     async def run_step(self, plan: StepPlan) -> list[StreamOutput]:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, plan)
+        outputs: list[StreamOutput] = await asyncio.get_running_loop().run_in_executor(
+            self._io, self._roundtrip, plan)
+        return outputs
+
+    async def collect_finals(self, wait_s: float) -> list[LateFinal]:
+        if self.spec.final_pass is FinalPass.NONE:
+            return []
+        finals: list[LateFinal] = await asyncio.get_running_loop().run_in_executor(
+            self._io, self._roundtrip, CollectFinals(wait_s))
+        return finals
 
     async def close(self) -> None:
         def stop() -> None:

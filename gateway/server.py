@@ -233,7 +233,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm,
-                                          rel_attention=settings.rel_attention))
+                                          rel_attention=settings.rel_attention,
+                                          final_pass=settings.final_pass))
         await runner.start()
         return runner
     from gateway.models import load_model
@@ -241,7 +242,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
     return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
-                                    lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention))
+                                    lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
+                                    final_pass=settings.final_pass))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

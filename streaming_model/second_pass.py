@@ -478,7 +478,8 @@ class WhisperSecondPass:
 @dataclass(frozen=True, slots=True)
 class AlignedWord:
     """A word of a final placed on the CTC frames: ``start_frame`` inclusive, ``end_frame`` exclusive;
-    ``confidence`` is the mean over its characters of each character's highest posterior on the path."""
+    ``confidence`` joins (mean, or min: :func:`align_words`'s ``reduction``) over its characters each
+    character's highest posterior on the path."""
 
     word: str
     start_frame: int
@@ -539,7 +540,7 @@ def ctc_forced_align(log_probs: np.ndarray | torch.Tensor, labels: Sequence[int]
 
 
 def align_words(log_probs: np.ndarray | torch.Tensor, text: str, *,
-                tokenizer: CharTokenizer | None = None) -> list[AlignedWord]:
+                tokenizer: CharTokenizer | None = None, reduction: str = "mean") -> list[AlignedWord]:
     """Words, frames and confidences of a final's text on the CTC posteriors of the same utterance.
 
     Characters outside the vocabulary are left out of the path; a word with none left gets the frame where
@@ -550,7 +551,11 @@ def align_words(log_probs: np.ndarray | torch.Tensor, text: str, *,
         log_probs: (F, V) CTC log-posteriors (the character vocabulary's).
         text: the final's text, already in the product's form (:func:`normalise_final`).
         tokenizer: the CTC vocabulary (default: :class:`CharTokenizer`).
+        reduction: how a word's confidence joins its characters' peak posteriors: ``"mean"``, or ``"min"``
+            (the statistic of the CTC decoders' word confidences, so their calibration map applies).
     """
+    if reduction not in ("mean", "min"):
+        raise ValueError(f"reduction: expected 'mean' or 'min', got {reduction!r}")
     tok = tokenizer if tokenizer is not None else CharTokenizer()
     lp = np.asarray(log_probs.detach().cpu() if isinstance(log_probs, torch.Tensor) else log_probs,
                     dtype=np.float64)
@@ -590,6 +595,7 @@ def align_words(log_probs: np.ndarray | torch.Tensor, text: str, *,
             continue
         first, last = frames_of[mine[0]], frames_of[mine[-1]]
         peaks = [max(posteriors[f, labels[k]] for f in frames_of[k]) for k in mine]
-        out.append(AlignedWord(word, first[0], last[-1] + 1, float(np.mean(peaks))))
+        score = np.min(peaks) if reduction == "min" else np.mean(peaks)
+        out.append(AlignedWord(word, first[0], last[-1] + 1, float(score)))
         cursor = last[-1] + 1
     return out

@@ -1,0 +1,172 @@
+"""Finals from a second pass (``final_pass = whisper``): Whisper tiny.en re-decodes each utterance on a worker
+thread of the model runner, while partials keep coming from the CTC head every step.
+
+Theory of operation. When a step closes an utterance (endpoint, finalize or end of audio), the runner hands
+:meth:`SecondPassFinals.submit` a :class:`FinalJob`: the utterance's Whisper log-mels, its CTC log-probs, the
+stream's hotwords and the CTC final. One worker thread runs :class:`streaming_model.second_pass.WhisperSecondPass`
+on it (ctranslate2 releases the GIL and runs on one intra thread, so the step loop keeps its pace), then aligns
+the text to the CTC log-probs (:func:`streaming_model.second_pass.align_words`) for word timings and
+confidences. The runner takes finished finals with :meth:`SecondPassFinals.collect` and returns them to the
+engine as :class:`LateFinal`.
+
+Ordering: each stream's finals wait in a FIFO; only the head of a stream's FIFO is handed out, so a stream's
+finals leave in the order of their utterances. :meth:`SecondPassFinals.has_pending` is what the runner asks
+before sending a partial: while a stream has a final not yet handed out, its partials (and the start of its
+next utterance) are held back (dropped: a later partial carries the whole utterance so far).
+
+Bounds and fallbacks: at most ``max_pending`` second passes are queued or running (the runner allows
+:data:`gateway.runner.MAX_PENDING_SECOND_PASSES`: with one worker at ~0.3 s a final, a final waits at most
+a few seconds); a close beyond that keeps its CTC final (in its place in the stream's FIFO), as does an utterance longer than Whisper's 30 s window, an
+utterance whose second pass fails, and one whose second pass finds no words. Finals of a stream that was
+aborted are still handed out (the runner does not know streams, only slots); the engine drops them.
+
+Confidences: a word's raw confidence is the lowest of its characters' peak posteriors on the forced CTC path,
+the statistic of the CTC decoders' word confidences, so the checkpoint's calibration map applies unchanged.
+
+Dimension legend: T mel frames (10 ms), F CTC frames, V CTC vocabulary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from streaming_model.decoding import ConfidenceCalibration, Hypothesis, Word, utterance_confidence
+from streaming_model.second_pass import WhisperSecondPass, align_words
+from streaming_model.tokenizer import CharTokenizer
+
+log = logging.getLogger("xlgate.final_pass")
+
+__all__ = ["FinalJob", "LateFinal", "SecondPassFinals"]
+
+
+@dataclass(frozen=True, slots=True)
+class FinalJob:
+    """One closed utterance for the second pass."""
+
+    stream_id: int
+    mels: np.ndarray  # (T, 80) Whisper log-mels of the utterance
+    log_probs: np.ndarray  # (F, V) CTC log-probs of the same utterance
+    start_s: float  # stream time of the utterance's first CTC frame
+    hotwords: tuple[str, ...]
+    ctc_final: Hypothesis  # calibrated; the final when the second pass cannot give one
+    speech_started_s: float | None  # the utterance's start, when no SpeechStarted was sent for it yet
+    audio_end_s: float
+    arrival_s: float
+    use_second_pass: bool = True  # False: the CTC final stands (utterance over Whisper's window)
+
+
+@dataclass(frozen=True, slots=True)
+class LateFinal:
+    """A final finished after the step that closed its utterance (that step's output said
+    ``final_pending``), with the events that belong after it."""
+
+    stream_id: int
+    final: Hypothesis
+    speech_started_s: float | None  # to announce before the final (its partials were held back)
+    speech_ended_s: float
+    audio_end_s: float  # how far into the stream's audio the stream was when the utterance closed
+    arrival_s: float  # when the audio that closed it arrived (final latency counts from there)
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: FinalJob
+    future: concurrent.futures.Future[Hypothesis] | None  # None: the CTC final stands
+
+
+class SecondPassFinals:
+    """Runs second passes on one worker thread and hands their finals out in per-stream order.
+
+    Used by the one thread that runs the model runner; only the second pass itself runs on the worker.
+    """
+
+    def __init__(self, *, frame_s: float, calibration: ConfidenceCalibration, max_pending: int,
+                 tokenizer: CharTokenizer | None = None, second_pass: WhisperSecondPass | None = None) -> None:
+        """Load Whisper (unless ``second_pass`` is given) and start the worker.
+
+        Args:
+            frame_s: seconds per CTC frame.
+            calibration: the runner's confidence map of CTC finals.
+            max_pending: second passes queued or running at once; more closes keep their CTC finals.
+            tokenizer: the CTC vocabulary (default :class:`CharTokenizer`).
+            second_pass: the decoder (default: tiny.en int8 on one thread).
+        """
+        if max_pending < 1:
+            raise ValueError(f"max_pending: expected >= 1, got {max_pending}")
+        self.frame_s = frame_s
+        self.calibration = calibration
+        self.max_pending = max_pending
+        self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
+        self.second_pass = second_pass if second_pass is not None else WhisperSecondPass(intra_threads=1)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-final")
+        self._streams: dict[int, deque[_Entry]] = {}
+        self._running = 0  # entries with a future not yet handed out
+        self.overflows = 0  # closes that kept their CTC final because max_pending were pending
+
+    def has_pending(self, stream_id: int) -> bool:
+        """Whether a final of the stream is waiting to be handed out."""
+        return stream_id in self._streams
+
+    def submit(self, job: FinalJob) -> None:
+        """Queue a closed utterance; never blocks (over ``max_pending``, its CTC final stands)."""
+        future = None
+        if job.use_second_pass and self._running < self.max_pending:
+            future = self._executor.submit(self._transcribe, job)
+            self._running += 1
+        elif job.use_second_pass:
+            self.overflows += 1
+            if self.overflows % 100 == 1:
+                log.warning("second pass overloaded (%d pending): %d finals so far keep their CTC text",
+                            self._running, self.overflows)
+        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future))
+
+    def collect(self, wait_s: float = 0.0) -> list[LateFinal]:
+        """The finals ready to go out, each stream's in order; waits up to ``wait_s`` for a first one when
+        none is ready."""
+        heads = [q[0].future for q in self._streams.values() if q[0].future is not None]
+        if wait_s > 0 and heads and len(heads) == len(self._streams) and not any(f.done() for f in heads):
+            concurrent.futures.wait(heads, timeout=wait_s, return_when=concurrent.futures.FIRST_COMPLETED)
+        out: list[LateFinal] = []
+        for stream_id in list(self._streams):
+            queue = self._streams[stream_id]
+            while queue and (queue[0].future is None or queue[0].future.done()):
+                out.append(self._late(queue.popleft()))
+            if not queue:
+                del self._streams[stream_id]
+        return out
+
+    def _late(self, entry: _Entry) -> LateFinal:
+        job, final = entry.job, entry.job.ctc_final
+        if entry.future is not None:
+            self._running -= 1
+            try:
+                final = entry.future.result()
+            except Exception:
+                log.exception("stream %d: second pass failed; the final keeps the CTC text", job.stream_id)
+        return LateFinal(stream_id=job.stream_id, final=final, speech_started_s=job.speech_started_s,
+                         speech_ended_s=final.end_s, audio_end_s=job.audio_end_s, arrival_s=job.arrival_s)
+
+    def _transcribe(self, job: FinalJob) -> Hypothesis:
+        """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when it finds no
+        words)."""
+        text = self.second_pass.transcribe(job.mels, hotwords=job.hotwords).text
+        if not text.strip():
+            return job.ctc_final
+        aligned = align_words(job.log_probs, text, tokenizer=self.tokenizer, reduction="min")
+        words = tuple(Word(a.word, job.start_s + a.start_frame * self.frame_s,
+                           job.start_s + a.end_frame * self.frame_s, self.calibration.word(a.confidence))
+                      for a in aligned)
+        return Hypothesis(text=" ".join(w.text for w in words), words=words,
+                          confidence=utterance_confidence(words), start_s=words[0].start_s, end_s=words[-1].end_s)
+
+    def close(self) -> None:
+        """Stop the worker; queued second passes are cancelled (their finals are not handed out)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._streams.clear()
+        self._running = 0
+
