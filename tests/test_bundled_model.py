@@ -31,6 +31,7 @@ PHRASES = (
     "have a nice day",
     "i want to pay my bill",
 )
+VOICE = VoiceSpec("espeak", "en-us", rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())  # a training voice family
 # espeak-ng accent+variant combinations held out of training (streaming_model.data.voices.espeak_voices("dev"))
 HELD_OUT = ("en-us+Andrea", "en-us+Jacky", "en-us+Tweaky")
 # Measured for the bundled distill-cpu2 checkpoint (2026-12-02): CER 0.124 over the five phrases in en-us and
@@ -55,7 +56,7 @@ def test_bundled_checkpoint_is_served_by_default_and_fits_the_budget() -> None:
 
 @pytest.mark.parametrize("voice", ["en-us", *HELD_OUT])
 def test_bundled_model_transcribes_synthetic_speech(tmp_path: Path, voice: str) -> None:
-    spec = VoiceSpec("espeak", voice, rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())
+    spec = VoiceSpec(VOICE.engine, voice, rate=VOICE.rate, pitch=VOICE.pitch, word_gap=0, alpha=1.0, eq=())
     paths = []
     for i, text in enumerate(PHRASES):
         audio = synthesize(text, spec, seed=i)
