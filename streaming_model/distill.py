@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +51,7 @@ from streaming_model.data.manifest import read_manifest, resolve_audio
 from streaming_model.features import Fbank, compute_fbank, whisper_features
 from streaming_model.model import StreamingTransformerXL
 from streaming_model.pretrained.whisper import init_student, load_whisper_encoder, student_config
+from streaming_model.scoring import score_pairs
 from streaming_model.tokenizer import CharTokenizer
 
 CACHE_VERSION = 1
@@ -103,7 +105,6 @@ def build_cache(manifest: Path, layers: list[int], *, threads: int = 2) -> Path:
     with open(folder / "features.f16.tmp", "wb") as ff, open(folder / "teacher.f16.tmp", "wb") as tf:
         fo = so = 0
         for k, u in enumerate(utts):
-            import soundfile as sf
             audio, rate = sf.read(str(resolve_audio(manifest, u)), dtype="float32")
             if rate != cfg.sample_rate_hz:
                 raise ValueError(f"{u.audio}: {rate} Hz, expected {cfg.sample_rate_hz}")
@@ -278,8 +279,6 @@ def greedy_text(logits: torch.Tensor, length: int, tok: CharTokenizer) -> str:
 
 def evaluate_heldout(model: StreamingTransformerXL, cache: TeacherCache, indices: list[int],
                      tok: CharTokenizer, layers: list[int]) -> dict[str, float]:
-    from streaming_model.train import error_rates
-
     model.eval()
     hidden = _Hidden(model, layers)
     refs, hyps, cos = [], [], []
@@ -296,8 +295,10 @@ def evaluate_heldout(model: StreamingTransformerXL, cache: TeacherCache, indices
         for h in hidden.handles:
             h.remove()
     model.train()
-    wer, cer = error_rates(refs, hyps)
-    return {"wer": wer, "cer": cer, "cos": float(np.mean(cos)), "example": f"{refs[0]} | {hyps[0]}"}
+    counts = score_pairs(zip(refs, hyps, strict=True), skip_empty_refs=True)  # the one scorer
+    wer, cer = counts.wer, counts.cer
+    return {"wer": float("nan") if wer is None else wer, "cer": float("nan") if cer is None else cer,
+            "cos": float(np.mean(cos)), "example": f"{refs[0]} | {hyps[0]}"}
 
 
 # ---------------------------------------------------------------------------------------------- train

@@ -427,6 +427,9 @@ class _StepContext:
             right_frames=c.right_frames)
         self.rows = torch.arange(state.frames.shape[0], device=state.frames.device)[:, None]  # (B, 1)
         self.lengths = lengths  # (B,) real frames of the chunk and its look-ahead
+        # decided once per step (not per layer): the fused kernel serves no-grad steps on its backend
+        self.use_kernel = resolve_backend(state.frames, model.attention_backend,
+                                          needs_grad=torch.is_grad_enabled()) == "triton"
 
     def attention(self, layer: int, attn: RelPositionAttention, h: torch.Tensor) -> torch.Tensor:
         l_ = self.c.chunk_frames
@@ -436,8 +439,7 @@ class _StepContext:
         rows = self.rows if slots is None else slots[:, None]
         ring_k[rows, :, self.write_pos] = k[:, :, :l_].transpose(1, 2).to(ring_k.dtype)  # (B, L, H, E)
         ring_v[rows, :, self.write_pos] = v[:, :, :l_].transpose(1, 2).to(ring_v.dtype)
-        needs_grad = torch.is_grad_enabled() and q.requires_grad
-        if resolve_backend(q, self.model.attention_backend, needs_grad=needs_grad) == "triton":
+        if self.use_kernel:
             # The fused kernel reads the batch's rows of the slab by slot: no gather of the rings.
             b, heads, lq, e = q.shape
             out = rel_attention(

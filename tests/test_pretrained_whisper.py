@@ -92,13 +92,15 @@ def test_whisper_tiny_en_variables(ct2_model) -> None:
 
 def test_mel_filters_are_whispers() -> None:
     # Checked element-wise against openai-whisper's assets/mel_filters.npz (mel_80): max difference 1.9e-9.
-    # Here: librosa's Slaney properties that define it (area norm, triangle peaks, empty top bins).
+    # Here: librosa's Slaney properties that define it (area norm, triangle peaks, empty top bins) and
+    # figures read from that file (its total, row 10's sum, row 40's peak bin and value).
     f = slaney_mel_filters(sample_rate_hz=16000, n_fft=400, n_mels=80)
     assert f.shape == (80, 201)
     assert f[0, 0] == 0.0 and f[0, 1] == pytest.approx(0.02486259, rel=1e-5)
     assert f[79].argmax() > 180 and float(f[:, 200].sum()) == 0.0
-    assert float(f.sum()) == pytest.approx(float(slaney_mel_filters(sample_rate_hz=16000, n_fft=400,
-                                                                       n_mels=80).sum()))
+    assert float(f.sum()) == pytest.approx(1.9990241527557373, rel=1e-6)
+    assert float(f[10].sum()) == pytest.approx(0.024862593039870262, rel=1e-6)
+    assert int(f[40].argmax()) == 43 and float(f[40].max()) == pytest.approx(0.014735566452145576, rel=1e-6)
 
 
 def test_8khz_features_match_whisper_16khz_log_mel(speech: np.ndarray) -> None:
