@@ -356,6 +356,11 @@ class ServeSettings:
         "over the utterance ('whisper': better words, aligned to the CTC posteriors for timings and "
         "confidences; ~0.2-0.3 s of CPU per final on a worker thread, so finals come later).",
         _MODEL, choices=_values(FinalPass), closed_set=FinalPass))
+    final_pass_max_wait_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 150,
+        "With final_pass whisper: longest a closed utterance waits for the second pass's worker; one that "
+        "waited longer keeps its CTC final (overload sheds the second pass, never final latency; counted in "
+        "xlgate_final_pass_total).", _MODEL, min_value=0, max_value=10_000))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.final_pass import FinalSource
 from gateway.session import Outcome
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
@@ -66,6 +67,13 @@ class Metrics:
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        self.final_pass = Counter(
+            "xlgate_final_pass_total",
+            "Finals of the second pass (final_pass = whisper), by where their text came from: second_pass, or "
+            "the CTC text when the second pass was shed (shed_pending, shed_wait) or could not give one.",
+            ["source"], registry=r)
+        for source in FinalSource:
+            self.final_pass.labels(source.value)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)

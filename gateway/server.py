@@ -234,7 +234,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
-                                          final_pass=settings.final_pass))
+                                          final_pass=settings.final_pass,
+                                          final_pass_max_wait_s=settings.final_pass_max_wait_s))
         await runner.start()
         return runner
     from gateway.models import load_model
@@ -243,7 +244,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
                                     lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
-                                    final_pass=settings.final_pass))
+                                    final_pass=settings.final_pass,
+                                    final_pass_max_wait_s=settings.final_pass_max_wait_s))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:
