@@ -206,7 +206,8 @@ class ModelRunner:
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None,
                  rel_attention: RelAttention | str = RelAttention.AUTO,
-                 final_pass: FinalPass | str = FinalPass.NONE, final_pass_max_wait_s: float = 0.15) -> None:
+                 final_pass: FinalPass | str = FinalPass.NONE, final_pass_max_wait_s: float = 0.15,
+                 final_pass_max_pending: int = MAX_PENDING_SECOND_PASSES) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
@@ -241,7 +242,7 @@ class ModelRunner:
                 raise ValueError(f"final_pass whisper aligns characters; the model's tokenizer is "
                                  f"{type(tokenizer).__name__}")
             self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
-                                           max_pending=MAX_PENDING_SECOND_PASSES,
+                                           max_pending=final_pass_max_pending,
                                            max_wait_s=final_pass_max_wait_s, tokenizer=tokenizer)
 
     def _whisper_frontend(self, features: FbankConfig) -> Fbank | None:

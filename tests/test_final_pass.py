@@ -355,3 +355,19 @@ def test_whisper_finals_from_the_model_process(two_phrases: tuple[np.ndarray, fl
     events = asyncio.run(main())
     assert [f.hypothesis.text for f in finals_of(events)] == [FIRST]
     assert isinstance(events[-1], StreamEnded) and events[-1].outcome == Outcome.COMPLETED
+
+
+def test_transcribe_takes_finals_from_the_second_pass(bundled: LoadedModel, two_phrases: tuple[np.ndarray, float],
+                                                       tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``xlgate transcribe --final-pass whisper``: the same engine path as serving, never shed for time."""
+    from gateway.audio_files import write_wav
+    from gateway.cli import main
+
+    pcm, _ = two_phrases
+    path = tmp_path / "two.wav"
+    write_wav(path, [pcm], RATE_HZ)
+    assert main(["transcribe", "--final-pass", "whisper", str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    name, text = line.split("\t")
+    assert name == str(path)
+    assert jiwer.wer(f"{FIRST} {SECOND}", text) <= 0.1, text
