@@ -104,7 +104,8 @@ def _request_state(text: str) -> RequestState:
 def _start_line_request_id(start: bytes | bytearray | str) -> int | None:
     """The request-id of a request's start line (``MRCP/2.0 <length> <method> <request-id>``), or None."""
     text = start.decode("utf-8", "replace") if isinstance(start, bytes | bytearray) else start
-    tokens = text.split("\r\n", 1)[0].split("\n", 1)[0].split(" ")
+    lines = text.splitlines()
+    tokens = lines[0].split(" ") if lines else []
     if len(tokens) == 4 and _DIGITS.match(tokens[3]) and int(tokens[3]) <= _MAX_REQUEST_ID:
         return int(tokens[3])
     return None

@@ -42,6 +42,7 @@ All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest 
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -78,6 +79,7 @@ T1_S = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
 T2_S = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE requests and INVITE responses
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 _MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+_CONTENT_LENGTH_LINE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[^\r\n]*\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -758,7 +760,10 @@ class SipServerCore:
         """The error's answer to a message that names enough to be answered (Via etc.); else silence."""
         try:
             head = data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-            # The head is bounded by max_message_bytes already; reading all its headers costs no more.
+            # Only the header block is answered: its Content-Length (whose body may be cut off or
+            # refused) goes. The head is bounded by max_message_bytes already; reading all its headers
+            # costs no more.
+            head = _CONTENT_LENGTH_LINE.sub(b"", head)
             message = parse_message(head, datagram=True, max_message_bytes=len(head), max_headers=len(head))
         except SipError:
             return
