@@ -50,17 +50,27 @@ class Served:
 
     def exceeded(self, limit: str, protocol: str = "mrcp") -> float:
         value = self.engine.metrics.registry.get_sample_value(
-            "xlgate_limit_exceeded_total", {"protocol": protocol, "limit": limit})
+            "xlgate_limit_exceeded_total", {"protocol": protocol, "limit": limit}
+        )
         return value or 0.0
 
 
-async def serve_mrcp(loaded: Callable[[], LoadedModel] | None, settings: MrcpSettings,
-                     body: Callable[[Served], Awaitable[None]]) -> None:
+async def serve_mrcp(
+    loaded: Callable[[], LoadedModel] | None,
+    settings: MrcpSettings,
+    body: Callable[[Served], Awaitable[None]],
+) -> None:
     """An engine and an MRCP gateway with ``settings`` on free ports; ``body`` runs against it; then every
     call's resources must be back (no call, channel, stream, slot, RTP port or task left)."""
     runner = ThreadRunner(ModelRunner((loaded or _chatty)(), max_streams=MAX_STREAMS))
-    engine = Engine(runner, metrics=Metrics(), max_streams=MAX_STREAMS, max_batch_size=MAX_STREAMS, max_wait_s=0.002,
-                    max_pending_chunks=8)
+    engine = Engine(
+        runner,
+        metrics=Metrics(),
+        max_streams=MAX_STREAMS,
+        max_batch_size=MAX_STREAMS,
+        max_wait_s=0.002,
+        max_pending_chunks=8,
+    )
     low = random.randrange(30000, 60000, 2)
     gateway = MrcpGateway(engine, dataclasses.replace(settings, rtp_port_low=low, rtp_port_high=low + 99))
     engine_task = asyncio.create_task(engine.run())
@@ -85,8 +95,13 @@ async def a_call_works(uri: str) -> None:
     """A whole call (INVITE, RECOGNIZE, audio, RECOGNITION-COMPLETE, BYE) on a server that refused others."""
     client = MrcpClient(uri)
     await client.connect()
-    await recognize(client, TRANSCRIBE, ("Speech-Complete-Timeout", "300"), ("Speech-Incomplete-Timeout", "300"),
-                    ANY_CONFIDENCE)
+    await recognize(
+        client,
+        TRANSCRIBE,
+        ("Speech-Complete-Timeout", "300"),
+        ("Speech-Incomplete-Timeout", "300"),
+        ANY_CONFIDENCE,
+    )
     await client.send_audio(noise(1.0), realtime=0)
     _, done = await complete(client, timeout_s=15)
     assert done.header("Completion-Cause") is not None
@@ -95,9 +110,15 @@ async def a_call_works(uri: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- SIP
 def options(port: int, *, transport: str = "UDP", headers: int = 0, body: bytes = b"") -> bytes:
-    lines = [f"OPTIONS sip:127.0.0.1:{port} SIP/2.0", f"Via: SIP/2.0/{transport} 127.0.0.1:9;rport;branch=z9hG4bK{random.getrandbits(40)}",
-             "Max-Forwards: 70", "From: <sip:probe@127.0.0.1>;tag=1", f"To: <sip:127.0.0.1:{port}>",
-             f"Call-ID: {random.getrandbits(64)}", "CSeq: 1 OPTIONS"]
+    lines = [
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0",
+        f"Via: SIP/2.0/{transport} 127.0.0.1:9;rport;branch=z9hG4bK{random.getrandbits(40)}",
+        "Max-Forwards: 70",
+        "From: <sip:probe@127.0.0.1>;tag=1",
+        f"To: <sip:127.0.0.1:{port}>",
+        f"Call-ID: {random.getrandbits(64)}",
+        "CSeq: 1 OPTIONS",
+    ]
     lines += [f"X-Probe-{i}: {i}" for i in range(headers)]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -113,7 +134,8 @@ class _Udp(asyncio.DatagramProtocol):
 
 async def udp_exchange(port: int, data: bytes) -> bytes:
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        _Udp, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", port))
+        _Udp, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", port)
+    )
     try:
         transport.sendto(data)
         async with asyncio.timeout(5):
@@ -147,8 +169,11 @@ def test_sip_message_size_and_header_count(caplog: pytest.LogCaptureFixture) -> 
         assert srv.exceeded("sip_message_bytes") == 2 and srv.exceeded("sip_headers") == 2
         await a_call_works(srv.uri)
 
-    asyncio.run(serve_mrcp(None, MrcpSettings(sip_port=0, mrcp_port=0, sip_max_message_bytes=4096,
-                                              sip_max_headers=20), body))
+    asyncio.run(
+        serve_mrcp(
+            None, MrcpSettings(sip_port=0, mrcp_port=0, sip_max_message_bytes=4096, sip_max_headers=20), body
+        )
+    )
     no_errors(caplog)
 
 
@@ -199,21 +224,29 @@ def test_mrcp_message_size_and_header_count(caplog: pytest.LogCaptureFixture) ->
         await client.bye()
         await a_call_works(srv.uri)
 
-    asyncio.run(serve_mrcp(None, MrcpSettings(sip_port=0, mrcp_port=0, mrcp_max_message_bytes=8192,
-                                              mrcp_max_headers=20), body))
+    asyncio.run(
+        serve_mrcp(
+            None,
+            MrcpSettings(sip_port=0, mrcp_port=0, mrcp_max_message_bytes=8192, mrcp_max_headers=20),
+            body,
+        )
+    )
     no_errors(caplog)
 
 
 def srgs(items: list[str], padding: int = 0) -> bytes:
     one_of = "".join(f"<item>{item}</item>" for item in items)
-    return (f'<?xml version="1.0"?><!-- {"x" * padding} --><grammar xmlns="http://www.w3.org/2001/06/grammar" '
-            f'version="1.0" root="r"><rule id="r"><one-of>{one_of}</one-of></rule></grammar>').encode()
+    return (
+        f'<?xml version="1.0"?><!-- {"x" * padding} --><grammar xmlns="http://www.w3.org/2001/06/grammar" '
+        f'version="1.0" root="r"><rule id="r"><one-of>{one_of}</one-of></rule></grammar>'
+    ).encode()
 
 
 def test_grammar_bytes_and_phrases(caplog: pytest.LogCaptureFixture) -> None:
     async def define(client: MrcpClient, grammar: bytes) -> tuple[int, str | None]:
-        response = await client.request("DEFINE-GRAMMAR", ("Content-Type", "application/srgs+xml"),
-                                        ("Content-Id", "<menu>"), body=grammar)
+        response = await client.request(
+            "DEFINE-GRAMMAR", ("Content-Type", "application/srgs+xml"), ("Content-Id", "<menu>"), body=grammar
+        )
         return response.status_code, response.header("Completion-Cause")
 
     async def body(srv: Served) -> None:
@@ -246,8 +279,11 @@ def test_grammar_uris_are_never_fetched(caplog: pytest.LogCaptureFixture) -> Non
         try:
             client = MrcpClient(srv.uri)
             await client.connect()
-            for uri in (f"http://127.0.0.1:{port}/menu.grxml", "file:///etc/passwd",
-                        "http://169.254.169.254/latest/meta-data"):
+            for uri in (
+                f"http://127.0.0.1:{port}/menu.grxml",
+                "file:///etc/passwd",
+                "http://169.254.169.254/latest/meta-data",
+            ):
                 await recognize(client, uri.encode())
                 _, done = await complete(client, timeout_s=5)
                 assert done.header("Completion-Cause") == "009 uri-failure", uri
@@ -269,8 +305,13 @@ def test_rtp_packet_rate(caplog: pytest.LogCaptureFixture) -> None:
     async def body(srv: Served) -> None:
         client = MrcpClient(srv.uri)
         await client.connect()
-        await recognize(client, TRANSCRIBE, ("Speech-Complete-Timeout", "300"), ("Speech-Incomplete-Timeout", "300"),
-                        ANY_CONFIDENCE)
+        await recognize(
+            client,
+            TRANSCRIBE,
+            ("Speech-Complete-Timeout", "300"),
+            ("Speech-Incomplete-Timeout", "300"),
+            ANY_CONFIDENCE,
+        )
         await client.send_audio(noise(4.0), realtime=0)  # 200 packets at once against a bucket of 100
         await client.send_audio(noise(0.6), realtime=1.0)  # then at the real rate: admitted
         _, done = await complete(client, timeout_s=15)
@@ -284,7 +325,9 @@ def test_rtp_packet_rate(caplog: pytest.LogCaptureFixture) -> None:
 
 
 # ------------------------------------------------------------------------------------ WebSocket, gRPC
-def test_sessions_per_address_over_websocket(chatty_checkpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_sessions_per_address_over_websocket(
+    chatty_checkpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         async with running_server(settings_for(chatty_checkpoint, "--max-sessions-per-address", "1")) as srv:
             async with connect(srv.ws_url, compression=None) as first:
@@ -293,15 +336,24 @@ def test_sessions_per_address_over_websocket(chatty_checkpoint: str, caplog: pyt
                         pass
                 assert caught.value.response.status_code == 429
                 assert caught.value.response.headers["Retry-After"]
-                await first.send(json.dumps({"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le",
-                                             "channels": 1}))
+                await first.send(
+                    json.dumps(
+                        {"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le", "channels": 1}
+                    )
+                )
                 assert json.loads(await first.recv())["type"] == "ready"
             _, metrics = srv.http_get("/metrics")
-            assert 'xlgate_limit_exceeded_total{limit="sessions_per_address",protocol="websocket"} 1.0' in metrics
+            assert (
+                'xlgate_limit_exceeded_total{limit="sessions_per_address",protocol="websocket"} 1.0'
+                in metrics
+            )
             for _ in range(50):  # the first session is released once its handler returns
                 async with connect(srv.ws_url, compression=None) as again:
-                    await again.send(json.dumps({"type": "start", "sample_rate_hz": 8000,
-                                                 "encoding": "pcm_s16le", "channels": 1}))
+                    await again.send(
+                        json.dumps(
+                            {"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le", "channels": 1}
+                        )
+                    )
                     if json.loads(await again.recv())["type"] == "ready":
                         break
             else:
@@ -323,9 +375,13 @@ def test_sessions_per_address_over_grpc(chatty_checkpoint: str, caplog: pytest.L
 
             first = g.stub.StreamingRecognize(held(), timeout=30)
             await asyncio.sleep(0.5)  # the first call is being served
-            second = g.stub.Recognize(pb.RecognizeRequest(
-                config=config(interim=False).streaming_config.config,
-                audio_content=noise_pcm(0.2).tobytes()), timeout=10)
+            second = g.stub.Recognize(
+                pb.RecognizeRequest(
+                    config=config(interim=False).streaming_config.config,
+                    audio_content=noise_pcm(0.2).tobytes(),
+                ),
+                timeout=10,
+            )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await second
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -333,8 +389,9 @@ def test_sessions_per_address_over_grpc(chatty_checkpoint: str, caplog: pytest.L
             hold.set()
             _ = [r async for r in first]
             assert await first.code() == grpc.StatusCode.OK
-            third = g.stub.StreamingRecognize(iter([config(interim=False), *audio_requests(noise_pcm(0.3))]),
-                                              timeout=30)
+            third = g.stub.StreamingRecognize(
+                iter([config(interim=False), *audio_requests(noise_pcm(0.3))]), timeout=30
+            )
             _ = [r async for r in third]
             assert await third.code() == grpc.StatusCode.OK
 
