@@ -38,7 +38,12 @@ from gateway.session import (
 )
 from protocols.errors import OverloadedError
 from protocols.websocket.connection import Connection, ConnectionState
-from protocols.websocket.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, InternalError
+from protocols.websocket.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    InternalError,
+    WebSocketError,
+)
 from protocols.websocket.events import (
     AudioDiscarded,
     AudioReceived,
@@ -289,7 +294,7 @@ class _Session:
         too_big = exc.sent is not None and exc.sent.code == CLOSE_MESSAGE_TOO_BIG and not exc.rcvd_then_sent
         for event in self.conn.connection_lost(message_too_big=too_big):
             if isinstance(event, ProtocolViolation):
-                self.h.engine.metrics.errors.labels(PROTOCOL, event.error.code).inc()
+                self._count(event.error)
                 self.outcome = Outcome.ERROR
             else:
                 self.outcome = Outcome.CLIENT_CLOSED
@@ -310,6 +315,13 @@ class _Session:
             self.outcome = Outcome.ERROR
             self.conn.fail(exc)
 
+    def _count(self, error: WebSocketError) -> None:
+        """A client's protocol error, by wire code; one over a limit also in the limit counter."""
+        metrics = self.h.engine.metrics
+        metrics.errors.labels(PROTOCOL, error.code).inc()
+        if error.limit is not None:
+            metrics.limit_exceeded.labels(PROTOCOL, error.limit).inc()
+
     async def _dispatch(self, event: Event, tg: asyncio.TaskGroup) -> None:
         match event:
             case AudioReceived(channels=channels):
@@ -326,7 +338,7 @@ class _Session:
             case StopRequested() | PauseRequested() | ResumeRequested() | KeepaliveReceived():
                 pass  # stop ends the read loop (the Connection is STOPPING); pause is the Connection's job
             case ProtocolViolation(error=error):
-                self.h.engine.metrics.errors.labels(PROTOCOL, error.code).inc()
+                self._count(error)
                 if error.is_fatal:
                     self.outcome = Outcome.ERROR  # sent by send_closing after the pending results
                     return
