@@ -379,12 +379,15 @@ class MrcpGateway:
                                        channel_id_for=channel_id_for, session_id=self._session_version,
                                        session_version=1)
             call = _Call(event.dialog_id, negotiation, endpoint)
-            if not self.addresses.acquire(address):  # checked above; nothing awaited since
+            # Checked above already, but two INVITEs from one address can both pass that check while their RTP
+            # ports are bound: this is the exact count.
+            if not self.addresses.acquire(address):
                 raise OverloadedError(f"{self.addresses.max_per_address} calls from one address")
             call.address = address
             holder.append(call)
             for channel in negotiation.channels:
-                self.mrcp.add_channel(RecognizerChannel(channel.channel_id, config=self.settings.recognizer))
+                self.mrcp.add_channel(RecognizerChannel(channel.channel_id, config=self.settings.recognizer),
+                                      tls_only=channel.tls)
                 self._by_channel[channel.channel_id] = call
             self._calls[event.dialog_id] = call
         except BaseException:

@@ -22,6 +22,9 @@ from gateway.grpc_api import asr_pb2_grpc
 from gateway.models import load_model
 from gateway.mrcp_adapter import MrcpSettings
 from gateway.mrcp_client import CallRefused, MrcpClient
+from protocols.mrcp.codec import parse_message as parse_mrcp
+from protocols.mrcp.codec import serialize as serialize_mrcp
+from protocols.mrcp.events import MrcpRequest, MrcpResponse
 from protocols.sdp.codec import parse_sdp
 from tests.grpcharness import audio_requests, config, grpc_settings_for, requests
 from tests.test_limits import Served, no_errors, serve_mrcp
@@ -108,8 +111,9 @@ def test_recognition_over_sip_tls_and_mrcp_tls_with_the_bundled_model(
     no_errors(caplog)
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])  # uvloop: what `xlgate serve` runs on
 def test_sip_tls_and_mrcp_tls_refuse_the_wrong_ca_and_serve_the_right_one(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, event_loop: str
 ) -> None:
     cert, key = certificate(tmp_path, "server")
     other, _ = certificate(tmp_path, "other")
@@ -133,6 +137,14 @@ def test_sip_tls_and_mrcp_tls_refuse_the_wrong_ca_and_serve_the_right_one(
             ("Speech-Incomplete-Timeout", "300"),
             ANY_CONFIDENCE,
         )
+        # The channel was negotiated over TLS: the plain MRCP port does not serve it.
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.gateway.mrcp.port)
+        writer.write(
+            serialize_mrcp(MrcpRequest("GET-PARAMS", 1, (("Channel-Identifier", client.channel_id),)))
+        )
+        refused = parse_mrcp(await reader.read(4096))
+        assert isinstance(refused, MrcpResponse) and (refused.request_id, refused.status_code) == (1, 405)
+        writer.close()
         await client.send_audio(noise(1.0), realtime=0)
         _, done = await complete(client)
         assert done.header("Completion-Cause") is not None
@@ -143,7 +155,12 @@ def test_sip_tls_and_mrcp_tls_refuse_the_wrong_ca_and_serve_the_right_one(
         assert plain.answer is not None and plain.answer.mrcp_port == srv.gateway.mrcp.port
         await plain.bye()
 
-    asyncio.run(serve_mrcp(None, tls_settings(cert, key), body))
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve_mrcp(None, tls_settings(cert, key), body))
+    else:
+        asyncio.run(serve_mrcp(None, tls_settings(cert, key), body))
     no_errors(caplog)
 
 

@@ -31,10 +31,11 @@ _log = logging.getLogger(__name__)
 
 
 class _Binding:
-    __slots__ = ("channel", "connection", "timer")
+    __slots__ = ("channel", "connection", "timer", "tls_only")
 
-    def __init__(self, channel: RecognizerChannel) -> None:
+    def __init__(self, channel: RecognizerChannel, *, tls_only: bool) -> None:
         self.channel = channel
+        self.tls_only = tls_only
         self.connection: _MrcpProtocol | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -106,9 +107,11 @@ class MrcpServer:
             await server.wait_closed()
         self._server = self._tls_server = None
 
-    def add_channel(self, channel: RecognizerChannel) -> None:
-        """Register a channel negotiated in SDP."""
-        self._bindings[channel.channel_id] = _Binding(channel)
+    def add_channel(self, channel: RecognizerChannel, *, tls_only: bool = False) -> None:
+        """Register a channel negotiated in SDP; ``tls_only`` (negotiated as ``TCP/TLS/MRCPv2``): requests
+        for it on a plain TCP connection are answered as for an unknown channel (405), so the TLS
+        negotiation cannot be sidestepped."""
+        self._bindings[channel.channel_id] = _Binding(channel, tls_only=tls_only)
 
     def remove_channel(self, channel_id: str) -> None:
         """Forget a channel (session over): its recognition stops and its timer is cancelled."""
@@ -174,7 +177,7 @@ class MrcpServer:
         request = event.request
         channel_id = request.channel_id or ""
         binding = self._bindings.get(channel_id)
-        if binding is None:
+        if binding is None or (binding.tls_only and not protocol.tls):
             protocol.connection.send_error(request, ChannelNotFound(f"no channel {channel_id[:80]!r}"))
             return
         binding.connection = protocol
@@ -205,10 +208,12 @@ class _MrcpProtocol(asyncio.Protocol):
         )
         self.channel_ids: set[str] = set()
         self.transport: asyncio.Transport | None = None
+        self.tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:

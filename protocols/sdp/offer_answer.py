@@ -74,6 +74,7 @@ class NegotiatedChannel:
     channel_id: str  # "<id>@<resource>"
     cmid: str | None
     connection: str  # "new" or "existing"
+    tls: bool = False  # offered as TCP/TLS/MRCPv2: the channel may only be used on a TLS connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,8 @@ def answer_offer(
                         attributes=tuple(attributes),
                     )
                 )
-                channels.append(NegotiatedChannel(resource, channel_id, cmid, connection))
+                tls = media.proto == "TCP/TLS/MRCPv2"
+                channels.append(NegotiatedChannel(resource, channel_id, cmid, connection, tls=tls))
                 continue
             answered.append(_declined(media))
         elif media.media == "audio" and audio is None:
