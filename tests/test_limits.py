@@ -328,6 +328,8 @@ def test_rtp_packet_rate(caplog: pytest.LogCaptureFixture) -> None:
 def test_sessions_per_address_over_websocket(
     chatty_checkpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    start = json.dumps({"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le", "channels": 1})
+
     async def main() -> None:
         async with running_server(settings_for(chatty_checkpoint, "--max-sessions-per-address", "1")) as srv:
             async with connect(srv.ws_url, compression=None) as first:
@@ -336,26 +338,23 @@ def test_sessions_per_address_over_websocket(
                         pass
                 assert caught.value.response.status_code == 429
                 assert caught.value.response.headers["Retry-After"]
-                await first.send(
-                    json.dumps(
-                        {"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le", "channels": 1}
-                    )
-                )
+                await first.send(start)
                 assert json.loads(await first.recv())["type"] == "ready"
             _, metrics = srv.http_get("/metrics")
             assert (
                 'xlgate_limit_exceeded_total{limit="sessions_per_address",protocol="websocket"} 1.0'
                 in metrics
             )
-            for _ in range(50):  # the first session is released once its handler returns
-                async with connect(srv.ws_url, compression=None) as again:
-                    await again.send(
-                        json.dumps(
-                            {"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le", "channels": 1}
-                        )
-                    )
-                    if json.loads(await again.recv())["type"] == "ready":
+            # The first session is released when its handler returns, a moment after the client closed.
+            for _ in range(100):
+                try:
+                    async with connect(srv.ws_url, compression=None) as again:
+                        await again.send(start)
+                        assert json.loads(await again.recv())["type"] == "ready"
                         break
+                except InvalidStatus as refused:
+                    assert refused.response.status_code == 429
+                    await asyncio.sleep(0.05)
             else:
                 raise AssertionError("no session admitted after the first closed")
 
