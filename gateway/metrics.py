@@ -17,6 +17,19 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+# Every limit a peer can go over, with the protocol that counts it (docs/operations.md "Limits").
+LIMITS = {
+    "ws_frame_bytes": ("websocket",),
+    "sip_message_bytes": ("mrcp",),
+    "sip_headers": ("mrcp",),
+    "sdp_bytes": ("mrcp",),
+    "mrcp_message_bytes": ("mrcp",),
+    "mrcp_headers": ("mrcp",),
+    "grammar_bytes": ("mrcp",),
+    "grammar_phrases": ("mrcp",),
+    "rtp_packet_rate": ("mrcp",),
+    "sessions_per_address": ("websocket", "grpc", "mrcp"),
+}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -66,6 +79,10 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.limit_exceeded = Counter(
+            "xlgate_limit_exceeded_total",
+            "Messages, sessions or packets refused because a peer went over a configured limit.",
+            ["protocol", "limit"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         self.final_pass = Counter(
             "xlgate_final_pass_total",
@@ -80,3 +97,6 @@ class Metrics:
             self.audio_seconds.labels(p)
             self.partial_latency.labels(p)
             self.final_latency.labels(p)
+        for limit, protocols in LIMITS.items():
+            for p in protocols:
+                self.limit_exceeded.labels(p, limit)
