@@ -492,7 +492,7 @@ class MrcpGateway:
                     recognition.last_partial = ""
                 elif event.hypothesis.text != recognition.last_partial:
                     recognition.last_partial = event.hypothesis.text
-                    channel.partial_hypothesis(hypothesis, now)
+                    channel.partial_hypothesis(dataclasses.replace(hypothesis, audio_end_s=event.audio_end_s), now)
             elif isinstance(event, StreamEnded):
                 if event.outcome is Outcome.ERROR and call.recognition is recognition:
                     call.recognition = None

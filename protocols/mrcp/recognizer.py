@@ -70,7 +70,7 @@ from protocols.mrcp.nlsml import (
     build_no_input,
     build_no_match,
 )
-from protocols.mrcp.params import RecognizerParams, apply_headers, params_to_headers
+from protocols.mrcp.params import VENDOR_AUDIO_END_MS, RecognizerParams, apply_headers, params_to_headers
 
 __all__ = [
     "Action",
@@ -127,11 +127,16 @@ class GrammarMatch:
 
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
-    """Recognition evidence: the free transcript, its confidence, and the scored grammar phrases."""
+    """Recognition evidence: the free transcript, its confidence, and the scored grammar phrases.
+
+    ``audio_end_s``: how far into the request's audio the hypothesis reaches (the engine's audio clock,
+    from the first audio of the request); an INTERMEDIATE-RESULT names it so a client can measure latency.
+    """
 
     transcript: str
     confidence: float
     matches: tuple[GrammarMatch, ...] = ()
+    audio_end_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,12 +428,18 @@ class RecognizerChannel:
         if self._request_params.partial_results:
             interpretations = self._interpretations(hypothesis, threshold=0.0)
             if interpretations:
+                extra: tuple[tuple[str, str], ...] = ()
+                if hypothesis.audio_end_s is not None:
+                    # An extension event may carry extension parameters (RFC 6787 §6.2.16).
+                    audio_end_ms = round(hypothesis.audio_end_s * 1000)
+                    extra = (("Vendor-Specific-Parameters", f"{VENDOR_AUDIO_END_MS}={audio_end_ms}"),)
                 self._event(
                     self._request_id,
                     "INTERMEDIATE-RESULT",
                     None,
                     body=build_nlsml(interpretations),
                     state=RequestState.IN_PROGRESS,
+                    extra=extra,
                 )
 
     def final_hypothesis(
