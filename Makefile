@@ -10,12 +10,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists; sipp
-# from sip-tester, a real third-party SIP peer; the deploy/ tests' Prometheus and promtool, and Kamailio).
+# from sip-tester, a real third-party SIP peer; the deploy/ tests' Prometheus and promtool, and Kamailio; jq for
+# docs/grpc.md's grpcurl example).
 APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes sip-tester \
-	prometheus kamailio
+	prometheus kamailio jq
 APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/american-english \
 	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh /usr/bin/sipp /usr/bin/prometheus \
-	/usr/bin/promtool /usr/sbin/kamailio
+	/usr/bin/promtool /usr/sbin/kamailio /usr/bin/jq
 PYTEST_ARGS ?= -q
 
 .PHONY: run test bench bench-compare lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
