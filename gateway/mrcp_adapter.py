@@ -58,7 +58,6 @@ import numpy.typing as npt
 
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.metrics import Metrics
-from gateway.waveforms import WaveformRecording, WaveformStore
 from gateway.session import (
     DecodingSettings,
     EndpointingSettings,
@@ -70,6 +69,7 @@ from gateway.session import (
     StreamSettings,
     merge_hotwords,
 )
+from gateway.waveforms import WaveformRecording, WaveformStore
 from protocols.errors import OverloadedError
 from protocols.mrcp.grammar import Grammar, GrammarKind
 from protocols.mrcp.recognizer import (

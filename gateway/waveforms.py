@@ -35,10 +35,24 @@ _SAMPLE_BYTES = 2
 
 def _wav_header(*, sample_rate_hz: int, data_bytes: int) -> bytes:
     """The canonical 44-byte RIFF/WAVE header of 16-bit mono PCM."""
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate_hz, sample_rate_hz * _SAMPLE_BYTES,
-                                    _SAMPLE_BYTES, 8 * _SAMPLE_BYTES)
-            + b"data" + struct.pack("<I", data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            1,
+            1,
+            sample_rate_hz,
+            sample_rate_hz * _SAMPLE_BYTES,
+            _SAMPLE_BYTES,
+            8 * _SAMPLE_BYTES,
+        )
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 class WaveformRecording:
@@ -87,7 +101,9 @@ class WaveformRecording:
         if not self._store._grow(self, len(data)):
             if not self._full_logged:
                 self._full_logged = True
-                log.warning("waveform %s: the folder's budget is spent; the recording stops here", self.path.name)
+                log.warning(
+                    "waveform %s: the folder's budget is spent; the recording stops here", self.path.name
+                )
             return False
         os.pwrite(self._fd, data, WAV_HEADER_BYTES + self._data_bytes)
         self._data_bytes += len(data)
@@ -123,7 +139,8 @@ class WaveformStore:
         self.max_bytes = max_bytes
         found = sorted((p.stat().st_mtime, p) for p in self.directory.glob(f"{_PREFIX}*.wav") if p.is_file())
         self._finished_files: collections.deque[tuple[Path, int]] = collections.deque(
-            (p, p.stat().st_size) for _, p in found)
+            (p, p.stat().st_size) for _, p in found
+        )
         self._open: dict[Path, WaveformRecording] = {}
         self._total_bytes = sum(size for _, size in self._finished_files)
 
@@ -155,8 +172,9 @@ class WaveformStore:
         return recording
 
     def _make_room(self, *, files: int, bytes_: int) -> None:
-        while self._finished_files and (self.file_count + files > self.max_files
-                                        or self._total_bytes + bytes_ > self.max_bytes):
+        while self._finished_files and (
+            self.file_count + files > self.max_files or self._total_bytes + bytes_ > self.max_bytes
+        ):
             path, size = self._finished_files.popleft()
             self._total_bytes -= size
             try:

@@ -105,8 +105,9 @@ def compare(
             if ran_any:
                 time.sleep(cooldown_s)
             ran_any = True
-            result = run_load(replace(s.opts, streams=n), baseline_hyps=baselines.get(s.protocol),
-                              utterances=utterances)
+            result = run_load(
+                replace(s.opts, streams=n), baseline_hyps=baselines.get(s.protocol), utterances=utterances
+            )
             reasons = judge(result.report, criteria)
             record = {**trial_record(n, result, reasons), "round": round_index}
             s.trials.append(record)
@@ -128,20 +129,22 @@ def summary_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
         best = r["best"]
         report = best.report if best is not None else None
         lat = report["latency_ms"] if report is not None else None
-        rows.append({
-            "protocol": protocol,
-            "max_streams": r["max_streams"],
-            "of_websocket": (round(r["max_streams"] / reference, 3) if reference else None),
-            "partial_p50_ms": None if lat is None else lat["partial"]["p50_ms"],
-            "partial_p99_ms": None if lat is None else lat["partial"]["p99_ms"],
-            "partials": None if lat is None else lat["partial"]["count"],
-            "start_of_input_p50_ms": None if lat is None else lat["start_of_input"]["p50_ms"],
-            "start_of_input_p99_ms": None if lat is None else lat["start_of_input"]["p99_ms"],
-            "recognition_complete_p50_ms": None if lat is None else lat["recognition_complete"]["p50_ms"],
-            "recognition_complete_p99_ms": None if lat is None else lat["recognition_complete"]["p99_ms"],
-            "server_cores": None if report is None else report["cpu"]["server"]["cores_used"],
-            "wer": None if report is None or report["wer"] is None else report["wer"]["load"]["wer"],
-        })
+        rows.append(
+            {
+                "protocol": protocol,
+                "max_streams": r["max_streams"],
+                "of_websocket": (round(r["max_streams"] / reference, 3) if reference else None),
+                "partial_p50_ms": None if lat is None else lat["partial"]["p50_ms"],
+                "partial_p99_ms": None if lat is None else lat["partial"]["p99_ms"],
+                "partials": None if lat is None else lat["partial"]["count"],
+                "start_of_input_p50_ms": None if lat is None else lat["start_of_input"]["p50_ms"],
+                "start_of_input_p99_ms": None if lat is None else lat["start_of_input"]["p99_ms"],
+                "recognition_complete_p50_ms": None if lat is None else lat["recognition_complete"]["p50_ms"],
+                "recognition_complete_p99_ms": None if lat is None else lat["recognition_complete"]["p99_ms"],
+                "server_cores": None if report is None else report["cpu"]["server"]["cores_used"],
+                "wer": None if report is None or report["wer"] is None else report["wer"]["load"]["wer"],
+            }
+        )
     return rows
 
 
@@ -151,14 +154,20 @@ def format_table(rows: Sequence[Mapping[str, Any]], *, p99_ms: float) -> str:
     def f(v: Any, spec: str = ".1f") -> str:
         return "-" if v is None else format(v, spec)
 
-    lines = [f"largest N with partial p99 <= {p99_ms:g} ms, no errors, no rejections (figures at that N):",
-             f"{'protocol':10} {'max N':>6} {'of ws':>6} {'p50':>7} {'p99':>7} {'SOI p99':>8} {'RC p99':>8} "
-             f"{'srv cores':>9} {'WER':>6}"]
+    lines = [
+        f"largest N with partial p99 <= {p99_ms:g} ms, no errors, no rejections (figures at that N):",
+        f"{'protocol':10} {'max N':>6} {'of ws':>6} {'p50':>7} {'p99':>7} {'SOI p99':>8} {'RC p99':>8} "
+        f"{'srv cores':>9} {'WER':>6}",
+    ]
     for r in rows:
         wer = None if r["wer"] is None else 100 * r["wer"]
-        lines.append(f"{r['protocol']:10} {r['max_streams']:>6} {f(r['of_websocket'], '.2f'):>6} "
-                     f"{f(r['partial_p50_ms']):>7} {f(r['partial_p99_ms']):>7} {f(r['start_of_input_p99_ms']):>8} "
-                     f"{f(r['recognition_complete_p99_ms']):>8} {f(r['server_cores'], '.2f'):>9} {f(wer):>6}")
-    lines.append("(ms; SOI: START-OF-INPUT after speech onset, RC: RECOGNITION-COMPLETE after speech end minus "
-                 "the 500 ms Speech-Complete-Timeout; MRCP only)")
+        lines.append(
+            f"{r['protocol']:10} {r['max_streams']:>6} {f(r['of_websocket'], '.2f'):>6} "
+            f"{f(r['partial_p50_ms']):>7} {f(r['partial_p99_ms']):>7} {f(r['start_of_input_p99_ms']):>8} "
+            f"{f(r['recognition_complete_p99_ms']):>8} {f(r['server_cores'], '.2f'):>9} {f(wer):>6}"
+        )
+    lines.append(
+        "(ms; SOI: START-OF-INPUT after speech onset, RC: RECOGNITION-COMPLETE after speech end minus "
+        "the 500 ms Speech-Complete-Timeout; MRCP only)"
+    )
     return "\n".join(lines)

@@ -181,7 +181,13 @@ async def run_mrcp_session(utt: Utterance, *, uri: str, cfg: ClientConfig, deadl
     report. ``stop_to_end``: from the last frame sent to RECOGNITION-COMPLETE (it includes the
     Speech-Complete-Timeout). Returns how long to back off before the next call.
     """
-    from loadtest.client import ERROR_BACKOFF_S, MAX_MESSAGES_PER_SESSION, MAX_RETRY_AFTER_S, _result_latency, _Session
+    from loadtest.client import (
+        ERROR_BACKOFF_S,
+        MAX_MESSAGES_PER_SESSION,
+        MAX_RETRY_AFTER_S,
+        _result_latency,
+        _Session,
+    )
 
     sess = _Session(utterance=utt, send_times=np.zeros(len(utt.frames), dtype=np.float64))
     onset_s, end_s = speech_bounds(utterance_pcm(utt, cfg.encoding))

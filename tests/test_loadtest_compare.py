@@ -21,16 +21,20 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_round_order_rotates_and_protocols_parse() -> None:
     assert [round_order(["websocket", "grpc", "mrcp"], r) for r in range(4)] == [
-        ["websocket", "grpc", "mrcp"], ["grpc", "mrcp", "websocket"], ["mrcp", "websocket", "grpc"],
-        ["websocket", "grpc", "mrcp"]]
+        ["websocket", "grpc", "mrcp"],
+        ["grpc", "mrcp", "websocket"],
+        ["mrcp", "websocket", "grpc"],
+        ["websocket", "grpc", "mrcp"],
+    ]
     assert parse_protocols(" WebSocket,mrcp ") == ("websocket", "mrcp")
     for bad in ("", "websocket,websocket", "sip"):
         with pytest.raises(ValueError, match="--protocols"):
             parse_protocols(bad)
 
 
-def test_compare_three_protocols_on_one_server(chatty_checkpoint: str, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_three_protocols_on_one_server(
+    chatty_checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     audio = tmp_path / "audio"
     audio.mkdir()
     for i in range(2):
@@ -41,17 +45,51 @@ def test_compare_three_protocols_on_one_server(chatty_checkpoint: str, tmp_path:
             w.writeframes(noise_pcm(1.2, seed=i).tobytes())
     grpc_port, sip_port = free_port(), free_port()
     low = random.randrange(30000, 60000, 2)
-    settings = settings_for(chatty_checkpoint, "--grpc-port", str(grpc_port), "--sip-port", str(sip_port),
-                            "--mrcp-port", "0", "--rtp-ports", f"{low}-{low + 99}")
+    settings = settings_for(
+        chatty_checkpoint,
+        "--grpc-port",
+        str(grpc_port),
+        "--sip-port",
+        str(sip_port),
+        "--mrcp-port",
+        "0",
+        "--rtp-ports",
+        f"{low}-{low + 99}",
+    )
     out = tmp_path / "compare.json"
 
     async def run() -> int:
         async with running_server(settings) as srv:
-            return await asyncio.to_thread(main, [
-                "compare", "--url", srv.ws_url, "--grpc-url", f"grpc://127.0.0.1:{grpc_port}",
-                "--sip-url", f"sip:127.0.0.1:{sip_port}", "--audio-dir", str(audio), "--processes", "1",
-                "--metrics-url", srv.metrics_url + "/metrics", "--duration-s", "2", "--start", "1",
-                "--max-streams", "2", "--p99-ms", "5000", "--cooldown-s", "0", "--out", str(out)])
+            return await asyncio.to_thread(
+                main,
+                [
+                    "compare",
+                    "--url",
+                    srv.ws_url,
+                    "--grpc-url",
+                    f"grpc://127.0.0.1:{grpc_port}",
+                    "--sip-url",
+                    f"sip:127.0.0.1:{sip_port}",
+                    "--audio-dir",
+                    str(audio),
+                    "--processes",
+                    "1",
+                    "--metrics-url",
+                    srv.metrics_url + "/metrics",
+                    "--duration-s",
+                    "2",
+                    "--start",
+                    "1",
+                    "--max-streams",
+                    "2",
+                    "--p99-ms",
+                    "5000",
+                    "--cooldown-s",
+                    "0",
+                    "--out",
+                    str(out),
+                ],
+            )
 
     assert asyncio.run(run()) == 0
     printed = capsys.readouterr().out

@@ -564,7 +564,7 @@ def test_save_waveform_saves_the_audio_sent_and_names_it(bundled: LoadedModel, c
         await client.connect()
         await recognize(client, TRANSCRIBE, ("Save-Waveform", "true"))
         await client.send_audio(pcm)
-        names, done = await complete(client)
+        _, done = await complete(client)
         assert done.header("Completion-Cause") == "000 success", done
         path, size_bytes, duration_ms = _waveform_uri(done.header("Waveform-URI"))
         assert path.parent == folder.resolve() and path.is_file()

@@ -27,7 +27,9 @@ def frame(value: int, n: int = 160) -> np.ndarray:
 def test_a_recording_is_a_complete_wav_after_every_append(tmp_path: Path) -> None:
     store = WaveformStore(tmp_path / "w", max_files=10, max_bytes=1 << 20)
     rec = store.open(sample_rate_hz=8000)
-    assert rec is not None and rec.uri.startswith("file:///") and rec.path.parent == (tmp_path / "w").resolve()
+    assert (
+        rec is not None and rec.uri.startswith("file:///") and rec.path.parent == (tmp_path / "w").resolve()
+    )
     assert read_wav(rec.path).size == 0 and rec.size_bytes == WAV_HEADER_BYTES
     for k in range(3):
         assert rec.append(frame(k - 1))
@@ -58,7 +60,9 @@ def test_oldest_recordings_make_room_by_count_and_by_bytes(tmp_path: Path) -> No
     rec.close()
 
 
-def test_a_recording_that_fills_the_budget_alone_stops_growing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_recording_that_fills_the_budget_alone_stops_growing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = WaveformStore(tmp_path, max_files=3, max_bytes=WAV_HEADER_BYTES + 320 * 2)
     rec = store.open(sample_rate_hz=8000)
     assert rec is not None
