@@ -211,6 +211,8 @@ class RecognizerChannel:
         self._final: Hypothesis | None = None
         self._digits = ""
         self._waveform: str | None = None
+        self._complete_for: Hypothesis | None = None  # the hypothesis ``_complete_cached`` was worked out for
+        self._complete_cached = False
 
     # ----------------------------------------------------------------------------------------- outputs
     def messages_to_send(self) -> list[MrcpMessage]:
@@ -552,6 +554,8 @@ class RecognizerChannel:
         self._final = None
         self._digits = ""
         self._waveform = None
+        self._complete_for = None
+        self._complete_cached = False
 
     def _takes_speech(self) -> bool:
         return any(not g.is_dtmf for g in self._active)
@@ -574,9 +578,13 @@ class RecognizerChannel:
         if not self._speech_input or self._last_voice_s is None or self._finalize_deadline is not None:
             return None
         best = self._final or self._partial
-        complete = best is not None and bool(
-            self._interpretations(best, threshold=self._request_params.confidence_threshold)
-        )
+        # Asked after every RTP frame: whether the hypothesis matches is only worked out when it changes.
+        if best is not self._complete_for:
+            self._complete_for = best
+            self._complete_cached = best is not None and bool(
+                self._interpretations(best, threshold=self._request_params.confidence_threshold)
+            )
+        complete = self._complete_cached
         params = self._request_params
         timeout = params.speech_complete_timeout_s if complete else params.speech_incomplete_timeout_s
         return self._last_voice_s + timeout
