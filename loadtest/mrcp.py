@@ -226,12 +226,49 @@ async def run_mrcp_session(utt: Utterance, *, uri: str, cfg: ClientConfig, deadl
             return ERROR_BACKOFF_S
         tally.counts["sessions_started"] += 1
 
-        async def send() -> None:
+        async def receive() -> None:
+            nonlocal complete
+            for _ in range(MAX_MESSAGES_PER_SESSION):
+                event = await client.next_event(utt.duration_s + cfg.stop_timeout_s)
+                now = time.monotonic()
+                if event is None:
+                    tally.errors["client.mrcp_closed"] += 1
+                    sess.failed = True
+                    return
+                if event.event_name == "INTERMEDIATE-RESULT":
+                    tally.counts["partials"] += 1
+                    latency = _result_latency(sess, {"type": "partial", "audio_end_ms": audio_end_ms(event)},
+                                              now, tally)
+                    if latency is not None:
+                        tally.partial_latency_s.append(latency)
+                elif event.event_name == "START-OF-INPUT":
+                    tally.start_of_input_latency_s.append(now - _sent_at(sess, onset_s))
+                elif event.event_name == "RECOGNITION-COMPLETE":
+                    sess.end_at = now
+                    tally.counts["finals"] += 1
+                    cause = (event.header("Completion-Cause") or "?").split()[0]
+                    if cause not in {"000", "001"}:  # 001: the (weak) model's words matched nothing
+                        tally.errors[f"mrcp.cause_{cause}"] += 1
+                        sess.failed = True
+                        return
+                    complete = True
+                    text = nlsml_text(event.body)
+                    if text:
+                        sess.texts.append(text)
+                    if sess.frames_sent == len(utt.frames):
+                        tally.complete_latency_s.append(now - _sent_at(sess, end_s) - SPEECH_COMPLETE_TIMEOUT_MS / 1000)
+                    return
+            tally.errors["client.too_many_messages"] += 1
+            sess.failed = True
+
+        async def send(receiver: asyncio.Task[None]) -> None:
             t_start = time.monotonic()
             for i, frame in enumerate(utt.frames):
                 due = t_start + i * cfg.frame_s
                 if deadline is not None and due >= deadline:
                     sess.truncated = True
+                    return
+                if receiver.done():
                     return
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -244,49 +281,21 @@ async def run_mrcp_session(utt: Utterance, *, uri: str, cfg: ClientConfig, deadl
                 client.send_payload(payload, num_samples=len(frame) // width, marker=i == 0)
             sess.stop_at = time.monotonic()  # then RTP simply stops, as a PBX's client does
 
-        received = 0
         async with asyncio.TaskGroup() as tg:
-            sender = tg.create_task(send())
-            try:
-                async with asyncio.timeout(utt.duration_s + cfg.stop_timeout_s + 1.0):
-                    while (event := await client.next_event(utt.duration_s + cfg.stop_timeout_s)) is not None:
-                        now = time.monotonic()
-                        received += 1
-                        if received > MAX_MESSAGES_PER_SESSION:
-                            tally.errors["client.too_many_messages"] += 1
-                            sess.failed = True
-                            break
-                        if event.event_name == "INTERMEDIATE-RESULT":
-                            tally.counts["partials"] += 1
-                            latency = _result_latency(sess, {"type": "partial", "audio_end_ms": audio_end_ms(event)},
-                                                      now, tally)
-                            if latency is not None:
-                                tally.partial_latency_s.append(latency)
-                        elif event.event_name == "START-OF-INPUT":
-                            tally.start_of_input_latency_s.append(now - _sent_at(sess, onset_s))
-                        elif event.event_name == "RECOGNITION-COMPLETE":
-                            sess.end_at = now
-                            tally.counts["finals"] += 1
-                            cause = (event.header("Completion-Cause") or "?").split()[0]
-                            if cause in {"000", "001"}:  # 001: the (weak) model's words matched nothing
-                                complete = True
-                                text = nlsml_text(event.body)
-                                if text:
-                                    sess.texts.append(text)
-                                if sess.frames_sent == len(utt.frames):
-                                    tally.complete_latency_s.append(
-                                        now - _sent_at(sess, end_s) - SPEECH_COMPLETE_TIMEOUT_MS / 1000)
-                            else:
-                                tally.errors[f"mrcp.cause_{cause}"] += 1
-                                sess.failed = True
-                            break
-                    else:
-                        tally.errors["client.mrcp_closed"] += 1
-                        sess.failed = True
-            except TimeoutError:
-                tally.errors["client.end_timeout"] += 1
-                sess.failed = True
-            sender.cancel()
+            receiver = tg.create_task(receive())
+            await send(receiver)
+            if sess.truncated and not receiver.done():
+                # The trial's deadline cut the file: STOP (no RECOGNITION-COMPLETE follows, RFC 6787 §9.10)
+                # rather than wait for the timers, so the call ends before the next trial starts.
+                receiver.cancel()
+                await client.request("STOP", timeout_s=cfg.stop_timeout_s)
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.shield(receiver), utt.duration_s + cfg.stop_timeout_s + 1.0)
+                except TimeoutError:
+                    tally.errors["client.end_timeout"] += 1
+                    sess.failed = True
+                    receiver.cancel()
     except (TimeoutError, OSError, GatewayError):
         tally.errors["client.mrcp_failed"] += 1
         sess.failed = True
