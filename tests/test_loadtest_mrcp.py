@@ -70,5 +70,7 @@ def test_a_call_cut_by_the_trials_deadline_is_stopped_not_failed(tmp_path: Path)
     report = asyncio.run(main())
     assert report["errors"] == {"total": 0, "by_code": {}}
     counts = report["counts"]
-    assert isinstance(counts, dict) and counts["sessions_truncated"] == 1 and counts["sessions_failed"] == 0
-    assert isinstance(report["wall_s"], float) and report["wall_s"] < 4  # no 5 s No-Input-Timeout wait
+    # A second call may start just before the deadline (the first is cut when its next frame is due past it).
+    assert isinstance(counts, dict) and counts["sessions_truncated"] >= 1
+    assert counts["sessions_failed"] == 0 and counts["sessions_completed"] == 0
+    assert isinstance(report["wall_s"], float) and report["wall_s"] < 5  # not left to its 5 s No-Input-Timeout
