@@ -267,6 +267,12 @@ def _check_advertise(value: str) -> str | None:
     return None if value == "" or _check_host(value) is None else "empty or a host name or IP address"
 
 
+def _check_folder(value: str) -> str | None:
+    if value == "" or ("\x00" not in value and not Path(value).is_file()):
+        return None
+    return "empty or a folder path"
+
+
 def _check_device(value: str) -> str | None:
     return None if _DEVICE_PATTERN.fullmatch(value) else "cpu, cuda or cuda:N"
 
@@ -324,6 +330,16 @@ class ServeSettings:
     advertise_address: str = field(metadata=_option(
         Kind.STR, "", "Address written into SDP and SIP Contact (empty = host, or 127.0.0.1 when host is "
         "a wildcard address).", _NETWORK, check=_check_advertise, check_text="empty or a host name or IP address"))
+    mrcp_waveform_dir: str = field(metadata=_option(
+        Kind.STR, "", "Folder where the audio of an MRCP RECOGNIZE with Save-Waveform: true is saved as WAV and "
+        "named in Waveform-URI (created 0700; empty = never saved: call audio is personal data).", _NETWORK,
+        check=_check_folder, check_text="empty or a folder path"))
+    mrcp_waveform_max_files: int = field(metadata=_option(
+        Kind.INT, 1000, "Most saved waveforms kept in mrcp_waveform_dir (the oldest are deleted first).",
+        _NETWORK, min_value=1, max_value=10_000_000))
+    mrcp_waveform_max_bytes: int = field(metadata=_option(
+        Kind.INT, 1 << 30, "Most bytes of saved waveforms in mrcp_waveform_dir (the oldest are deleted first; "
+        "a recording that alone would pass it stops growing).", _NETWORK, min_value=1 << 20, max_value=1 << 50))
     max_frame_bytes: int = field(metadata=_option(
         Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
         _NETWORK, min_value=1024, max_value=16 * 1024 * 1024))

@@ -22,6 +22,11 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
 * The channel's timers run on the event loop's clock (the MRCP server arms them); every RTP frame also
   calls ``audio_time_advanced``, and when RTP stops nothing arrives, so the missing audio counts as
   silence.
+* Save-Waveform (RFC 6787 §9.4.26): with a waveform folder configured (``MrcpSettings.waveform_dir``), a
+  request with ``Save-Waveform: true`` records the call's RTP audio from RECOGNIZE to its completion
+  (:mod:`gateway.waveforms`, a complete WAV after every frame) and the channel is told its URI, size and
+  duration after every frame, so RECOGNITION-COMPLETE carries ``Waveform-URI`` whenever it comes. Without
+  the folder nothing is saved and no Waveform-URI is sent.
 * The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
   drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
@@ -55,6 +60,7 @@ import ssl
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +80,7 @@ from gateway.session import (
     StreamSettings,
     merge_hotwords,
 )
+from gateway.waveforms import WaveformRecording, WaveformStore
 from protocols.errors import OverloadedError
 from protocols.mrcp.codec import DEFAULT_MAX_HEADERS as MRCP_DEFAULT_MAX_HEADERS
 from protocols.mrcp.grammar import Grammar, GrammarKind
@@ -136,6 +143,10 @@ class MrcpSettings:
         max_sessions_per_address: calls one client address may hold at once (0 = no bound).
         sip_max_message_bytes, sip_max_headers, max_sdp_bytes, mrcp_max_message_bytes, mrcp_max_headers,
             rtp_max_packets_per_s: the limits named (docs/operations.md "Limits").
+        waveform_dir: where the audio of a RECOGNIZE with ``Save-Waveform: true`` is saved (WAV, named in
+            RECOGNITION-COMPLETE's Waveform-URI); None: never saved (Save-Waveform is accepted, and no
+            Waveform-URI is sent, as RFC 6787 §9.4.26 allows).
+        waveform_max_files, waveform_max_bytes: the folder's budget (oldest recordings deleted first).
     """
 
     host: str = "127.0.0.1"
@@ -158,6 +169,9 @@ class MrcpSettings:
     mrcp_max_message_bytes: int = 1 << 20
     mrcp_max_headers: int = MRCP_DEFAULT_MAX_HEADERS
     rtp_max_packets_per_s: float = 200.0
+    waveform_dir: Path | None = None
+    waveform_max_files: int = 1000
+    waveform_max_bytes: int = 1 << 30
 
     @property
     def advertised(self) -> str:
@@ -271,6 +285,7 @@ class _Call:
         self.channel_ids = tuple(c.channel_id for c in negotiation.channels)
         self.audio_channel = self.channel_ids[0]  # audio and DTMF go to the first recognizer channel
         self.recognition: _Recognition | None = None
+        self.recording: WaveformRecording | None = None  # the current request's saved audio (Save-Waveform)
         self.ended = False
         self.frames = 0
 
@@ -294,6 +309,8 @@ class MrcpGateway:
         self.sip = SipServer(sip_config, self, on_limit=self._count_sip_limit)
         self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=self.metrics,
                                          protocol=PROTOCOL)
+        self.waveforms = (None if settings.waveform_dir is None else WaveformStore(
+            settings.waveform_dir, max_files=settings.waveform_max_files, max_bytes=settings.waveform_max_bytes))
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -322,6 +339,8 @@ class MrcpGateway:
         await self.mrcp.aclose()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.waveforms is not None:
+            self.waveforms.close()
 
     def finish_all(self) -> None:
         """Drain: every call is hung up (BYE)."""
@@ -444,6 +463,7 @@ class MrcpGateway:
         for channel_id in call.channel_ids:
             self._by_channel.pop(channel_id, None)
             self.mrcp.remove_channel(channel_id)  # closes the channel: its RecognitionEnded ends the stream
+        self._stop_recording(call)
         recognition = call.recognition
         call.recognition = None
         if recognition is not None:
@@ -489,6 +509,14 @@ class MrcpGateway:
                 self._end(call, action)
 
     def _start(self, call: _Call, started: RecognitionStarted) -> None:
+        self._stop_recording(call)
+        if started.params.save_waveform and self.waveforms is not None:
+            audio = call.negotiation.audio
+            assert audio is not None
+            call.recording = self.waveforms.open(sample_rate_hz=audio.clock_rate_hz)
+            if call.recording is not None:
+                self._channel(call).attach_waveform(call.recording.uri, size_bytes=call.recording.size_bytes,
+                                                    duration_s=0.0)
         recognition = call.recognition
         if recognition is not None and not recognition.stream.ended:
             recognition.started = started  # continuous: the stream and the model's memory carry on
@@ -518,6 +546,7 @@ class MrcpGateway:
         self._spawn(recognition, self._forward(call, recognition))
 
     def _end(self, call: _Call, ended: RecognitionEnded) -> None:
+        self._stop_recording(call)
         recognition = call.recognition
         if recognition is None or ended.keep_stream:
             return
@@ -527,6 +556,12 @@ class MrcpGateway:
         for task in recognition.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+
+    @staticmethod
+    def _stop_recording(call: _Call) -> None:
+        if call.recording is not None:
+            call.recording.close()
+            call.recording = None
 
     def _spawn(self, recognition: _Recognition, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -573,7 +608,7 @@ class MrcpGateway:
                     recognition.last_partial = ""
                 elif event.hypothesis.text != recognition.last_partial:
                     recognition.last_partial = event.hypothesis.text
-                    channel.partial_hypothesis(hypothesis, now)
+                    channel.partial_hypothesis(dataclasses.replace(hypothesis, audio_end_s=event.audio_end_s), now)
             elif isinstance(event, StreamEnded):
                 if event.outcome is Outcome.ERROR and call.recognition is recognition:
                     call.recognition = None
@@ -616,6 +651,13 @@ class MrcpGateway:
         call.frames += 1
         if call.frames % JITTER_SAMPLE_FRAMES == 0:
             self._count_jitter(call)
+        recording = call.recording
+        if recording is not None and recording.append(event.frame.samples):
+            # The file is complete after every frame, so RECOGNITION-COMPLETE may name it at any moment.
+            channel = self.mrcp.channel(call.audio_channel)
+            if channel is not None:
+                channel.attach_waveform(recording.uri, size_bytes=recording.size_bytes,
+                                        duration_s=recording.duration_s)
         recognition = call.recognition
         if recognition is None or recognition.stream.ended:
             return

@@ -114,7 +114,9 @@ class MrcpClient:
         self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
         self._sip_writer: asyncio.StreamWriter | None = None
         self._sip_task: asyncio.Task[None] | None = None
-        self.codec = codec.upper()
+        self._codec = codec.upper()
+        if self._codec not in {"PCMU", "PCMA", "L16"}:
+            raise ValueError(f"codec must be PCMU, PCMA or L16, got {codec!r}")
         self.local_host = local_host
         self.call_id = uuid.uuid4().hex
         self.from_tag = uuid.uuid4().hex[:12]
@@ -166,14 +168,14 @@ class MrcpClient:
         ]
 
     def _offer(self, rtp_port: int) -> bytes:
-        payload = {"PCMU": "0", "PCMA": "8", "L16": "96"}[self.codec]
+        payload = {"PCMU": "0", "PCMA": "8", "L16": "96"}[self._codec]
         lines = [
             "v=0", f"o=xlgate {random.randint(1, 1 << 30)} 1 IN IP4 {self.local_host}", "s=-",
             f"c=IN IP4 {self.local_host}", "t=0 0",
             f"m=application 9 {self._mrcp_proto} 1", "a=setup:active", "a=connection:new", "a=resource:speechrecog",
             "a=cmid:1",
             f"m=audio {rtp_port} RTP/AVP {payload} {TELEPHONE_EVENT_PT}",
-            f"a=rtpmap:{payload} {self.codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
+            f"a=rtpmap:{payload} {self._codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
             f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15", "a=sendonly", "a=ptime:20", "a=mid:1",
         ]
         return ("\r\n".join(lines) + "\r\n").encode()
@@ -373,6 +375,18 @@ class MrcpClient:
         self._seq = (self._seq + 1) & 0xFFFF
         packet = RtpPacket(payload_type, self._seq, timestamp & 0xFFFFFFFF, self._ssrc, payload, marker)
         self._rtp.sendto(serialize_rtp(packet), (self.answer.rtp_host, self.answer.rtp_port))
+
+    def send_payload(self, payload: bytes, *, num_samples: int, marker: bool = False) -> None:
+        """Send one RTP packet of audio already in the answered codec (``codec``: PCMU, PCMA or L16 big-endian);
+        ``num_samples`` advances the RTP timestamp. The caller paces: the load generator sends its own frames."""
+        assert self.answer is not None, "connect() first"
+        self._send_rtp(self.answer.payload_type, payload, timestamp=self._timestamp, marker=marker)
+        self._timestamp += num_samples
+
+    @property
+    def codec(self) -> str:
+        """The codec offered (and answered: the offer holds no other): PCMU, PCMA or L16."""
+        return self._codec
 
     async def send_audio(self, pcm: npt.NDArray[np.int16], *, realtime: float = 1.0) -> None:
         """Send 8 kHz PCM as 20 ms RTP packets, paced at ``realtime`` x real time (0: as fast as possible)."""

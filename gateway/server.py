@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,7 +219,9 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
         max_sessions_per_address=settings.max_sessions_per_address,
         sip_max_message_bytes=settings.sip_max_message_bytes, sip_max_headers=settings.sip_max_headers,
         max_sdp_bytes=settings.max_sdp_bytes, mrcp_max_message_bytes=settings.mrcp_max_message_bytes,
-        mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s))
+        mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s,
+        waveform_dir=Path(settings.mrcp_waveform_dir) if settings.mrcp_waveform_dir else None,
+        waveform_max_files=settings.mrcp_waveform_max_files, waveform_max_bytes=settings.mrcp_waveform_max_bytes))
     try:
         await gateway.start()
     except BaseException:
