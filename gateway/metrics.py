@@ -7,7 +7,7 @@ Latency buckets resolve 1 ms to 2 s and beyond.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway.session import Outcome
 
@@ -65,7 +65,20 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.model_restarts = Counter(
+            "xlgate_model_restarts_total",
+            "Model runner restarts, by cause: crashed (its process died) or stalled (a step outlived the step "
+            "timeout). Every live stream fails at a restart.", ["cause"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        # What a soak watches for leaks: set to callbacks by the server (gateway.server), read at each scrape.
+        self.event_loop_tasks = Gauge(
+            "xlgate_event_loop_tasks", "asyncio tasks alive on the serving event loop.", registry=r)
+        self.rtp_ports_in_use = Gauge(
+            "xlgate_rtp_ports_in_use", "RTP ports held by MRCP calls.", registry=r)
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ... (Linux)
+        ProcessCollector(registry=r)
+        for cause in ("crashed", "stalled"):
+            self.model_restarts.labels(cause)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)

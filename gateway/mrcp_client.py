@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
+import socket
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import cast
@@ -235,6 +238,21 @@ class MrcpClient:
                 await self._final_response(request)
             self.hung_up.set()
         await self.close()
+
+    def redirect_rtp(self, host: str, port: int) -> None:
+        """Send RTP to ``host:port`` instead of the answered address (a network impairment relay)."""
+        assert self.answer is not None, "connect() first"
+        self.answer = dataclasses.replace(self.answer, rtp_host=host, rtp_port=port)
+
+    async def vanish(self) -> None:
+        """Drop the call as a crashed caller does: the MRCP connection is reset (RST, not FIN), no BYE is
+        sent, and the SIP and RTP sockets are closed."""
+        if self._writer is not None:
+            sock = self._writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.hung_up.set()
+        await self.close(reset=True)
 
     async def close(self, *, reset: bool = False) -> None:
         """Close every socket (``reset``: abort the MRCP TCP connection with RST)."""
