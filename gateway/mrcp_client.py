@@ -92,6 +92,11 @@ class _SipProtocol(asyncio.DatagramProtocol):
         with contextlib.suppress(GatewayError):
             self.client._sip_received(parse_message(data, datagram=True))
 
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on the connected socket: nothing listens there (RFC 3261 §18.4 treats a
+        # transport error as a failed request), so a waiting request fails now instead of timing out.
+        self.client._sip_failed(exc)
+
 
 class MrcpClient:
     """One MRCP call (see the module docstring)."""
@@ -113,7 +118,7 @@ class MrcpClient:
         self.hung_up = asyncio.Event()
         self._sip: _SipProtocol | None = None
         self._rtp: asyncio.DatagramTransport | None = None
-        self._responses: asyncio.Queue[SipResponse] = asyncio.Queue(64)
+        self._responses: asyncio.Queue[SipResponse | OSError] = asyncio.Queue(64)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._events: asyncio.Queue[MrcpEvent | None] = asyncio.Queue(1024)
@@ -164,7 +169,11 @@ class MrcpClient:
 
     def _send_sip(self, message: SipRequest | SipResponse) -> None:
         assert self._sip is not None and self._sip.transport is not None
-        self._sip.transport.sendto(serialize_sip(message), self.server)
+        self._sip.transport.sendto(serialize_sip(message))  # the socket is connected to the server
+
+    def _sip_failed(self, exc: Exception) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._responses.put_nowait(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     def _sip_received(self, message: SipRequest | SipResponse) -> None:
         if isinstance(message, SipResponse):
@@ -187,6 +196,9 @@ class MrcpClient:
                     async with asyncio.timeout(INVITE_RETRANSMIT_S):
                         while True:
                             response = await self._responses.get()
+                            if isinstance(response, OSError):
+                                raise ConnectionRefusedError(
+                                    f"SIP {request.method} to {self.server[0]}:{self.server[1]}: {response}")
                             if response.header("CSeq") == cseq and response.status >= 200:
                                 return response
 
@@ -195,10 +207,14 @@ class MrcpClient:
 
         Raises:
             CallRefused: the INVITE got a failure response.
+            ConnectionRefusedError: nothing listens on the server's SIP port (ICMP port unreachable).
             TimeoutError: no final response.
         """
         loop = asyncio.get_running_loop()
-        _, sip = await loop.create_datagram_endpoint(lambda: _SipProtocol(self), local_addr=(self.local_host, 0))
+        # Connected to the server: its responses and requests come from its SIP port, and an ICMP error
+        # (no server there) is reported to error_received.
+        _, sip = await loop.create_datagram_endpoint(lambda: _SipProtocol(self), local_addr=(self.local_host, 0),
+                                                     remote_addr=self.server)
         self._sip = sip
         self._rtp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                            local_addr=(self.local_host, 0))
@@ -234,7 +250,7 @@ class MrcpClient:
             self.cseq += 1
             request = SipRequest("BYE", f"sip:{self.server[0]}:{self.server[1]}",
                                  tuple(self._headers("BYE", self.cseq, to=self.to_header)))
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, OSError):  # no answer, or no server: the call is over
                 await self._final_response(request)
             self.hung_up.set()
         await self.close()

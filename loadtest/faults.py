@@ -1,6 +1,6 @@
-"""Faults, measured: ``python -m loadtest.faults FAULT --audio-dir DIR --out report.json``.
+"""Faults, measured: ``python -m loadtest.faults FAULT [FAULT ...] --audio-dir DIR --out report.json``.
 
-Each fault runs against a real ``xlgate serve`` process on loopback with every protocol on (WebSocket,
+The faults run in order against one real ``xlgate serve`` process on loopback with every protocol on (WebSocket,
 gRPC, MRCPv2), driven by real clients (:mod:`loadtest.sessions`), with a bounded run time; it prints its
 figures and checks, writes them as JSON, and exits 1 when a check fails. docs/reliability.md ("## Faults")
 records the figures.
@@ -247,13 +247,13 @@ async def fault_rtp(srv: ServerProcess, clips: Sequence[Clip], refs: dict[str, s
 
 # -- model -------------------------------------------------------------------------------------------------
 async def fault_model(srv: ServerProcess, clips: Sequence[Clip], *, kind: str, step_timeout_s: float,
-                      per_protocol: int) -> dict[str, Any]:
+                      per_protocol: int, live_s: float, check_call_s: float) -> dict[str, Any]:
     ports = srv.ports
     before = srv.metrics()
     audio, talk = call_audio(clips, 20.0), call_audio(clips, 20.0, gap_s=0.0)
     tasks = [asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=60)) for p in PROTOCOLS
              for _ in range(per_protocol)]
-    await asyncio.sleep(3.0)  # every session is streaming and has had steps
+    await asyncio.sleep(live_s)  # every session is streaming and has had steps
     model_pid = srv.model_pid()
     import os
 
@@ -263,7 +263,7 @@ async def fault_model(srv: ServerProcess, clips: Sequence[Clip], *, kind: str, s
     ready_after = await poll(lambda: srv.http_status("/readyz") == 200, 60.0)
     ready_s = None if ready_after is None else time.monotonic() - injected_at
     after_fault = srv.metrics()
-    fresh = await asyncio.gather(*(session(p, ports, call_audio(clips, 4.0, offset=2), timeout_s=60)
+    fresh = await asyncio.gather(*(session(p, ports, call_audio(clips, check_call_s, offset=2), timeout_s=60)
                                    for p in PROTOCOLS))
     bound_s = (0.0 if kind == "crash" else step_timeout_s) + 1.0
     per: dict[str, Any] = {}
@@ -291,13 +291,13 @@ async def fault_model(srv: ServerProcess, clips: Sequence[Clip], *, kind: str, s
 
 
 # -- sigterm -----------------------------------------------------------------------------------------------
-async def fault_sigterm(srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int, drain_s: float
-                        ) -> dict[str, Any]:
+async def fault_sigterm(srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int, drain_s: float,
+                        live_s: float) -> dict[str, Any]:
     ports = srv.ports
     audio, talk = call_audio(clips, 40.0), call_audio(clips, 40.0, gap_s=0.0)
     tasks = [asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=90)) for p in PROTOCOLS
              for _ in range(per_protocol)]
-    await asyncio.sleep(4.0)
+    await asyncio.sleep(live_s)
     term_at = time.monotonic()
     srv.signal(signal.SIGTERM)
     results = await asyncio.gather(*tasks)
@@ -321,19 +321,20 @@ async def fault_sigterm(srv: ServerProcess, clips: Sequence[Clip], *, per_protoc
 
 
 # -- sigkill -----------------------------------------------------------------------------------------------
-async def fault_sigkill(srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int) -> dict[str, Any]:
+async def fault_sigkill(srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int, live_s: float,
+                        check_call_s: float) -> dict[str, Any]:
     ports = srv.ports
     audio, talk = call_audio(clips, 30.0), call_audio(clips, 30.0, gap_s=0.0)
     tasks = [asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=30)) for p in PROTOCOLS
              for _ in range(per_protocol)]
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(live_s)
     killed_at = time.monotonic()
     srv.kill()
     results = await asyncio.gather(*tasks)
     # While the server is down a caller is refused at once, not left hanging.
     refused = await asyncio.gather(*(session(p, ports, audio[:8000], timeout_s=10) for p in PROTOCOLS))
     restart_s = await asyncio.to_thread(srv.start)
-    fresh = await asyncio.gather(*(session(p, ports, call_audio(clips, 4.0, offset=1), timeout_s=60)
+    fresh = await asyncio.gather(*(session(p, ports, call_audio(clips, check_call_s, offset=1), timeout_s=60)
                                    for p in PROTOCOLS))
     per: dict[str, Any] = {}
     checks: dict[str, bool] = {}
@@ -357,52 +358,60 @@ async def fault_sigkill(srv: ServerProcess, clips: Sequence[Clip], *, per_protoc
 
 
 # -- command -----------------------------------------------------------------------------------------------
-def run_fault(args: argparse.Namespace) -> dict[str, Any]:
-    """Start the server, run ``args.fault``, stop the server; the report (``passed`` is every check)."""
+def run_faults(args: argparse.Namespace) -> dict[str, Any]:
+    """Start one server, run ``args.faults`` on it in order (``sigkill`` restarts it, ``sigterm`` ends it),
+    stop it; the report (``passed``: every check of every fault)."""
+    if "sigterm" in args.faults[:-1]:
+        raise ValueError("sigterm stops the server: it can only be the last fault")
     clips = load_clips(args.audio_dir, max_files=args.max_files)
-    extra = ["--max-streams", str(args.max_streams), "--model-step-timeout-ms", str(round(args.step_timeout_s * 1000))]
-    if args.fault == "sigterm":
-        extra += ["--drain-timeout-ms", str(round(args.drain_s * 1000))]
+    extra = ["--max-streams", str(args.max_streams), "--model-step-timeout-ms", str(round(args.step_timeout_s * 1000)),
+             "--drain-timeout-ms", str(round(args.drain_s * 1000))]
     srv = ServerProcess(model=args.model, ports=Ports.pick(), extra=tuple(extra), log_path=args.server_log)
     started = time.monotonic()
+    report: dict[str, Any] = {}
     with srv:
         ready_s = srv.start()
 
-        async def main() -> dict[str, Any]:
-            if args.fault == "hangup":
+        async def one(fault: str) -> dict[str, Any]:
+            if fault == "hangup":
                 return await fault_hangup(srv, clips, vanishers=args.sessions, bystanders=1,
                                           vanish_after_s=args.vanish_after_s)
-            if args.fault == "rtp":
+            if fault == "rtp":
                 refs = load_refs(args.refs or args.audio_dir / "refs.tsv")
                 return await fault_rtp(srv, clips, refs, loss=args.loss, jitter_s=args.jitter_ms / 1000,
                                        concurrency=args.concurrency, seed=args.seed)
-            if args.fault == "model":
-                out = {}
-                for kind in args.kinds:
-                    out[kind] = await fault_model(srv, clips, kind=kind, step_timeout_s=args.step_timeout_s,
-                                                  per_protocol=args.sessions)
-                checks = {f"{kind}: {name}": ok for kind, r in out.items() for name, ok in r["checks"].items()}
-                return {**out, "checks": checks}
-            if args.fault == "sigterm":
-                return await fault_sigterm(srv, clips, per_protocol=args.sessions, drain_s=args.drain_s)
-            return await fault_sigkill(srv, clips, per_protocol=args.sessions)
+            if fault == "model":
+                out = {kind: await fault_model(srv, clips, kind=kind, step_timeout_s=args.step_timeout_s,
+                                               per_protocol=args.sessions, live_s=args.live_s,
+                                               check_call_s=args.check_call_s) for kind in args.kinds}
+                return {**out, "checks": {f"{kind}: {name}": ok for kind, r in out.items()
+                                          for name, ok in r["checks"].items()}}
+            if fault == "sigterm":
+                return await fault_sigterm(srv, clips, per_protocol=args.sessions, drain_s=args.drain_s,
+                                           live_s=args.live_s)
+            return await fault_sigkill(srv, clips, per_protocol=args.sessions, live_s=args.live_s,
+                                       check_call_s=args.check_call_s)
 
-        report = asyncio.run(main())
-    report = {"schema": "xlgate.loadtest.faults/1", "fault": args.fault,
-              "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "model": args.model, "server_ready_s": round(ready_s, 2),
-              "wall_s": round(time.monotonic() - started, 1), "machine": machine_info(), **report}
-    report["passed"] = all(report["checks"].values())
-    return report
+        for fault in args.faults:
+            fault_started = time.monotonic()
+            report[fault] = asyncio.run(one(fault))
+            report[fault]["wall_s"] = round(time.monotonic() - fault_started, 1)
+    checks = {f"{fault}: {name}": ok for fault in args.faults for name, ok in report[fault]["checks"].items()}
+    return {"schema": "xlgate.loadtest.faults/1", "faults": args.faults,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "model": args.model,
+            "server_ready_s": round(ready_s, 2), "wall_s": round(time.monotonic() - started, 1),
+            "machine": machine_info(), **report, "checks": checks, "passed": all(checks.values())}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The checks, one a line, and the headline figures."""
-    lines = [f"fault {report['fault']}: {'PASS' if report['passed'] else 'FAIL'} ({report['wall_s']} s)"]
+    lines = []
+    for fault in report["faults"]:
+        figures = _without(_without(report[fault], "hypotheses"), "checks")
+        lines.append(f"== {fault}: {json.dumps(figures)}")
+    lines.append(f"faults {' '.join(report['faults'])}: {'PASS' if report['passed'] else 'FAIL'} "
+                 f"({report['wall_s']} s, server ready in {report['server_ready_s']} s)")
     lines += [f"  [{'ok' if ok else 'FAILED'}] {name}" for name, ok in report["checks"].items()]
-    figures = {k: v for k, v in report.items() if k not in (
-        "schema", "fault", "started_at", "machine", "checks", "passed", "wall_s", "model")}
-    lines.append(json.dumps(_without(figures, "hypotheses"), indent=1))
     return "\n".join(lines)
 
 
@@ -414,7 +423,8 @@ def _without(data: Any, key: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.faults", description=__doc__.split("\n")[0])
-    parser.add_argument("fault", choices=FAULTS)
+    parser.add_argument("faults", nargs="+", choices=FAULTS, metavar="FAULT",
+                        help=f"one or more of {', '.join(FAULTS)}, run in order on one server (sigterm last)")
     parser.add_argument("--audio-dir", type=Path, required=True, help="8 kHz mono WAV files (python -m loadtest "
                         "make-audio makes some, with refs.tsv)")
     parser.add_argument("--refs", type=Path, help="reference transcripts for rtp (default AUDIO_DIR/refs.tsv)")
@@ -432,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--kinds", nargs="+", choices=("crash", "stall"), default=["crash", "stall"],
                         help="model: which faults, in order, on one server")
+    parser.add_argument("--live-s", type=float, default=3.0,
+                        help="model, sigkill, sigterm: seconds the sessions stream before the fault")
+    parser.add_argument("--check-call-s", type=float, default=4.0,
+                        help="model, sigkill: audio of the session that checks the server works again")
     parser.add_argument("--step-timeout-s", type=float, default=1.0, help="the server's model step timeout")
     parser.add_argument("--drain-s", type=float, default=2.0, help="sigterm: the server's drain timeout")
     return parser
@@ -440,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = run_fault(args)
+        report = run_faults(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest.faults: {exc}", file=sys.stderr)
         return 2
