@@ -175,8 +175,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 mrcp: MrcpGateway | None = None
                 try:
                     mrcp = await _start_mrcp(settings, engine)
-                    metrics.rtp_ports_in_use.set_function(
-                        (lambda ports=mrcp.ports: float(ports.in_use)) if mrcp is not None else (lambda: 0.0))
+                    if mrcp is not None:
+                        metrics.rtp_ports_in_use.set_function(_ports_in_use(mrcp))
                     log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
@@ -202,6 +202,13 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+
+
+def _ports_in_use(mrcp: MrcpGateway) -> Callable[[], float]:
+    def in_use() -> float:
+        return float(mrcp.ports.in_use)
+
+    return in_use
 
 
 async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:

@@ -34,7 +34,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def call_audio(clips: Sequence[Clip], seconds: float, *, offset: int = 0, gap_s:
     return np.concatenate(parts)
 
 
-def session(protocol: str, ports: Ports, pcm: np.ndarray, **kwargs: Any) -> Awaitable[SessionResult]:
+def session(protocol: str, ports: Ports, pcm: np.ndarray, **kwargs: Any) -> Coroutine[Any, Any, SessionResult]:
     """One session of ``protocol`` against the server on ``ports``. (An MRCP RECOGNIZE ends at the first
     pause: a fault that must find it live gives it :func:`call_audio` with ``gap_s=0``.)"""
     if protocol == "websocket":

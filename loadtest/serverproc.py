@@ -120,7 +120,7 @@ class ServerProcess:
         """
         started = time.monotonic()
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        log = open(self.log_path, "ab") if self.log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_path, "ab") if self.log_path is not None else subprocess.DEVNULL
         self._log = log
         self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log, cwd=ROOT)
         while time.monotonic() - started < READY_TIMEOUT_S:

@@ -357,7 +357,7 @@ class UdpShaper:
                 shaper._received(data)
 
         transport, _ = await loop.create_datagram_endpoint(_Protocol, local_addr=("127.0.0.1", 0))
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
 
     def _received(self, data: bytes) -> None:

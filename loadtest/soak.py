@@ -80,6 +80,7 @@ async def soak(srv: ServerProcess, clips: Sequence[Clip], args: argparse.Namespa
     callers = max(1, round(args.capacity * args.load))
     rng = random.Random(args.seed)
     idle_before = idle_figures(srv)
+    idle_before["rss_bytes"] = value(srv.metrics(), "process_resident_memory_bytes")
     idle_before["model_rss_bytes"] = model_rss_bytes(srv) or 0.0
     before = srv.metrics()
     started = time.monotonic()
@@ -111,6 +112,7 @@ async def soak(srv: ServerProcess, clips: Sequence[Clip], args: argparse.Namespa
     sampling.cancel()
     await asyncio.gather(sampling, return_exceptions=True)
     idle_after, settled = await settle(srv, idle_before)
+    idle_after["rss_bytes"] = value(srv.metrics(), "process_resident_memory_bytes")
     idle_after["model_rss_bytes"] = model_rss_bytes(srv) or 0.0
     after = srv.metrics()
     wall_s = time.monotonic() - started

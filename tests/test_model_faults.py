@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+
 import numpy as np
 import pytest
 
@@ -19,7 +20,14 @@ from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.metrics import Metrics
 from gateway.runner import ModelRunner, StreamOutput, ThreadRunner
 from gateway.scheduler import StepPlan
-from gateway.session import EndpointingSettings, Outcome, ResultEvent, StreamEnded, StreamEvent, StreamSettings
+from gateway.session import (
+    EndpointingSettings,
+    Outcome,
+    ResultEvent,
+    StreamEnded,
+    StreamEvent,
+    StreamSettings,
+)
 from protocols.errors import OverloadedError
 from streaming_model.checkpoint import LoadedModel
 from streaming_model.features import FbankConfig
@@ -173,7 +181,7 @@ def test_a_stalled_step_fails_every_stream_within_a_second_and_the_runner_is_rep
                     assert at - runner.fired_at < 1.0, f"error after {at - runner.fired_at:.2f} s"
                 assert refused and "restarting" in str(refused[0])
                 async with asyncio.timeout(10):
-                    while not engine.ready:
+                    while not engine.ready:  # noqa: ASYNC110 (the engine has no event for a restart's end)
                         await asyncio.sleep(0.02)
                 assert metric(metrics, "xlgate_model_restarts_total", cause="stalled") == 1
                 assert metric(metrics, "xlgate_errors_total", protocol="grpc", kind="model_unavailable") == 2
