@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from gateway.final_pass import FinalSource
 from gateway.session import Outcome
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
@@ -16,6 +17,19 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+# Every limit a peer can go over, with the protocol that counts it (docs/operations.md "Limits").
+LIMITS = {
+    "ws_frame_bytes": ("websocket",),
+    "sip_message_bytes": ("mrcp",),
+    "sip_headers": ("mrcp",),
+    "sdp_bytes": ("mrcp",),
+    "mrcp_message_bytes": ("mrcp",),
+    "mrcp_headers": ("mrcp",),
+    "grammar_bytes": ("mrcp",),
+    "grammar_phrases": ("mrcp",),
+    "rtp_packet_rate": ("mrcp",),
+    "sessions_per_address": ("websocket", "grpc", "mrcp"),
+}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -65,11 +79,22 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.limit_exceeded = Counter(
+            "xlgate_limit_exceeded_total",
+            "Messages, sessions or packets refused because a peer went over a configured limit.",
+            ["protocol", "limit"], registry=r)
+        self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        self.final_pass = Counter(
+            "xlgate_final_pass_total",
+            "Finals of the second pass (final_pass = whisper), by where their text came from: second_pass, or "
+            "the CTC text when the second pass was shed (shed_pending, shed_wait) or could not give one.",
+            ["source"], registry=r)
+        for source in FinalSource:
+            self.final_pass.labels(source.value)
         self.model_restarts = Counter(
             "xlgate_model_restarts_total",
             "Model runner restarts, by cause: crashed (its process died) or stalled (a step outlived the step "
             "timeout). Every live stream fails at a restart.", ["cause"], registry=r)
-        self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         # What a soak watches for leaks: set to callbacks by the server (gateway.server), read at each scrape.
         self.event_loop_tasks = Gauge(
             "xlgate_event_loop_tasks", "asyncio tasks alive on the serving event loop.", registry=r)
@@ -85,3 +110,6 @@ class Metrics:
             self.audio_seconds.labels(p)
             self.partial_latency.labels(p)
             self.final_latency.labels(p)
+        for limit, protocols in LIMITS.items():
+            for p in protocols:
+                self.limit_exceeded.labels(p, limit)

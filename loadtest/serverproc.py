@@ -72,8 +72,14 @@ class Ports:
 
     @classmethod
     def pick(cls) -> Ports:
-        return cls(ws=free_port(), grpc=free_port(), sip=free_port_pair(), mrcp=free_port(), metrics=free_port(),
-                   rtp=free_rtp_range())
+        return cls(
+            ws=free_port(),
+            grpc=free_port(),
+            sip=free_port_pair(),
+            mrcp=free_port(),
+            metrics=free_port(),
+            rtp=free_rtp_range(),
+        )
 
     @property
     def ws_url(self) -> str:
@@ -95,8 +101,15 @@ class Ports:
 class ServerProcess:
     """One ``python -m gateway.cli serve`` child (see the module docstring)."""
 
-    def __init__(self, *, model: str, ports: Ports, extra: tuple[str, ...] = (), log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        ports: Ports,
+        extra: tuple[str, ...] = (),
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.model = model
         self.ports = ports
         self.extra = extra
@@ -107,10 +120,31 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         p = self.ports
-        return [sys.executable, "-m", "gateway.cli", "serve", "--model", self.model, "--host", "127.0.0.1",
-                "--ws-port", str(p.ws), "--grpc-port", str(p.grpc), "--sip-port", str(p.sip),
-                "--mrcp-port", str(p.mrcp), "--rtp-ports", p.rtp, "--metrics-port", str(p.metrics),
-                "--log-format", "json", *self.extra]
+        return [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--ws-port",
+            str(p.ws),
+            "--grpc-port",
+            str(p.grpc),
+            "--sip-port",
+            str(p.sip),
+            "--mrcp-port",
+            str(p.mrcp),
+            "--rtp-ports",
+            p.rtp,
+            "--metrics-port",
+            str(p.metrics),
+            "--log-format",
+            "json",
+            *self.extra,
+        ]
 
     def start(self) -> float:
         """Start the server and wait until ``/readyz`` says ready; returns the seconds that took.
@@ -125,8 +159,10 @@ class ServerProcess:
         self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log, cwd=ROOT)
         while time.monotonic() - started < READY_TIMEOUT_S:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"xlgate serve exited with {self.proc.returncode} during start-up"
-                                   + (f" (log: {self.log_path})" if self.log_path else ""))
+                raise RuntimeError(
+                    f"xlgate serve exited with {self.proc.returncode} during start-up"
+                    + (f" (log: {self.log_path})" if self.log_path else "")
+                )
             # /readyz can answer before the listeners are bound: wait for those too.
             if self.http_status("/readyz") == 200 and self._listening():
                 return time.monotonic() - started

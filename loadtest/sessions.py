@@ -83,24 +83,37 @@ async def _paced(pcm: np.ndarray, *, stop_after_s: float | None) -> AsyncIterato
     for index, lo in enumerate(range(0, pcm.shape[0], FRAME_SAMPLES)):
         if stop_after_s is not None and index * FRAME_SAMPLES / SAMPLE_RATE_HZ >= stop_after_s:
             return
-        yield index, pcm[lo:lo + FRAME_SAMPLES].astype("<i2").tobytes()
+        yield index, pcm[lo : lo + FRAME_SAMPLES].astype("<i2").tobytes()
         delay = start + (index + 1) * FRAME_SAMPLES / SAMPLE_RATE_HZ - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
 
 
 # -- WebSocket ---------------------------------------------------------------------------------------------
-async def ws_session(url: str, pcm: np.ndarray, *, vanish_after_s: float | None = None,
-                     timeout_s: float = 60.0, on_message: Callable[[dict[str, Any]], None] | None = None
-                     ) -> SessionResult:
+async def ws_session(
+    url: str,
+    pcm: np.ndarray,
+    *,
+    vanish_after_s: float | None = None,
+    timeout_s: float = 60.0,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+) -> SessionResult:
     """One WebSocket protocol v1 session: start, real-time audio, stop, results until ``end``."""
     result = SessionResult("websocket", started_at=time.monotonic())
     try:
         async with asyncio.timeout(timeout_s):
             ws = await connect(url, compression=None, max_size=2**22, open_timeout=10, close_timeout=2)
             try:
-                await ws.send(json.dumps({"type": "start", "sample_rate_hz": SAMPLE_RATE_HZ,
-                                          "encoding": "pcm_s16le", "channels": 1}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "start",
+                            "sample_rate_hz": SAMPLE_RATE_HZ,
+                            "encoding": "pcm_s16le",
+                            "channels": 1,
+                        }
+                    )
+                )
 
                 async def receive() -> None:
                     async for raw in ws:
@@ -151,8 +164,9 @@ async def ws_session(url: str, pcm: np.ndarray, *, vanish_after_s: float | None 
 
 
 # -- gRPC --------------------------------------------------------------------------------------------------
-async def grpc_session(target: str, pcm: np.ndarray, *, vanish_after_s: float | None = None,
-                       timeout_s: float = 60.0) -> SessionResult:
+async def grpc_session(
+    target: str, pcm: np.ndarray, *, vanish_after_s: float | None = None, timeout_s: float = 60.0
+) -> SessionResult:
     """One StreamingRecognize call on its own channel; ``vanish_after_s`` goes through a :class:`TcpRelay`
     whose connection is then reset (grpcio does not hand out its socket)."""
     result = SessionResult("grpc", started_at=time.monotonic())
@@ -164,12 +178,14 @@ async def grpc_session(target: str, pcm: np.ndarray, *, vanish_after_s: float | 
     channel = grpc.aio.insecure_channel(target)
     try:
         stub = asr_pb2_grpc.RecognizerStub(channel)  # type: ignore[no-untyped-call]
-        config = pb.RecognitionConfig(encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=SAMPLE_RATE_HZ,
-                                      audio_channel_count=1)
+        config = pb.RecognitionConfig(
+            encoding=pb.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=SAMPLE_RATE_HZ, audio_channel_count=1
+        )
 
         async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
-            yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-                config=config, interim_results=False))
+            yield pb.StreamingRecognizeRequest(
+                streaming_config=pb.StreamingRecognitionConfig(config=config, interim_results=False)
+            )
             async for index, frame in _paced(pcm, stop_after_s=vanish_after_s):
                 result.audio_sent_s = (index + 1) * FRAME_SAMPLES / SAMPLE_RATE_HZ
                 yield pb.StreamingRecognizeRequest(audio_content=frame)
@@ -261,8 +277,14 @@ def nlsml_text(body: bytes) -> str:
     return ""
 
 
-async def mrcp_session(sip_uri: str, pcm: np.ndarray, *, vanish_after_s: float | None = None,
-                       timeout_s: float = 60.0, shaper: UdpShaper | None = None) -> SessionResult:
+async def mrcp_session(
+    sip_uri: str,
+    pcm: np.ndarray,
+    *,
+    vanish_after_s: float | None = None,
+    timeout_s: float = 60.0,
+    shaper: UdpShaper | None = None,
+) -> SessionResult:
     """One MRCP call with one RECOGNIZE (free dictation) of ``pcm`` as real-time RTP, then BYE.
 
     ``shaper``: RTP goes through this impairment relay (loss, jitter) instead of straight to the server.
@@ -278,10 +300,13 @@ async def mrcp_session(sip_uri: str, pcm: np.ndarray, *, vanish_after_s: float |
                 await shaper.start((client.answer.rtp_host, client.answer.rtp_port))
                 client.redirect_rtp("127.0.0.1", shaper.port)
             response = await client.request(
-                "RECOGNIZE", ("Content-Type", "text/uri-list"),
-                ("Speech-Complete-Timeout", str(MRCP_SPEECH_COMPLETE_TIMEOUT_MS)), ("No-Input-Timeout", "10000"),
+                "RECOGNIZE",
+                ("Content-Type", "text/uri-list"),
+                ("Speech-Complete-Timeout", str(MRCP_SPEECH_COMPLETE_TIMEOUT_MS)),
+                ("No-Input-Timeout", "10000"),
                 ("Confidence-Threshold", "0.0"),  # every transcript comes back (no no-match): it is scored
-                body=b"builtin:speech/transcribe")
+                body=b"builtin:speech/transcribe",
+            )
             if response.status_code >= 300:
                 result.fail(f"mrcp_status_{response.status_code}")
                 return result
@@ -378,4 +403,8 @@ class UdpShaper:
             self._transport = None
 
 
-SESSIONS: dict[str, Callable[..., Any]] = {"websocket": ws_session, "grpc": grpc_session, "mrcp": mrcp_session}
+SESSIONS: dict[str, Callable[..., Any]] = {
+    "websocket": ws_session,
+    "grpc": grpc_session,
+    "mrcp": mrcp_session,
+}

@@ -56,13 +56,15 @@ def model_rss_bytes(srv: ServerProcess) -> float | None:
 
 def sample(srv: ServerProcess, started: float) -> dict[str, float | None]:
     m = srv.metrics()
-    return {"t_s": round(time.monotonic() - started, 1),
-            "rss_bytes": value(m, "process_resident_memory_bytes"),
-            "model_rss_bytes": model_rss_bytes(srv),
-            "open_fds": value(m, "process_open_fds"),
-            "event_loop_tasks": value(m, "xlgate_event_loop_tasks"),
-            "rtp_ports_in_use": value(m, "xlgate_rtp_ports_in_use"),
-            "live_streams": sum(value(m, "xlgate_live_streams", protocol=p) for p in PROTOCOLS)}
+    return {
+        "t_s": round(time.monotonic() - started, 1),
+        "rss_bytes": value(m, "process_resident_memory_bytes"),
+        "model_rss_bytes": model_rss_bytes(srv),
+        "open_fds": value(m, "process_open_fds"),
+        "event_loop_tasks": value(m, "xlgate_event_loop_tasks"),
+        "rtp_ports_in_use": value(m, "xlgate_rtp_ports_in_use"),
+        "live_streams": sum(value(m, "xlgate_live_streams", protocol=p) for p in PROTOCOLS),
+    }
 
 
 def growth(samples: Sequence[dict[str, Any]], key: str, *, warmup_s: float) -> dict[str, Any]:
@@ -95,7 +97,11 @@ async def soak(srv: ServerProcess, clips: Sequence[Clip], args: argparse.Namespa
         await asyncio.sleep(index * 0.2)  # staggered start
         offset = index
         while (left := deadline - time.monotonic()) >= args.min_call_s + 1.0:
-            length = args.long_call_s if long_caller else draw_call_s(rng, min_s=args.min_call_s, max_s=args.max_call_s)
+            length = (
+                args.long_call_s
+                if long_caller
+                else draw_call_s(rng, min_s=args.min_call_s, max_s=args.max_call_s)
+            )
             length = min(length, left - 1.0)
             pcm = call_audio(clips, length, offset=offset)[: int(length * 8000)]
             offset += 1
@@ -118,27 +124,44 @@ async def soak(srv: ServerProcess, clips: Sequence[Clip], args: argparse.Namespa
     wall_s = time.monotonic() - started
     failures = Counter(r.failure for r in results if r.failure)
     lost = [r for r in results if r.failure is not None or not r.finals]
-    errors = {key.split("{", 1)[1].rstrip("}"): after[key] - before.get(key, 0.0)
-              for key in after if key.startswith("xlgate_errors_total{") and after[key] - before.get(key, 0.0) > 0}
-    ended = {key.split("{", 1)[1].rstrip("}"): after[key] - before.get(key, 0.0)
-             for key in after if key.startswith("xlgate_streams_ended_total{") and after[key] - before.get(key, 0.0) > 0}
+    errors = {
+        key.split("{", 1)[1].rstrip("}"): after[key] - before.get(key, 0.0)
+        for key in after
+        if key.startswith("xlgate_errors_total{") and after[key] - before.get(key, 0.0) > 0
+    }
+    ended = {
+        key.split("{", 1)[1].rstrip("}"): after[key] - before.get(key, 0.0)
+        for key in after
+        if key.startswith("xlgate_streams_ended_total{") and after[key] - before.get(key, 0.0) > 0
+    }
     warmup_s = min(args.warmup_s, args.duration_s / 4)
     report: dict[str, Any] = {
-        "duration_s": args.duration_s, "wall_s": round(wall_s, 1), "capacity": args.capacity, "load": args.load,
-        "callers": callers, "long_callers": min(args.long_calls, sum(1 for i in range(callers)
-                                                                   if PROTOCOLS[i % 3] != "mrcp")),
+        "duration_s": args.duration_s,
+        "wall_s": round(wall_s, 1),
+        "capacity": args.capacity,
+        "load": args.load,
+        "callers": callers,
+        "long_callers": min(args.long_calls, sum(1 for i in range(callers) if PROTOCOLS[i % 3] != "mrcp")),
         "sessions": len(results),
         "sessions_by_protocol": dict(Counter(r.protocol for r in results)),
-        "call_s": {"min": round(min(call_lengths), 1) if call_lengths else None,
-                   "median": round(statistics.median(call_lengths), 1) if call_lengths else None,
-                   "max": round(max(call_lengths), 1) if call_lengths else None,
-                   "over_30_min": sum(length > 1800 for length in call_lengths),
-                   "audio_hours": round(sum(call_lengths) / 3600, 2)},
-        "failures": dict(failures), "lost_finals": len(lost),
-        "server_errors": errors, "streams_ended": ended,
-        "growth": {key: growth(samples, key, warmup_s=warmup_s)
-                   for key in ("rss_bytes", "model_rss_bytes", "open_fds", "event_loop_tasks", "rtp_ports_in_use")},
-        "warmup_s": warmup_s, "idle_before": idle_before, "idle_after": idle_after,
+        "call_s": {
+            "min": round(min(call_lengths), 1) if call_lengths else None,
+            "median": round(statistics.median(call_lengths), 1) if call_lengths else None,
+            "max": round(max(call_lengths), 1) if call_lengths else None,
+            "over_30_min": sum(length > 1800 for length in call_lengths),
+            "audio_hours": round(sum(call_lengths) / 3600, 2),
+        },
+        "failures": dict(failures),
+        "lost_finals": len(lost),
+        "server_errors": errors,
+        "streams_ended": ended,
+        "growth": {
+            key: growth(samples, key, warmup_s=warmup_s)
+            for key in ("rss_bytes", "model_rss_bytes", "open_fds", "event_loop_tasks", "rtp_ports_in_use")
+        },
+        "warmup_s": warmup_s,
+        "idle_before": idle_before,
+        "idle_after": idle_after,
         "samples": samples,
     }
     report["checks"] = {
@@ -151,10 +174,13 @@ async def soak(srv: ServerProcess, clips: Sequence[Clip], args: argparse.Namespa
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"soak: {'PASS' if report['passed'] else 'FAIL'}: {report['sessions']} sessions "
-             f"{report['sessions_by_protocol']} in {report['wall_s']} s, {report['callers']} callers, calls "
-             f"{report['call_s']}", f"  failures {report['failures']}, lost finals {report['lost_finals']}, "
-             f"server errors {report['server_errors']}"]
+    lines = [
+        f"soak: {'PASS' if report['passed'] else 'FAIL'}: {report['sessions']} sessions "
+        f"{report['sessions_by_protocol']} in {report['wall_s']} s, {report['callers']} callers, calls "
+        f"{report['call_s']}",
+        f"  failures {report['failures']}, lost finals {report['lost_finals']}, "
+        f"server errors {report['server_errors']}",
+    ]
     for key, g in report["growth"].items():
         lines.append(f"  {key:18s} first {g['first']} last {g['last']} growth {g['growth_pct']}%")
     lines.append(f"  idle before {report['idle_before']}")
@@ -169,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="JSON report path")
     parser.add_argument("--model", default="bundled", help="the server's --model")
     parser.add_argument("--duration-s", type=float, default=3600.0)
-    parser.add_argument("--capacity", type=int, required=True,
-                        help="streams the server sustains (make bench / python -m loadtest find-max)")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        required=True,
+        help="streams the server sustains (make bench / python -m loadtest find-max)",
+    )
     parser.add_argument("--load", type=float, default=0.8, help="fraction of capacity kept busy")
     parser.add_argument("--min-call-s", type=float, default=4.0)
     parser.add_argument("--max-call-s", type=float, default=120.0)
@@ -181,29 +211,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-files", type=int, default=100)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--server-log", type=Path, help="append the server's JSON log here")
-    parser.add_argument("--server-arg", action="append", default=[], help="extra xlgate serve argument (repeat)")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra xlgate serve argument (repeat)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration_s <= 0 or not 0 < args.load <= 2 or args.capacity < 1 or args.sample_s <= 0:
-        print("loadtest.soak: --duration-s, --capacity and --sample-s must be positive, --load in (0, 2]",
-              file=sys.stderr)
+        print(
+            "loadtest.soak: --duration-s, --capacity and --sample-s must be positive, --load in (0, 2]",
+            file=sys.stderr,
+        )
         return 2
     try:
         clips = load_clips(args.audio_dir, max_files=args.max_files)
         max_streams = max(args.capacity * 2, 8)
-        srv = ServerProcess(model=args.model, ports=Ports.pick(), log_path=args.server_log,
-                            extra=("--max-streams", str(max_streams), *args.server_arg))
+        srv = ServerProcess(
+            model=args.model,
+            ports=Ports.pick(),
+            log_path=args.server_log,
+            extra=("--max-streams", str(max_streams), *args.server_arg),
+        )
         with srv:
             ready_s = srv.start()
             report = asyncio.run(soak(srv, clips, args))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest.soak: {exc}", file=sys.stderr)
         return 2
-    report = {"schema": "xlgate.loadtest.soak/1", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "model": args.model, "server_ready_s": round(ready_s, 2), "machine": machine_info(), **report}
+    report = {
+        "schema": "xlgate.loadtest.soak/1",
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": args.model,
+        "server_ready_s": round(ready_s, 2),
+        "machine": machine_info(),
+        **report,
+    }
     report["passed"] = all(report["checks"].values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

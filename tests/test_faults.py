@@ -41,10 +41,33 @@ def write_clips(folder: Path, count: int) -> Path:
 
 def test_every_fault_on_one_server(chatty_checkpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "faults.json"
-    code = faults.main(["hangup", "rtp", "model", "sigkill", "sigterm", "--audio-dir",
-                        str(write_clips(tmp_path / "audio", 3)), "--model", chatty_checkpoint, "--out", str(out),
-                        "--sessions", "1", "--concurrency", "3", "--live-s", "1.2", "--check-call-s", "2",
-                        "--drain-s", "1", "--server-log", str(tmp_path / "server.log")])
+    code = faults.main(
+        [
+            "hangup",
+            "rtp",
+            "model",
+            "sigkill",
+            "sigterm",
+            "--audio-dir",
+            str(write_clips(tmp_path / "audio", 3)),
+            "--model",
+            chatty_checkpoint,
+            "--out",
+            str(out),
+            "--sessions",
+            "1",
+            "--concurrency",
+            "3",
+            "--live-s",
+            "1.2",
+            "--check-call-s",
+            "2",
+            "--drain-s",
+            "1",
+            "--server-log",
+            str(tmp_path / "server.log"),
+        ]
+    )
     report: dict[str, Any] = json.loads(out.read_text())
     failed = [name for name, ok in report["checks"].items() if not ok]
     assert code == 0 and report["passed"], failed
@@ -59,7 +82,10 @@ def test_every_fault_on_one_server(chatty_checkpoint: str, tmp_path: Path) -> No
         (seen_ms,) = report["sigkill"]["protocols"][protocol]["failure_seen_after_ms"]
         assert seen_ms < 2000
         assert report["sigterm"]["protocols"][protocol]["final_after_sigterm"] == 1
-    assert report["hangup"]["idle_after"]["event_loop_tasks"] == report["hangup"]["idle_before"]["event_loop_tasks"]
+    assert (
+        report["hangup"]["idle_after"]["event_loop_tasks"]
+        == report["hangup"]["idle_before"]["event_loop_tasks"]
+    )
     assert report["hangup"]["idle_after"]["rtp_ports_in_use"] == 0
     impaired = report["rtp"]["impaired"]
     assert impaired["packets_dropped_by_shaper"] > 0 and impaired["server_rtp_packets_lost"] > 0
@@ -70,10 +96,31 @@ def test_every_fault_on_one_server(chatty_checkpoint: str, tmp_path: Path) -> No
 
 def test_short_soak(chatty_checkpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    code = soak.main(["--audio-dir", str(write_clips(tmp_path / "audio", 3)), "--model", chatty_checkpoint,
-                      "--out", str(out), "--duration-s", "12", "--capacity", "3", "--load", "1.0",
-                      "--min-call-s", "2", "--max-call-s", "4", "--sample-s", "0.5", "--warmup-s", "3",
-                      "--server-arg=--runner=thread"])
+    code = soak.main(
+        [
+            "--audio-dir",
+            str(write_clips(tmp_path / "audio", 3)),
+            "--model",
+            chatty_checkpoint,
+            "--out",
+            str(out),
+            "--duration-s",
+            "12",
+            "--capacity",
+            "3",
+            "--load",
+            "1.0",
+            "--min-call-s",
+            "2",
+            "--max-call-s",
+            "4",
+            "--sample-s",
+            "0.5",
+            "--warmup-s",
+            "3",
+            "--server-arg=--runner=thread",
+        ]
+    )
     report: dict[str, Any] = json.loads(out.read_text())
     assert code == 0 and report["passed"], report["checks"]
     assert report["sessions"] >= 6 and set(report["sessions_by_protocol"]) == {"websocket", "grpc", "mrcp"}

@@ -52,8 +52,11 @@ class FaultyRunner(ModelRunner):
         self.released = threading.Event()
 
     def run_step(self, plan: StepPlan) -> list[StreamOutput]:
-        if self.target is not None and self.fired_at is None and any(
-                item.stream_id == self.target for item in plan.items):
+        if (
+            self.target is not None
+            and self.fired_at is None
+            and any(item.stream_id == self.target for item in plan.items)
+        ):
             self.fired_at = time.monotonic()
             if self.fault == "raise":
                 raise RuntimeError("injected fault: the step raised")
@@ -72,7 +75,7 @@ async def feed_realtime(stream: Stream, pcm: np.ndarray, *, stop: bool = True) -
     start = loop.time()
     try:
         for index, lo in enumerate(range(0, pcm.shape[0], CHUNK_SAMPLES)):
-            await stream.feed(pcm[lo:lo + CHUNK_SAMPLES])
+            await stream.feed(pcm[lo : lo + CHUNK_SAMPLES])
             await asyncio.sleep(max(0.0, start + (index + 1) * CHUNK_SAMPLES / 8000 - loop.time()))
     except StreamClosedError:
         return False
@@ -106,22 +109,35 @@ def test_a_step_that_raises_fails_only_its_stream() -> None:
     own steps, gets all its finals and completes; a new stream afterwards works."""
     runner = FaultyRunner(loaded(), max_streams=3, fault="raise")
     metrics = Metrics()
-    engine = Engine(ThreadRunner(runner), metrics=metrics, max_streams=3, max_batch_size=1, max_wait_s=0.002,
-                    max_pending_chunks=8, step_timeout_s=1.0)
+    engine = Engine(
+        ThreadRunner(runner),
+        metrics=metrics,
+        max_streams=3,
+        max_batch_size=1,
+        max_wait_s=0.002,
+        max_pending_chunks=8,
+        step_timeout_s=1.0,
+    )
 
     async def main() -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run())
             try:
-                victim, bystander = (engine.open_streams(1, SETTINGS, protocol="websocket")[0] for _ in range(2))
+                victim, bystander = (
+                    engine.open_streams(1, SETTINGS, protocol="websocket")[0] for _ in range(2)
+                )
                 runner.target = victim.stream_id
                 ev_victim: list[tuple[float, StreamEvent]] = []
                 ev_bystander: list[tuple[float, StreamEvent]] = []
-                readers = [tg.create_task(events_of(victim, ev_victim)),
-                           tg.create_task(events_of(bystander, ev_bystander))]
+                readers = [
+                    tg.create_task(events_of(victim, ev_victim)),
+                    tg.create_task(events_of(bystander, ev_bystander)),
+                ]
                 audio = noise_pcm(2.0)
-                feeders = [tg.create_task(feed_realtime(victim, audio, stop=False)),
-                           tg.create_task(feed_realtime(bystander, audio))]
+                feeders = [
+                    tg.create_task(feed_realtime(victim, audio, stop=False)),
+                    tg.create_task(feed_realtime(bystander, audio)),
+                ]
                 await asyncio.gather(*readers)
                 assert [await f for f in feeders] == [False, True]  # the victim's audio is refused
                 at, outcome = ended(ev_victim)
@@ -160,8 +176,15 @@ def test_a_stalled_step_fails_every_stream_within_a_second_and_the_runner_is_rep
             refused.append(exc)
         return ModelRunner(model, max_streams=2)
 
-    engine = Engine(ThreadRunner(runner, rebuild=rebuild), metrics=metrics, max_streams=2, max_batch_size=2,
-                    max_wait_s=0.002, max_pending_chunks=8, step_timeout_s=0.4)
+    engine = Engine(
+        ThreadRunner(runner, rebuild=rebuild),
+        metrics=metrics,
+        max_streams=2,
+        max_batch_size=2,
+        max_wait_s=0.002,
+        max_pending_chunks=8,
+        step_timeout_s=0.4,
+    )
 
     async def main() -> None:
         async with asyncio.TaskGroup() as tg:
