@@ -330,6 +330,13 @@ class Engine:
     def ready(self) -> bool:
         return not self.draining and not self._closing and not self.restarting and self.healthy
 
+    @property
+    def refusal_reason(self) -> str:
+        """Why a stream would be refused now when not :attr:`ready` (a ``reason`` of
+        ``xlgate_streams_rejected_total``): ``draining``, or ``model_unavailable`` while the model runner is
+        being restarted (or could not be)."""
+        return "draining" if self.draining or self._closing else "model_unavailable"
+
     def has_capacity(self, count: int = 1) -> bool:
         # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
         return self.ready and count <= self.scheduler.free_slots
@@ -341,11 +348,10 @@ class Engine:
             DrainingError: the gateway is shutting down.
             OverloadedError: admitting them would exceed ``max_streams``.
         """
-        if self.draining or self._closing:
-            self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
-            raise DrainingError("the gateway is draining and accepts no new streams")
         if not self.ready:
-            self.metrics.streams_rejected.labels(protocol, "model_unavailable").inc(count)
+            self.metrics.streams_rejected.labels(protocol, self.refusal_reason).inc(count)
+            if self.refusal_reason == "draining":
+                raise DrainingError("the gateway is draining and accepts no new streams")
             raise OverloadedError("the model is restarting" if self.healthy else "the model is unavailable")
         if count > self.scheduler.free_slots:
             self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)

@@ -352,8 +352,9 @@ class MrcpGateway:
     async def on_invite(self, event: InviteReceived) -> bytes:
         """Admit the call, bind its RTP port, answer the offer and register its channel."""
         if not self.engine.ready:
-            self.metrics.streams_rejected.labels(PROTOCOL, "draining").inc()
-            raise OverloadedError("the gateway is draining")
+            self.metrics.streams_rejected.labels(PROTOCOL, self.engine.refusal_reason).inc()
+            raise OverloadedError("the gateway is draining" if self.engine.refusal_reason == "draining"
+                                  else "the model is restarting")
         address = event.flow.remote[0]
         if self.addresses.full(address):
             self.addresses.refused()

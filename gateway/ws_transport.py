@@ -68,6 +68,8 @@ log = logging.getLogger("xlgate.ws")
 
 STREAM_PATH = "/v1/stream"
 PROTOCOL = "websocket"
+# the body of a refused handshake's 503, by the reason counted in xlgate_streams_rejected_total
+_REFUSALS = {"draining": "draining", "capacity": "at capacity", "model_unavailable": "restarting its model"}
 IDLE_RESCHEDULE_S = 1.0
 
 
@@ -117,10 +119,10 @@ class WebSocketHandler:
         if path != STREAM_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint; use {STREAM_PATH}\n")
         if not self.engine.has_capacity(1):
-            reason = "draining" if self.engine.draining else "capacity"
+            reason = self.engine.refusal_reason if not self.engine.ready else "capacity"
             self.engine.metrics.streams_rejected.labels(PROTOCOL, reason).inc()
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                          f"xlgate is {'draining' if reason == 'draining' else 'at capacity'}\n")
+                                          f"xlgate is {_REFUSALS[reason]}\n")
             response.headers["Retry-After"] = str(int(OverloadedError.retry_after_s))
             return response
         address = _host(connection.remote_address)
