@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import signal
 import sys
 import time
@@ -336,8 +337,6 @@ async def fault_model(
     ]
     await asyncio.sleep(live_s)  # every session is streaming and has had steps
     model_pid = srv.model_pid()
-    import os
-
     injected_at = time.monotonic()
     os.kill(model_pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
     results = await asyncio.gather(*tasks)

@@ -229,11 +229,11 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             self._close_log()
             return
+        import psutil
+
         try:
-            model = self.model_pid()
-        except (RuntimeError, ImportError, OSError):
-            model = None
-        except Exception:  # psutil.NoSuchProcess and friends: the process is going anyway
+            model: int | None = self.model_pid()
+        except (RuntimeError, psutil.Error):  # no model process (thread runner, mid-restart) or it is gone
             model = None
         self.proc.kill()
         self.proc.wait()
