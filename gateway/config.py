@@ -382,6 +382,11 @@ class ServeSettings:
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
         _MODEL, choices=_values(RunnerKind), closed_set=RunnerKind))
+    model_step_timeout_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 1000,
+        "A model step still running after this long is a stalled model: every live stream fails with an "
+        "error and the model runner is restarted (steps take 10-50 ms on a 2-core CPU; see "
+        "docs/reliability.md).", _MODEL, min_value=100, max_value=600_000))
     max_streams: int = field(metadata=_option(
         Kind.INT, 64, "Concurrent streams; more are refused as overload.",
         _BATCHING, min_value=1, max_value=100_000))

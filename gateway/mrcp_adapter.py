@@ -343,9 +343,19 @@ class MrcpGateway:
             self.waveforms.close()
 
     def finish_all(self) -> None:
-        """Drain: every call is hung up (BYE)."""
-        for dialog_id in list(self._calls):
-            self.sip.hangup(dialog_id)
+        """Drain: a live recognition is finalised (its buffered audio recognised, RECOGNITION-COMPLETE with
+        its final; its call is hung up once that is sent, in :meth:`_end`); every other call is hung up
+        (BYE) now."""
+        for dialog_id, call in list(self._calls.items()):
+            recognition = call.recognition
+            channel = self.mrcp.channel(call.audio_channel)
+            if recognition is None or recognition.stream.ended or channel is None:
+                self.sip.hangup(dialog_id)
+                continue
+            channel.end_of_input(self.mrcp.now())
+            self.mrcp.flush(call.audio_channel)
+            if call.recognition is recognition:  # still recognising: the final decides
+                self._spawn(recognition, self._stop_stream(recognition.stream))
 
     @property
     def call_count(self) -> int:
@@ -361,8 +371,9 @@ class MrcpGateway:
     async def on_invite(self, event: InviteReceived) -> bytes:
         """Admit the call, bind its RTP port, answer the offer and register its channel."""
         if not self.engine.ready:
-            self.metrics.streams_rejected.labels(PROTOCOL, "draining").inc()
-            raise OverloadedError("the gateway is draining")
+            self.metrics.streams_rejected.labels(PROTOCOL, self.engine.refusal_reason).inc()
+            raise OverloadedError("the gateway is draining" if self.engine.refusal_reason == "draining"
+                                  else "the model is restarting")
         address = event.flow.remote[0]
         if self.addresses.full(address):
             self.addresses.refused()
@@ -547,6 +558,8 @@ class MrcpGateway:
 
     def _end(self, call: _Call, ended: RecognitionEnded) -> None:
         self._stop_recording(call)
+        if self.engine.drain_requested.is_set():
+            self.sip.hangup(call.dialog_id)  # its RECOGNITION-COMPLETE is out: the drain ends the call
         recognition = call.recognition
         if recognition is None or ended.keep_stream:
             return
@@ -574,6 +587,11 @@ class MrcpGateway:
         channel = self.mrcp.channel(call.audio_channel)
         assert channel is not None, "a live call's channel stays registered until the call is released"
         return channel
+
+    @staticmethod
+    async def _stop_stream(stream: Stream) -> None:
+        with contextlib.suppress(StreamClosedError):
+            await stream.stop(Outcome.DRAINED)
 
     @staticmethod
     async def _finalize(stream: Stream) -> None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
+import socket
 import ssl
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import cast
@@ -96,6 +99,11 @@ class _SipProtocol(asyncio.DatagramProtocol):
         with contextlib.suppress(GatewayError):
             self.client._sip_received(parse_message(data, datagram=True))
 
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on the connected socket: nothing listens there (RFC 3261 §18.4 treats a
+        # transport error as a failed request), so a waiting request fails now instead of timing out.
+        self.client._sip_failed(exc)
+
 
 class MrcpClient:
     """One MRCP call (see the module docstring)."""
@@ -127,7 +135,7 @@ class MrcpClient:
         self.hung_up = asyncio.Event()
         self._sip: _SipProtocol | None = None
         self._rtp: asyncio.DatagramTransport | None = None
-        self._responses: asyncio.Queue[SipResponse] = asyncio.Queue(64)
+        self._responses: asyncio.Queue[SipResponse | OSError] = asyncio.Queue(64)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._events: asyncio.Queue[MrcpEvent | None] = asyncio.Queue(1024)
@@ -190,7 +198,11 @@ class MrcpClient:
                 self._sip_writer.write(serialize_sip(message))
             return
         assert self._sip is not None and self._sip.transport is not None
-        self._sip.transport.sendto(serialize_sip(message), self.server)
+        self._sip.transport.sendto(serialize_sip(message))  # the socket is connected to the server
+
+    def _sip_failed(self, exc: Exception) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._responses.put_nowait(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     async def _read_sip_stream(self, reader: asyncio.StreamReader) -> None:
         """SIP over TLS: cut the stream into messages (RFC 3261 §18.3) and handle each."""
@@ -223,6 +235,9 @@ class MrcpClient:
                     async with asyncio.timeout(retransmit_s):
                         while True:
                             response = await self._responses.get()
+                            if isinstance(response, OSError):
+                                raise ConnectionRefusedError(
+                                    f"SIP {request.method} to {self.server[0]}:{self.server[1]}: {response}")
                             if response.header("CSeq") == cseq and response.status >= 200:
                                 return response
 
@@ -231,6 +246,7 @@ class MrcpClient:
 
         Raises:
             CallRefused: the INVITE got a failure response.
+            ConnectionRefusedError: nothing listens on the server's SIP port (ICMP port unreachable).
             TimeoutError: no final response.
         """
         loop = asyncio.get_running_loop()
@@ -241,8 +257,10 @@ class MrcpClient:
             self._sip_writer = writer
             self._sip_task = loop.create_task(self._read_sip_stream(reader))
         else:
+            # Connected to the server: its responses and requests come from its SIP port, and an ICMP error
+            # (no server there) is reported to error_received.
             _, sip = await loop.create_datagram_endpoint(
-                lambda: _SipProtocol(self), local_addr=(self.local_host, 0)
+                lambda: _SipProtocol(self), local_addr=(self.local_host, 0), remote_addr=self.server
             )
             self._sip = sip
         self._rtp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
@@ -287,10 +305,25 @@ class MrcpClient:
             self.cseq += 1
             request = SipRequest("BYE", f"sip:{self.server[0]}:{self.server[1]}",
                                  tuple(self._headers("BYE", self.cseq, to=self.to_header)))
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, OSError):  # no answer, or no server: the call is over
                 await self._final_response(request)
             self.hung_up.set()
         await self.close()
+
+    def redirect_rtp(self, host: str, port: int) -> None:
+        """Send RTP to ``host:port`` instead of the answered address (a network impairment relay)."""
+        assert self.answer is not None, "connect() first"
+        self.answer = dataclasses.replace(self.answer, rtp_host=host, rtp_port=port)
+
+    async def vanish(self) -> None:
+        """Drop the call as a crashed caller does: the MRCP connection is reset (RST, not FIN), no BYE is
+        sent, and the SIP and RTP sockets are closed."""
+        if self._writer is not None:
+            sock = self._writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.hung_up.set()
+        await self.close(reset=True)
 
     async def close(self, *, reset: bool = False) -> None:
         """Close every socket (``reset``: abort the MRCP TCP connection with RST)."""

@@ -63,7 +63,8 @@ class _HealthAndMetrics(BaseHTTPRequestHandler):
         if path == "/metrics":
             body, ctype, status = generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST, 200
         elif path == "/healthz":
-            body, ctype, status = b"ok\n", "text/plain", 200
+            ok = self.server.is_healthy()
+            body, ctype, status = (b"ok\n" if ok else b"model unavailable\n"), "text/plain", 200 if ok else 503
         elif path == "/readyz":
             ok = self.server.is_ready()
             body, ctype, status = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
@@ -82,11 +83,13 @@ class _HealthAndMetrics(BaseHTTPRequestHandler):
 class MetricsServer:
     """The metrics/health HTTP endpoint on its own thread (owned here, joined on :meth:`close`)."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, is_ready: Any) -> None:
+    def __init__(self, host: str, port: int, metrics: Metrics, is_ready: Callable[[], bool],
+                 is_healthy: Callable[[], bool] = lambda: True) -> None:
         self.httpd = ThreadingHTTPServer((host, port), _HealthAndMetrics)
         self.httpd.daemon_threads = True
         self.httpd.metrics = metrics  # type: ignore[attr-defined]
         self.httpd.is_ready = is_ready  # type: ignore[attr-defined]
+        self.httpd.is_healthy = is_healthy  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="xlgate-metrics", daemon=True)
         self._thread.start()
@@ -149,7 +152,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     metrics = Metrics()
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
-                    max_pending_chunks=settings.max_pending_chunks)
+                    max_pending_chunks=settings.max_pending_chunks, step_timeout_s=settings.model_step_timeout_s)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
         defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address),
@@ -160,7 +163,10 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
-    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready)
+    # Read from the metrics thread at each scrape: all_tasks() copes with the set changing meanwhile.
+    metrics.event_loop_tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
+    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready,
+                                    lambda: engine.healthy)
                       if settings.metrics_port else None)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -174,6 +180,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 mrcp: MrcpGateway | None = None
                 try:
                     mrcp = await _start_mrcp(settings, engine)
+                    if mrcp is not None:
+                        metrics.rtp_ports_in_use.set_function(_ports_in_use(mrcp))
                     log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
@@ -201,6 +209,13 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+
+
+def _ports_in_use(mrcp: MrcpGateway) -> Callable[[], float]:
+    def in_use() -> float:
+        return float(mrcp.ports.in_use)
+
+    return in_use
 
 
 async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:
@@ -257,12 +272,14 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
         return runner
     from gateway.models import load_model
 
-    return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
-                                    max_streams=settings.max_streams, device=settings.device,
-                                    num_threads=threads, quantize=settings.quantize,
-                                    lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
-                                    final_pass=settings.final_pass,
-                                    final_pass_max_wait_s=settings.final_pass_max_wait_s))
+    def build() -> ModelRunner:
+        return ModelRunner(load_model(settings.model, settings.device, warn=False),
+                           max_streams=settings.max_streams, device=settings.device, num_threads=threads,
+                           quantize=settings.quantize, lm=LanguageModel.load(settings.lm),
+                           rel_attention=settings.rel_attention, final_pass=settings.final_pass,
+                           final_pass_max_wait_s=settings.final_pass_max_wait_s)
+
+    return ThreadRunner(build(), rebuild=build)
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

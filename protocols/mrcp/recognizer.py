@@ -547,6 +547,18 @@ class RecognizerChannel:
             else:
                 self._finish_or_finalize(due, maxtime=False)
 
+    def end_of_input(self, now: float) -> None:
+        """No more audio will come (the server is shutting down): a request that heard speech completes on
+        the engine's next final (or, at the latest, ``finalize_grace_s`` from now, with the best
+        hypothesis); one that heard none completes now with ``002 no-input-timeout``. The caller then
+        finalises the engine's stream."""
+        if self.state is not RecognizerState.RECOGNIZING:
+            return
+        if not self._input_started or not self._speech_input:
+            self._complete(CompletionCause.NO_INPUT_TIMEOUT, build_no_input())
+            return
+        self._finalize_deadline = now + self.config.finalize_grace_s
+
     def close(self) -> None:
         """The session ended (BYE, TCP loss): stop any recognition without sending anything."""
         if self.state is RecognizerState.RECOGNIZING:
