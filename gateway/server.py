@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from gateway.runner import (
     ProcessRunner,
     RunnerSpec,
     ThreadRunner,
+    freeze_heap,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
 
@@ -131,12 +133,18 @@ async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts]
         await _serve(settings, runner, on_ready=on_ready, stop=stop)
     finally:
         await runner.close()
+        gc.unfreeze()  # a no-op unless start-up froze the heap; an embedding process gets its objects back
         log.info("stopped")
 
 
 async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                  on_ready: Callable[[BoundPorts], None] | None, stop: asyncio.Event | None) -> None:
     log.info("model %s", runner.info.description)
+    warmup = runner.info.warmup
+    if warmup is not None:
+        (log.info if warmup.complete else log.warning)(
+            "warm-up: batch sizes 1..%d of %d in %.2f s%s", warmup.batch_sizes, warmup.target_batch_sizes,
+            warmup.seconds, "" if warmup.complete else " (stopped by warmup_timeout_ms: the rest stay cold)")
     if not runner.info.trained:
         warn_untrained(runner.info.model_path)
     elif runner.info.dev_wer is not None and runner.info.dev_wer > WEAK_MODEL_WER:
@@ -155,7 +163,10 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
-    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready)
+    # Ready once every listener is up and the start-up work is done, not merely once the metrics port is.
+    serving = threading.Event()
+    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics,
+                                    lambda: serving.is_set() and engine.ready)
                       if settings.metrics_port else None)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -173,6 +184,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
                              f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
+                    if settings.warmup:
+                        freeze_heap()
+                    serving.set()
                     if on_ready is not None:
                         on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
@@ -228,22 +242,33 @@ def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
 
 
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
-    """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
+    """The model runner the settings ask for: a child process (CPU default) or a thread of this process,
+    warmed up (every batch size the scheduler can form) unless ``settings.warmup`` is off."""
+    warmup_batch_size = min(settings.max_batch_size, settings.max_streams) if settings.warmup else 0
     if settings.runner is RunnerKind.PROCESS:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
-                                          final_pass=settings.final_pass))
+                                          final_pass=settings.final_pass,
+                                          warmup_batch_size=warmup_batch_size,
+                                          warmup_timeout_s=settings.warmup_timeout_s))
         await runner.start()
         return runner
     from gateway.models import load_model
 
-    return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
+    thread_runner = ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
                                     lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
                                     final_pass=settings.final_pass))
+    if warmup_batch_size:
+        try:
+            await thread_runner.warm_up(warmup_batch_size, timeout_s=settings.warmup_timeout_s)
+        except BaseException:
+            await thread_runner.close()
+            raise
+    return thread_runner
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

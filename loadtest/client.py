@@ -254,6 +254,8 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
         status = exc.response.status_code
         if status == 503:
             tally.rejections["http_503"] += 1
+            if "Retry-After" not in exc.response.headers:
+                tally.errors["client.http_503_without_retry_after"] += 1  # an improper refusal
             return _retry_after_s(exc)
         tally.errors[f"client.http_{status}"] += 1
         return ERROR_BACKOFF_S
