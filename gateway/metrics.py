@@ -66,6 +66,10 @@ class Metrics:
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        self.warmup_seconds = Gauge(
+            "xlgate_warmup_seconds", "How long the model's warm-up took at start-up (0: none ran).", registry=r)
+        self.warmup_batch_sizes = Gauge(
+            "xlgate_warmup_batch_sizes", "Batch sizes 1 .. this were warmed up at start-up (0: none).", registry=r)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)

@@ -151,6 +151,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
         log.warning("the model is weak: %.0f%% WER on its dev set (docs/model.md); transcripts will be rough",
                     100 * runner.info.dev_wer)
     metrics = Metrics()
+    if warmup is not None:
+        metrics.warmup_seconds.set(warmup.seconds)
+        metrics.warmup_batch_sizes.set(warmup.batch_sizes)
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import shlex
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +111,29 @@ def judge_start(
     return reasons
 
 
+def server_warmup(metrics_url: str) -> dict[str, float]:
+    """The server's warm-up figures from its ``/metrics`` (``xlgate_warmup_seconds`` and ``_batch_sizes``).
+
+    Raises:
+        ValueError: the server does not export them.
+    """
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5) as r:
+        body = r.read().decode("utf-8", "replace")
+    out = {}
+    for name in ("seconds", "batch_sizes"):
+        m = re.search(rf"^xlgate_warmup_{name}\s+(\S+)$", body, re.MULTILINE)
+        if m is None:
+            raise ValueError(f"{metrics_url}/metrics has no xlgate_warmup_{name}")
+        out[name] = float(m.group(1))
+    return out
+
+
 def run_start(opts: WarmStartOptions, utts: list[Utterance], index: int) -> dict[str, Any]:
     """One fresh server: start it, run the first and the warm session, stop it."""
     log_path = opts.out.with_name(f"{opts.out.stem}-server{index}.log")
     server = ServeProcess.start(list(opts.serve_args), log_path=log_path)
     try:
+        warmup = server_warmup(server.metrics_url)
         run = RunOptions(
             url=server.ws_url,
             audio_dir=opts.audio_dir,
@@ -135,6 +155,7 @@ def run_start(opts: WarmStartOptions, utts: list[Utterance], index: int) -> dict
     return {
         "start": index,
         "ready_s": round(server.ready_s, 3),
+        "warmup": warmup,
         "server_exit_code": exit_code,
         "first": first,
         "warm": warm,
@@ -199,7 +220,9 @@ def format_start(record: dict[str, Any]) -> str:
     """One line per fresh start."""
     f, w = record["first"]["latency_ms"]["partial"], record["warm"]["latency_ms"]["partial"]
     return (
-        f"start {record['start']}: ready after {record['ready_s']:.1f} s; partial p50/p99 first "
+        f"start {record['start']}: ready after {record['ready_s']:.1f} s (warm-up "
+        f"{record['warmup']['seconds']:.2f} s, batch sizes 1..{record['warmup']['batch_sizes']:.0f}); "
+        f"partial p50/p99 first "
         f"{f['p50_ms']}/{f['p99_ms']} ms, warm {w['p50_ms']}/{w['p99_ms']} ms, ratio {record['p99_ratio']} "
         f"{'PASS' if record['passed'] else 'FAIL (' + '; '.join(record['reasons']) + ')'}"
     )

@@ -160,7 +160,7 @@ def test_warm_up_stops_at_its_timeout_and_checks_its_arguments() -> None:
                          max_streams=4)
     report = runner.warm_up(4, timeout_s=0.0)
     assert report.batch_sizes <= 1 and not report.complete  # at most the first step: the budget is spent
-    with pytest.raises(ValueError, match="max_batch_size must be in 1..4"):
+    with pytest.raises(ValueError, match=r"max_batch_size must be in 1\.\.4"):
         runner.warm_up(5, timeout_s=1)
     runner.run_step(_items(2, first=True, seed=1))
     with pytest.raises(ValueError, match="2 slots are live"):
