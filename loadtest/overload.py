@@ -66,7 +66,8 @@ PROPER_REFUSALS = {
 # recogniser's verdict on the words (the model's accuracy, docs/model.md), not a refusal or an error.
 SIP_ANSWERED = {"cause_001"}
 SIP_ROUNDS = 1000  # calls per SIP caller: the phase's deadline ends them first
-SETTLE_S = 1.0  # after a phase: its sessions end and free their slots
+SETTLE_S = 1.0
+SIP_OVERLOAD_DELAY_S = 1.5  # the streams' starts are staggered over 1 s (loadtest.client.STAGGER_S)  # after a phase: its sessions end and free their slots
 _ERRORS_LINE = re.compile(r"^xlgate_errors_total\{([^}]*)\}\s+([0-9.eE+-]+)\s*$", re.MULTILINE)
 _REJECTED_LINE = re.compile(r"^xlgate_streams_rejected_total\{([^}]*)\}\s+([0-9.eE+-]+)\s*$", re.MULTILINE)
 
@@ -137,8 +138,11 @@ def run_phase(
     clips: list[tuple[str, np.ndarray]],
     shares: dict[str, int],
     duration_s: float,
+    *,
+    sip_delay_s: float = 0.0,
 ) -> dict[str, Any]:
-    """One phase: every protocol's load at once for ``duration_s``; the phase's report."""
+    """One phase: every protocol's load at once for ``duration_s`` (the SIP callers ``sip_delay_s``
+    later); the phase's report."""
     results: dict[str, Any] = {}
     deadline = time.monotonic() + duration_s
 
@@ -154,6 +158,7 @@ def run_phase(
         return run_load(opts, utterances=utts)
 
     def sip_load(sessions: int) -> list[Recognition]:
+        time.sleep(sip_delay_s)
         return asyncio.run(
             run_sessions(server.sip_uri, clips, sessions=sessions, rounds=SIP_ROUNDS, deadline=deadline)
         )
@@ -285,8 +290,17 @@ def overload(opts: OverloadOptions) -> dict[str, Any]:
     crash_reasons: list[str] = []
     try:
         for name, streams in (("before", normal), ("overload", offered), ("after", normal)):
+            # In the overload, the SIP callers come once the streams have filled the gateway, so SIP's
+            # refusal is exercised too (a caller that got in keeps winning its slot back between calls).
+            delay_s = SIP_OVERLOAD_DELAY_S if name == "overload" else 0.0
             phase = run_phase(
-                name, server, utts, clips, split_streams(streams, opts.protocols), opts.duration_s
+                name,
+                server,
+                utts,
+                clips,
+                split_streams(streams, opts.protocols),
+                opts.duration_s,
+                sip_delay_s=delay_s,
             )
             phase["reasons"] = judge_phase(phase, p99_ms=opts.p99_ms, expect_refusals=name == "overload")
             phase["passed"] = not phase["reasons"]
