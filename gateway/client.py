@@ -38,8 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="boost a phrase (repeatable)")
     parser.add_argument("--json", action="store_true", help="print every server message as JSON")
-    parser.add_argument("--mrcp", metavar="sip:HOST:PORT",
+    parser.add_argument("--mrcp", metavar="sip[s]:HOST:PORT",
                         help="send FILE over MRCPv2 (SIP + RTP + MRCP) instead of the WebSocket; prints the NLSML")
+    parser.add_argument("--ca-file", metavar="PEM",
+                        help="with --mrcp sips:HOST:PORT: CA certificate(s) that verify the server "
+                             "(default: the system's)")
     parser.add_argument("--grammar", default="builtin:speech/transcribe",
                         help="with --mrcp: the grammar URI of the RECOGNIZE (default builtin:speech/transcribe)")
     parser.set_defaults(func=cmd_stream)
@@ -173,7 +176,8 @@ def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error("--mrcp streams a FILE, not the microphone")
         from gateway.mrcp_client import cmd_stream_mrcp
 
-        return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed)
+        return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed,
+                               ca_file=args.ca_file)
     if args.file:
         from protocols.audio.errors import AudioFileError
 

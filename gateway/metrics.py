@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.final_pass import FinalSource
 from gateway.session import Outcome
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
@@ -16,6 +17,19 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+# Every limit a peer can go over, with the protocol that counts it (docs/operations.md "Limits").
+LIMITS = {
+    "ws_frame_bytes": ("websocket",),
+    "sip_message_bytes": ("mrcp",),
+    "sip_headers": ("mrcp",),
+    "sdp_bytes": ("mrcp",),
+    "mrcp_message_bytes": ("mrcp",),
+    "mrcp_headers": ("mrcp",),
+    "grammar_bytes": ("mrcp",),
+    "grammar_phrases": ("mrcp",),
+    "rtp_packet_rate": ("mrcp",),
+    "sessions_per_address": ("websocket", "grpc", "mrcp"),
+}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -65,14 +79,28 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.limit_exceeded = Counter(
+            "xlgate_limit_exceeded_total",
+            "Messages, sessions or packets refused because a peer went over a configured limit.",
+            ["protocol", "limit"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         self.warmup_seconds = Gauge(
             "xlgate_warmup_seconds", "How long the model's warm-up took at start-up (0: none ran).", registry=r)
         self.warmup_batch_sizes = Gauge(
             "xlgate_warmup_batch_sizes", "Batch sizes 1 .. this were warmed up at start-up (0: none).", registry=r)
+        self.final_pass = Counter(
+            "xlgate_final_pass_total",
+            "Finals of the second pass (final_pass = whisper), by where their text came from: second_pass, or "
+            "the CTC text when the second pass was shed (shed_pending, shed_wait) or could not give one.",
+            ["source"], registry=r)
+        for source in FinalSource:
+            self.final_pass.labels(source.value)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)
             self.audio_seconds.labels(p)
             self.partial_latency.labels(p)
             self.final_latency.labels(p)
+        for limit, protocols in LIMITS.items():
+            for p in protocols:
+                self.limit_exceeded.labels(p, limit)

@@ -45,6 +45,7 @@ from gateway.runner import (
     freeze_heap,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
+from protocols.mrcp.recognizer import RecognizerConfig
 
 log = logging.getLogger("xlgate.server")
 
@@ -113,6 +114,8 @@ class BoundPorts:
     grpc_port: int | None = None
     sip_port: int | None = None  # None: MRCP disabled
     mrcp_port: int | None = None
+    sips_port: int | None = None  # None: no SIP over TLS
+    mrcp_tls_port: int | None = None  # None: no MRCP over TLS
 
 
 async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts], None] | None = None,
@@ -159,7 +162,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     max_pending_chunks=settings.max_pending_chunks)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
-        defaults=settings.stream_defaults()), LogPolicy(log_transcripts=settings.log_transcripts))
+        defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address),
+        LogPolicy(log_transcripts=settings.log_transcripts))
     grpc_server = _grpc_server(settings, engine)
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -193,7 +197,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     if on_ready is not None:
                         on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
-                                            mrcp_port=mrcp.mrcp.port if mrcp else None))
+                                            mrcp_port=mrcp.mrcp.port if mrcp else None,
+                                            sips_port=mrcp.sip.tls_port if mrcp else None,
+                                            mrcp_tls_port=mrcp.mrcp.tls_port if mrcp else None))
                     await stop_event.wait()
                     if grpc_server is not None:
                         await grpc_server.begin_drain()
@@ -222,7 +228,14 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     gateway = MrcpGateway(engine, MrcpSettings(
         host=settings.host, advertise_address=settings.advertise_address, sip_port=settings.sip_port,
         mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
-        defaults=settings.stream_defaults()))
+        defaults=settings.stream_defaults(),
+        recognizer=RecognizerConfig(max_grammar_bytes=settings.max_grammar_bytes,
+                                    max_grammar_phrases=settings.max_grammar_phrases),
+        tls=_ssl_context(settings), sips_port=settings.sips_port, mrcp_tls_port=settings.mrcp_tls_port,
+        max_sessions_per_address=settings.max_sessions_per_address,
+        sip_max_message_bytes=settings.sip_max_message_bytes, sip_max_headers=settings.sip_max_headers,
+        max_sdp_bytes=settings.max_sdp_bytes, mrcp_max_message_bytes=settings.mrcp_max_message_bytes,
+        mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s))
     try:
         await gateway.start()
     except BaseException:
@@ -241,6 +254,7 @@ def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
         idle_timeout_s=settings.idle_timeout_s, defaults=settings.stream_defaults(),
         tls_cert_chain=settings.tls_cert.read_bytes() if tls and settings.tls_cert else None,
         tls_private_key=settings.tls_key.read_bytes() if tls and settings.tls_key else None,
+        max_sessions_per_address=settings.max_sessions_per_address,
     ), LogPolicy(log_transcripts=settings.log_transcripts))
 
 
@@ -254,6 +268,7 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
                                           final_pass=settings.final_pass,
+                                          final_pass_max_wait_s=settings.final_pass_max_wait_s,
                                           warmup_batch_size=warmup_batch_size,
                                           warmup_timeout_s=settings.warmup_timeout_s))
         await runner.start()
@@ -264,7 +279,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
                                     lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
-                                    final_pass=settings.final_pass))
+                                    final_pass=settings.final_pass,
+                                    final_pass_max_wait_s=settings.final_pass_max_wait_s))
     if warmup_batch_size:
         try:
             await thread_runner.warm_up(warmup_batch_size, timeout_s=settings.warmup_timeout_s)

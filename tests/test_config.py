@@ -84,6 +84,7 @@ def test_defaults() -> None:
         quantize="none",
         rel_attention="auto",
         final_pass="none",
+        final_pass_max_wait_s=0.15,
         runner="process",
         warmup=True,
         warmup_timeout_s=60.0,
@@ -105,6 +106,17 @@ def test_defaults() -> None:
         log_transcripts=False,
         tls_cert=None,
         tls_key=None,
+        sips_port=5061,
+        mrcp_tls_port=1545,
+        max_sessions_per_address=0,
+        sip_max_message_bytes=65536,
+        sip_max_headers=100,
+        max_sdp_bytes=16384,
+        mrcp_max_message_bytes=1048576,
+        mrcp_max_headers=100,
+        max_grammar_bytes=262144,
+        max_grammar_phrases=2000,
+        rtp_max_packets_per_s=200,
     )
 
 
@@ -152,6 +164,7 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "quantize": ("int8", "none", "int8"),
     "rel_attention": ("reference", "triton", "auto"),
     "final_pass": ("whisper", "none", "whisper"),
+    "final_pass_max_wait_ms": (100, 200, 300),
     "max_streams": (10, 11, 12),
     "max_batch_size": (4, 5, 6),
     "max_wait_ms": (5, 6, 7),
@@ -171,6 +184,17 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "log_transcripts": (True, False, True),
     "tls_cert": ("a.pem", "b.pem", "c.pem"),
     "tls_key": ("a.pem", "b.pem", "c.pem"),
+    "sips_port": (5071, 5072, 5073),
+    "mrcp_tls_port": (1555, 1556, 1557),
+    "max_sessions_per_address": (1, 2, 3),
+    "sip_max_message_bytes": (8192, 16384, 32768),
+    "sip_max_headers": (20, 30, 40),
+    "max_sdp_bytes": (2048, 4096, 8192),
+    "mrcp_max_message_bytes": (8192, 16384, 32768),
+    "mrcp_max_headers": (20, 30, 40),
+    "max_grammar_bytes": (2048, 4096, 8192),
+    "max_grammar_phrases": (10, 20, 30),
+    "rtp_max_packets_per_s": (60, 70, 80),
 }
 
 # Options that cannot be set alone: the partner goes into the file at every level.

@@ -14,6 +14,7 @@ from protocols.sip.codec import SipRequest
 __all__ = [
     "Flow",
     "InviteReceived",
+    "LimitExceeded",
     "Outgoing",
     "ReinviteReceived",
     "SessionConfirmed",
@@ -29,11 +30,12 @@ class SipTransport(enum.StrEnum):
 
     UDP = "UDP"
     TCP = "TCP"
+    TLS = "TLS"  # SIP over TLS on TCP (RFC 3261 §26.2)
 
     @property
     def reliable(self) -> bool:
         """True for stream transports (no retransmissions, RFC 3261 §17)."""
-        return self is SipTransport.TCP
+        return self is not SipTransport.UDP
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Flow:
 
     transport: SipTransport
     remote: tuple[str, int]
-    connection_id: int | None = None  # TCP only
+    connection_id: int | None = None  # TCP and TLS only
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,4 +101,12 @@ class SessionTerminated:
     reason: TerminationReason
 
 
-SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
+@dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """A peer went over a configured limit (``limit`` names it); the message was refused."""
+
+    limit: str
+    flow: Flow
+
+
+SipEvent = LimitExceeded | InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated

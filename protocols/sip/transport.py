@@ -1,4 +1,5 @@
-"""Thin asyncio transport of the SIP server: UDP and TCP on one port, around :class:`SipServerCore`.
+"""Thin asyncio transport of the SIP server: UDP and TCP on one port (and SIP over TLS on another, when
+given a server ``ssl.SSLContext``), around :class:`SipServerCore`.
 
 The transport owns sockets, the clock (the event loop's) and one timer handle; every decision is the
 core's. Session decisions are delegated to a :class:`SessionHandler`: ``on_invite`` returns the SDP
@@ -7,6 +8,8 @@ Retry-After, a ``SipError`` with its status; anything else is logged and answere
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
 ``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
 arrives while the owner is still allocating waits for it), so the owner releases each session once.
+A message over the core's limits is answered by the core (513 / 400) and reported to ``on_limit``; on a
+stream transport the connection is then closed, since its framing is lost.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import ssl
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from protocols.errors import OverloadedError
@@ -25,6 +30,7 @@ from protocols.sip.errors import SipError, SipLocalError
 from protocols.sip.events import (
     Flow,
     InviteReceived,
+    LimitExceeded,
     ReinviteReceived,
     SessionConfirmed,
     SessionTerminated,
@@ -58,13 +64,22 @@ class SessionHandler(Protocol):
 
 
 class SipServer:
-    """SIP over UDP and TCP on one port."""
+    """SIP over UDP and TCP on one port, and over TLS on ``tls_port`` when started with a context."""
 
-    def __init__(self, config: SipServerConfig, handler: SessionHandler, *, max_tasks: int = 1024) -> None:
+    def __init__(
+        self,
+        config: SipServerConfig,
+        handler: SessionHandler,
+        *,
+        max_tasks: int = 1024,
+        on_limit: Callable[[LimitExceeded], None] | None = None,
+    ) -> None:
         """Args:
-        config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated).
+        config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated, and
+            ``tls_port`` likewise when TLS is started).
         handler: session owner.
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
+        on_limit: told of every message refused for going over a limit (the owner counts them).
         """
         self.config = config
         self.handler = handler
@@ -77,14 +92,22 @@ class SipServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inviting: dict[str, asyncio.Task[None]] = {}  # dialog id -> its on_invite call
         self._max_tasks = max_tasks
+        self._on_limit = on_limit
+        self._tls_server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
         """The bound port."""
         return self.config.port
 
-    async def start(self, host: str) -> None:
-        """Bind UDP and TCP on ``host:config.port``."""
+    @property
+    def tls_port(self) -> int | None:
+        """The bound SIP-over-TLS port, or None without TLS."""
+        return self.config.tls_port if self._tls_server is not None else None
+
+    async def start(self, host: str, *, tls: ssl.SSLContext | None = None) -> None:
+        """Bind UDP and TCP on ``host:config.port``, and TLS on ``host:config.tls_port`` when ``tls`` is
+        given (RFC 3261 §26.2: SIP over TLS on TCP; 0 binds any free port)."""
         loop = asyncio.get_running_loop()
         for attempt in range(20):
             transport, _ = await loop.create_datagram_endpoint(
@@ -101,6 +124,16 @@ class SipServer:
             self._udp = transport
             break
         self.config = dataclasses.replace(self.config, port=port)
+        if tls is not None:
+            try:
+                self._tls_server = await loop.create_server(
+                    lambda: _SipStream(self, SipTransport.TLS), host, self.config.tls_port, ssl=tls
+                )
+            except BaseException:
+                await self.aclose()
+                raise
+            tls_port: int = self._tls_server.sockets[0].getsockname()[1]
+            self.config = dataclasses.replace(self.config, tls_port=tls_port)
         self.core = SipServerCore(self.config)
 
     @property
@@ -133,10 +166,12 @@ class SipServer:
             self._udp = None
         for stream in list(self._tcp.values()):
             stream.abort()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            await self._tcp_server.wait_closed()
-            self._tcp_server = None
+        for server in (self._tcp_server, self._tls_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._tcp_server = None
+        self._tls_server = None
 
     @property
     def task_count(self) -> int:
@@ -169,7 +204,11 @@ class SipServer:
                 if stream is not None:
                     stream.write(outgoing.data)
         while (event := core.next_event()) is not None:
-            self._spawn(event)
+            if isinstance(event, LimitExceeded):
+                if self._on_limit is not None:
+                    self._on_limit(event)
+            else:
+                self._spawn(event)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -268,9 +307,12 @@ class _SipDatagram(asyncio.DatagramProtocol):
 
 
 class _SipStream(asyncio.Protocol):
-    def __init__(self, server: SipServer) -> None:
+    def __init__(self, server: SipServer, kind: SipTransport = SipTransport.TCP) -> None:
         self.server = server
-        self.reader = StreamReader()
+        self.kind = kind
+        self.reader = StreamReader(
+            max_message_bytes=server.config.max_message_bytes, max_headers=server.config.max_headers
+        )
         self.connection_id = next(server._ids)
         self.transport: asyncio.Transport | None = None
         self.remote: tuple[str, int] = ("", 0)
@@ -287,13 +329,16 @@ class _SipStream(asyncio.Protocol):
         if core is None:
             return
         self.reader.feed(data)
-        flow = Flow(SipTransport.TCP, self.remote, self.connection_id)
+        flow = Flow(self.kind, self.remote, self.connection_id)
         while True:
             try:
                 message = self.reader.next_message()
             except SipError as exc:
-                _log.info("closing SIP TCP connection from %s: %s", self.remote, exc)
-                self.abort()
+                _log.info("closing SIP %s connection from %s: %s", self.kind.value, self.remote, exc)
+                core.refuse_stream(self.reader.rejected_head, flow, exc)
+                self.server._pump()  # the answer goes out before the close
+                if self.transport is not None:
+                    self.transport.close()
                 return
             if message is None:
                 break
