@@ -106,8 +106,8 @@ async def run_sessions(uri: str, clips: Sequence[tuple[str, np.ndarray]], *, ses
     """``sessions`` concurrent callers, each making ``rounds`` calls through the clips (staggered start).
 
     A refused call is retried after its Retry-After (at most ``MAX_RETRY_AFTER_S``), as a PBX would, and
-    counts as a round. With ``deadline`` (a ``time.monotonic()`` instant) no call starts whose audio
-    would end after it.
+    counts as a round. With ``deadline`` (a ``time.monotonic()`` instant) no call starts after it (one
+    started before it runs to its end).
     """
 
     async def caller(index: int) -> list[Recognition]:
@@ -115,7 +115,7 @@ async def run_sessions(uri: str, clips: Sequence[tuple[str, np.ndarray]], *, ses
         out = []
         for round_ in range(rounds):
             file_id, pcm = clips[(index + round_ * sessions) % len(clips)]
-            if deadline is not None and time.monotonic() + pcm.shape[0] / 8000 > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 break
             result = await recognize_once(uri, file_id, pcm, timeout_s=pcm.shape[0] / 8000 + 20)
             out.append(result)
