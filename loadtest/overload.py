@@ -37,7 +37,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,21 +164,21 @@ def run_phase(
         )
 
     with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix=f"overload-{name}") as pool:
-        futures = {}
+        stream_futures: dict[str, Future[RunResult]] = {}
         if "ws" in shares:
-            futures["ws"] = pool.submit(stream_load, server.ws_url, shares["ws"])
+            stream_futures["ws"] = pool.submit(stream_load, server.ws_url, shares["ws"])
         if "grpc" in shares:
-            futures["grpc"] = pool.submit(stream_load, server.grpc_url, shares["grpc"])
-        if "sip" in shares:
-            futures["sip"] = pool.submit(sip_load, shares["sip"])
-        outcomes = {p: f.result() for p, f in futures.items()}
+            stream_futures["grpc"] = pool.submit(stream_load, server.grpc_url, shares["grpc"])
+        sip_future = pool.submit(sip_load, shares["sip"]) if "sip" in shares else None
+        outcomes = {p: f.result() for p, f in stream_futures.items()}
+        calls = sip_future.result() if sip_future is not None else None
     partials: list[np.ndarray] = []
     refusals: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     for protocol in ("ws", "grpc"):
         if protocol not in outcomes:
             continue
-        result: RunResult = outcomes[protocol]
+        result = outcomes[protocol]
         r = result.report
         partials.append(result.samples_s["partial"])
         refusals.update({f"{protocol}.{k}": v for k, v in r["rejections"]["by_kind"].items()})
@@ -186,8 +186,7 @@ def run_phase(
         if r["overruns"]["count"]:
             failures[f"{protocol}.overruns"] += r["overruns"]["count"]
         results[protocol] = {k: r[k] for k in ("latency_ms", "counts", "errors", "rejections", "overruns")}
-    if "sip" in outcomes:
-        calls: list[Recognition] = outcomes["sip"]
+    if calls is not None:
         for call in calls:
             if call.failure is None or call.failure in SIP_ANSWERED:
                 continue
