@@ -58,7 +58,7 @@ SCHEMA = "xlgate.loadtest.overload/1"
 PROTOCOLS = ("ws", "grpc", "sip")
 # Refusals that are the protocol's proper answer to overload (loadtest.client / grpc_client / mrcp keys).
 PROPER_REFUSALS = {
-    "ws": {"http_503", "close_1013"},
+    "ws": {"http_503", "close_1013", "overloaded_1013"},
     "grpc": {"grpc_resource_exhausted"},
     "sip": {"refused_503"},
 }
