@@ -387,6 +387,16 @@ class ServeSettings:
         "A model step still running after this long is a stalled model: every live stream fails with an "
         "error and the model runner is restarted (steps take 10-50 ms on a 2-core CPU; see "
         "docs/reliability.md).", _MODEL, min_value=100, max_value=600_000))
+    warmup: bool = field(metadata=_option(
+        Kind.BOOL, True,
+        "Before /readyz turns ready, run one model step at every batch size the scheduler can form (1 .. "
+        "the smaller of max_batch_size and max_streams) and freeze the start-up heap out of the garbage "
+        "collector's reach, so the first calls after a start are as fast as later ones (docs/reliability.md).",
+        _MODEL))
+    warmup_timeout_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 60_000,
+        "Longest the warm-up may take; past it the remaining batch sizes are skipped (logged) and the "
+        "gateway turns ready anyway.", _MODEL, min_value=0, max_value=3_600_000))
     max_streams: int = field(metadata=_option(
         Kind.INT, 64, "Concurrent streams; more are refused as overload.",
         _BATCHING, min_value=1, max_value=100_000))

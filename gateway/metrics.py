@@ -84,6 +84,10 @@ class Metrics:
             "Messages, sessions or packets refused because a peer went over a configured limit.",
             ["protocol", "limit"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        self.warmup_seconds = Gauge(
+            "xlgate_warmup_seconds", "How long the model's warm-up took at start-up (0: none ran).", registry=r)
+        self.warmup_batch_sizes = Gauge(
+            "xlgate_warmup_batch_sizes", "Batch sizes 1 .. this were warmed up at start-up (0: none).", registry=r)
         self.final_pass = Counter(
             "xlgate_final_pass_total",
             "Finals of the second pass (final_pass = whisper), by where their text came from: second_pass, or "

@@ -23,9 +23,11 @@ Dimension legend: B streams in the step, N samples, T frames, V vocabulary.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -191,6 +193,37 @@ class RunnerInfo:
     model_path: str
     dev_wer: float | None = None  # the checkpoint's dev-set WER, when its trainer recorded one
     lookahead_frames: int = 0  # feature frames after the chunk that a step's window also carries
+    warmup: WarmUp | None = None  # what the warm-up did (None: none ran)
+
+
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """What :meth:`ModelRunner.warm_up` did."""
+
+    batch_sizes: int  # batch sizes stepped: 1 .. batch_sizes
+    target_batch_sizes: int  # the largest batch the scheduler can form
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.batch_sizes == self.target_batch_sizes
+
+
+WARMUP_AMPLITUDE = 0.1  # synthetic warm-up audio: noise at about -20 dBFS, so the decoders have frames to chew
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every object alive now (imports, the model, start-up caches) into the
+    garbage collector's permanent generation.
+
+    Why: a full (generation 2) collection traverses every object in the process; with torch loaded that
+    is hundreds of thousands, tens of milliseconds of CPU (measured 34-130 ms here, 300 ms wall on the
+    loaded 2-core machine). After start-up, the objects a first session creates trip the full-collection
+    threshold once, so that pause landed in the first session after every start (docs/reliability.md).
+    Frozen objects are never traversed again; a full collection then scans only what came later.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ModelRunner:
@@ -229,6 +262,7 @@ class ModelRunner:
         self.lm = lm or LanguageModel(None)
         self._graphs: dict[tuple[Hotword, ...], Any] = {}
         self._thread: int | None = None
+        self.warmup: WarmUp | None = None
         self.chunk_frames = self.config.chunk_feature_frames
         self.window_frames = self.config.step_feature_frames  # the chunk and its look-ahead
         self.window_samples = loaded.features.context_samples + self.window_frames * loaded.features.hop_samples
@@ -268,7 +302,7 @@ class ModelRunner:
                          f"{c.chunk_ms} ms, look-ahead {c.right_ms} ms, memory {c.mem_ms} ms, {c.n_layers} "
                          f"layers, vocab {c.vocab_size}, device {self.device}"),
             trained=self.loaded.trained, model_path=self.loaded.path,
-            lookahead_frames=self.window_frames - self.chunk_frames,
+            lookahead_frames=self.window_frames - self.chunk_frames, warmup=self.warmup,
             dev_wer=float(wer) if isinstance(wer := self.loaded.info.get("dev_wer"), int | float) else None)
 
     def _default_decoder(self, decoding: DecodingSettings) -> StreamDecoder:
@@ -356,6 +390,52 @@ class ModelRunner:
                 phrases=self._encode_phrases(settings.decoding.phrases),
                 hotwords=tuple(h.phrase for h in settings.decoding.hotwords if h.phrase.strip()))
         self.reset_slots([new.slot for new in new_streams])
+
+    def warm_up(self, max_batch_size: int, *, timeout_s: float) -> WarmUp:
+        """Run one full step (features, encoder, decoders, endpointing) at every batch size 1 ..
+        ``max_batch_size``, then one step that closes those streams (the final path), on scratch streams
+        in slots 0 .. ``max_batch_size`` - 1 fed synthetic noise; the slots are reset and forgotten after.
+
+        Call it before any stream is admitted, on the thread that will run the steps. A batch size is
+        the only shape a step's tensors depend on (the key/value ring has a fixed length), so this is every
+        shape the scheduler can form; the first call at a new shape pays torch's per-shape set-up (and on a
+        GPU, kernel selection and compilation). Stops after ``timeout_s`` (the rest stays cold).
+
+        Raises:
+            ValueError: ``max_batch_size`` is not in 1 .. the store's slots, or streams are live.
+        """
+        if not 1 <= max_batch_size <= self.store.max_slots:
+            raise ValueError(f"max_batch_size must be in 1..{self.store.max_slots}, got {max_batch_size}")
+        if self._slots:
+            raise ValueError(f"warm-up needs an idle runner; {len(self._slots)} slots are live")
+        started = time.monotonic()
+        rng = np.random.default_rng(0)
+        settings = StreamSettings()
+        done = 0
+
+        def items(batch: int, kind: ItemKind) -> tuple[WorkItem, ...]:
+            return tuple(WorkItem(stream_id=b, kind=kind, arrival_s=0.0, payload=ChunkInput(
+                window=(rng.standard_normal(self.window_samples) * WARMUP_AMPLITUDE).astype(np.float32),
+                num_frames=self.window_frames, audio_end_s=0.0)) for b in range(batch))
+
+        try:
+            for batch in range(1, max_batch_size + 1):
+                if time.monotonic() - started > timeout_s:
+                    break
+                self.run_step(StepPlan(step_id=-batch, items=items(batch, ItemKind.AUDIO),
+                                       slots=tuple(range(batch)), planned_s=0.0,
+                                       new_streams=(NewStream(batch - 1, settings),)))
+                done = batch
+            # Second-pass finals would come back later, as LateFinals nobody collects: not with a final pass.
+            if done and self.finals is None and time.monotonic() - started <= timeout_s:
+                self.run_step(StepPlan(step_id=0, items=items(done, ItemKind.END), slots=tuple(range(done)),
+                                       planned_s=0.0))
+        finally:
+            self._slots.clear()
+            self.reset_slots(range(max(done, 1)))
+        self.warmup = WarmUp(batch_sizes=done, target_batch_sizes=max_batch_size,
+                             seconds=round(time.monotonic() - started, 3))
+        return self.warmup
 
     def reset_slots(self, slots: Sequence[int]) -> None:
         """Return ``slots`` of the state store to the initial (empty-memory) state."""
@@ -532,6 +612,13 @@ class ThreadRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.run_step, plan)
 
+    async def warm_up(self, max_batch_size: int, *, timeout_s: float) -> WarmUp:
+        """:meth:`ModelRunner.warm_up` on the model thread (the one that will run the steps)."""
+        warmup = await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: self.runner.warm_up(max_batch_size, timeout_s=timeout_s))
+        self.info = self.runner.info
+        return warmup
+
     async def collect_finals(self, wait_s: float) -> list[LateFinal]:
         if self.runner.finals is None:
             return []
@@ -556,6 +643,8 @@ class RunnerSpec:
     rel_attention: RelAttention = RelAttention.AUTO
     final_pass: FinalPass = FinalPass.NONE
     final_pass_max_wait_s: float = 0.15
+    warmup_batch_size: int = 0  # warm up batch sizes 1 .. this before saying ready (0: no warm-up)
+    warmup_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +666,9 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
                              lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention,
                              final_pass=spec.final_pass, final_pass_max_wait_s=spec.final_pass_max_wait_s)
+        if spec.warmup_batch_size:
+            runner.warm_up(spec.warmup_batch_size, timeout_s=spec.warmup_timeout_s)
+            freeze_heap()
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

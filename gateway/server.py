@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from gateway.runner import (
     ProcessRunner,
     RunnerSpec,
     ThreadRunner,
+    freeze_heap,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
 from protocols.mrcp.recognizer import RecognizerConfig
@@ -138,18 +140,27 @@ async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts]
         await _serve(settings, runner, on_ready=on_ready, stop=stop)
     finally:
         await runner.close()
+        gc.unfreeze()  # a no-op unless start-up froze the heap; an embedding process gets its objects back
         log.info("stopped")
 
 
 async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                  on_ready: Callable[[BoundPorts], None] | None, stop: asyncio.Event | None) -> None:
     log.info("model %s", runner.info.description)
+    warmup = runner.info.warmup
+    if warmup is not None:
+        (log.info if warmup.complete else log.warning)(
+            "warm-up: batch sizes 1..%d of %d in %.2f s%s", warmup.batch_sizes, warmup.target_batch_sizes,
+            warmup.seconds, "" if warmup.complete else " (stopped by warmup_timeout_ms: the rest stay cold)")
     if not runner.info.trained:
         warn_untrained(runner.info.model_path)
     elif runner.info.dev_wer is not None and runner.info.dev_wer > WEAK_MODEL_WER:
         log.warning("the model is weak: %.0f%% WER on its dev set (docs/model.md); transcripts will be rough",
                     100 * runner.info.dev_wer)
     metrics = Metrics()
+    if warmup is not None:
+        metrics.warmup_seconds.set(warmup.seconds)
+        metrics.warmup_batch_sizes.set(warmup.batch_sizes)
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks, step_timeout_s=settings.model_step_timeout_s)
@@ -165,8 +176,10 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
             loop.add_signal_handler(sig, stop_event.set)
     # Read from the metrics thread at each scrape: all_tasks() copes with the set changing meanwhile.
     metrics.event_loop_tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
-    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready,
-                                    lambda: engine.healthy)
+    # Ready once every listener is up and the start-up work is done, not merely once the metrics port is.
+    serving = threading.Event()
+    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics,
+                                    lambda: serving.is_set() and engine.ready, lambda: engine.healthy)
                       if settings.metrics_port else None)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -186,6 +199,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
                              f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
+                    if settings.warmup:
+                        freeze_heap()
+                    serving.set()
                     if on_ready is not None:
                         on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
@@ -260,14 +276,18 @@ def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
 
 
 async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
-    """The model runner the settings ask for: a child process (CPU default) or a thread of this process."""
+    """The model runner the settings ask for: a child process (CPU default) or a thread of this process,
+    warmed up (every batch size the scheduler can form) unless ``settings.warmup`` is off."""
+    warmup_batch_size = min(settings.max_batch_size, settings.max_streams) if settings.warmup else 0
     if settings.runner is RunnerKind.PROCESS:
         runner = ProcessRunner(RunnerSpec(model=settings.model, device=settings.device,
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
                                           final_pass=settings.final_pass,
-                                          final_pass_max_wait_s=settings.final_pass_max_wait_s))
+                                          final_pass_max_wait_s=settings.final_pass_max_wait_s,
+                                          warmup_batch_size=warmup_batch_size,
+                                          warmup_timeout_s=settings.warmup_timeout_s))
         await runner.start()
         return runner
     from gateway.models import load_model
@@ -279,7 +299,14 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                            rel_attention=settings.rel_attention, final_pass=settings.final_pass,
                            final_pass_max_wait_s=settings.final_pass_max_wait_s)
 
-    return ThreadRunner(build(), rebuild=build)
+    thread_runner = ThreadRunner(build(), rebuild=build)
+    if warmup_batch_size:
+        try:
+            await thread_runner.warm_up(warmup_batch_size, timeout_s=settings.warmup_timeout_s)
+        except BaseException:
+            await thread_runner.close()
+            raise
+    return thread_runner
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

@@ -229,6 +229,25 @@ def _retry_after_s(exc: InvalidStatus) -> float:
         return ERROR_BACKOFF_S
 
 
+async def _refused_at_start(ws: ClientConnection, reply: dict[str, Any], *, cfg: ClientConfig,
+                            tally: Tally) -> float:
+    """The gateway filled up between the handshake and ``start``: its answer must be the ``overloaded``
+    error with ``retry_after_ms``, then close 1013 (docs/websocket-protocol.md). Returns the back-off."""
+    try:
+        await asyncio.wait_for(ws.wait_closed(), cfg.close_timeout_s)
+    except TimeoutError:
+        pass
+    retry_after_ms = reply.get("retry_after_ms")
+    if ws.close_code != 1013:
+        tally.errors[f"client.overloaded_then_closed_{ws.close_code}"] += 1
+    elif not isinstance(retry_after_ms, int | float) or isinstance(retry_after_ms, bool):
+        tally.errors["client.overloaded_without_retry_after"] += 1
+    else:
+        tally.rejections["overloaded_1013"] += 1
+        return min(max(float(retry_after_ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+    return ERROR_BACKOFF_S
+
+
 async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | None, tally: Tally,
                       grpc_channel: Any = None) -> float:
     """Send one utterance as one session (a gRPC call when ``grpc_channel`` is given, for ``grpc://`` URLs;
@@ -263,6 +282,8 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
         status = exc.response.status_code
         if status == 503:
             tally.rejections["http_503"] += 1
+            if "Retry-After" not in exc.response.headers:
+                tally.errors["client.http_503_without_retry_after"] += 1  # an improper refusal
             return _retry_after_s(exc)
         tally.errors[f"client.http_{status}"] += 1
         return ERROR_BACKOFF_S
@@ -296,6 +317,8 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
             tally.errors["client.bad_json"] += 1
             return ERROR_BACKOFF_S
         if not isinstance(reply, dict) or reply.get("type") != "ready":
+            if isinstance(reply, dict) and reply.get("type") == "error" and reply.get("code") == "overloaded":
+                return await _refused_at_start(ws, reply, cfg=cfg, tally=tally)
             if isinstance(reply, dict) and reply.get("type") == "error":
                 tally.errors[str(reply.get("code", "unknown"))] += 1
             else:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 FRAME_SAMPLES = 160
 SPEECH_COMPLETE_TIMEOUT_MS = 500
+MAX_RETRY_AFTER_S = 5.0  # longest a refused caller waits before its next call
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Recognition:
     complete_s: float | None
     cause: str | None
     failure: str | None
+    retry_after: str | None = None  # a refusal's Retry-After header
 
 
 def speech_bounds(pcm: np.ndarray) -> tuple[float, float]:
@@ -77,7 +79,8 @@ async def recognize_once(uri: str, file_id: str, pcm: np.ndarray, *, timeout_s: 
     try:
         await client.connect()
     except CallRefused as exc:
-        return Recognition(file_id, None, None, None, f"refused_{exc.status}")
+        missing = "_without_retry_after" if exc.status == 503 and exc.retry_after is None else ""
+        return Recognition(file_id, None, None, None, f"refused_{exc.status}{missing}", exc.retry_after)
     except (OSError, TimeoutError):
         return Recognition(file_id, None, None, None, "connect")
     loop = asyncio.get_running_loop()
@@ -108,16 +111,36 @@ async def recognize_once(uri: str, file_id: str, pcm: np.ndarray, *, timeout_s: 
         await client.bye()
 
 
+def _retry_after_s(header: str | None) -> float:
+    try:
+        return min(max(float(header or ""), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return MAX_RETRY_AFTER_S
+
+
 async def run_sessions(uri: str, clips: Sequence[tuple[str, np.ndarray]], *, sessions: int,
-                       rounds: int) -> list[Recognition]:
-    """``sessions`` concurrent callers, each making ``rounds`` calls through the clips (staggered start)."""
+                       rounds: int, deadline: float | None = None) -> list[Recognition]:
+    """``sessions`` concurrent callers, each making ``rounds`` calls through the clips (staggered start).
+
+    A refused call is retried after its Retry-After (at most ``MAX_RETRY_AFTER_S``), as a PBX would, and
+    counts as a round. With ``deadline`` (a ``time.monotonic()`` instant) no call starts after it (one
+    started before it runs to its end).
+    """
 
     async def caller(index: int) -> list[Recognition]:
         await asyncio.sleep(index * 0.05)
         out = []
         for round_ in range(rounds):
             file_id, pcm = clips[(index + round_ * sessions) % len(clips)]
-            out.append(await recognize_once(uri, file_id, pcm, timeout_s=pcm.shape[0] / 8000 + 20))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            result = await recognize_once(uri, file_id, pcm, timeout_s=pcm.shape[0] / 8000 + 20)
+            out.append(result)
+            if result.failure is not None and result.failure.startswith("refused_"):
+                pause_s = _retry_after_s(result.retry_after)
+                if deadline is not None:
+                    pause_s = min(pause_s, max(deadline - time.monotonic(), 0.0))
+                await asyncio.sleep(pause_s)
         return out
 
     results = await asyncio.gather(*(caller(i) for i in range(sessions)))

@@ -39,6 +39,8 @@ class FakeBehaviour:
     reject: bool = False
     drop_word_of: int | None = None
     never_end: bool = False
+    overloaded_at_start: int | None = None  # answer start with the overloaded error, then this close code
+    retry_header: bool = True  # a 503 refusal carries Retry-After
 
 
 class FakeServer:
@@ -75,7 +77,8 @@ class FakeServer:
         if not self.behaviour.reject:
             return None
         response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "at capacity\n")
-        response.headers["Retry-After"] = "0"
+        if self.behaviour.retry_header:
+            response.headers["Retry-After"] = "0"
         return response
 
     async def _serve(self) -> None:
@@ -90,6 +93,11 @@ class FakeServer:
         b = self.behaviour
         start = json.loads(await ws.recv())
         assert start["type"] == "start" and start["encoding"] == "pcm_s16le"
+        if b.overloaded_at_start is not None:
+            await ws.send(json.dumps({"type": "error", "code": "overloaded", "message": "at capacity",
+                                      "fatal": True, "retry_after_ms": 0}))
+            await ws.close(b.overloaded_at_start)
+            return
         await ws.send(json.dumps({"type": "ready", "session_id": "fake"}))
         received_s = 0.0
         frames = 0
@@ -185,6 +193,27 @@ def test_http_503_counts_as_rejection_not_error(server: FakeServer, audio_dir: P
     assert r["rejections"] == {"total": 2, "by_kind": {"http_503": 2}}
     assert r["errors"]["total"] == 0
     assert r["counts"]["sessions_started"] == 0
+
+
+@pytest.mark.parametrize("server", [FakeBehaviour(reject=True, retry_header=False)], indirect=True)
+def test_http_503_without_retry_after_is_also_an_error(server: FakeServer, audio_dir: Path) -> None:
+    r = run_load(_opts(server, audio_dir)).report
+    assert r["rejections"]["by_kind"] == {"http_503": 2}
+    assert r["errors"]["by_code"] == {"client.http_503_without_retry_after": 2}
+
+
+@pytest.mark.parametrize("server", [FakeBehaviour(overloaded_at_start=1013)], indirect=True)
+def test_overloaded_at_start_then_1013_is_a_rejection(server: FakeServer, audio_dir: Path) -> None:
+    r = run_load(_opts(server, audio_dir)).report
+    assert r["rejections"] == {"total": 2, "by_kind": {"overloaded_1013": 2}}
+    assert r["errors"]["total"] == 0
+
+
+@pytest.mark.parametrize("server", [FakeBehaviour(overloaded_at_start=1011)], indirect=True)
+def test_overloaded_at_start_with_another_close_is_an_error(server: FakeServer, audio_dir: Path) -> None:
+    r = run_load(_opts(server, audio_dir)).report
+    assert r["rejections"]["total"] == 0
+    assert r["errors"]["by_code"] == {"client.overloaded_then_closed_1011": 2}
 
 
 @pytest.mark.parametrize("server", [FakeBehaviour(drop_word_of=2)], indirect=True)

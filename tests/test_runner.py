@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,3 +122,61 @@ def test_runner_applies_the_checkpoints_confidence_calibration() -> None:
         assert b.confidence == pytest.approx(utterance_confidence(b.words))
     moved = [abs(wa.confidence - wb.confidence) for a, b in pairs for wa, wb in zip(a.words, b.words, strict=True)]
     assert max(moved) > 0.01
+
+
+def _outputs(runner: ModelRunner, steps: int) -> list[tuple[str | None, tuple[str, ...]]]:
+    """Partial and final texts of ``steps`` steps of 3 streams (the last one ends them)."""
+    out = []
+    for step in range(steps):
+        plan = _items(3, first=step == 0, seed=20 + step)
+        if step == steps - 1:
+            plan = replace(plan, items=tuple(replace(i, kind=ItemKind.END) for i in plan.items))
+        out += [(o.partial.text if o.partial else None, tuple(f.text for f in o.finals))
+                for o in runner.run_step(plan)]
+    return out
+
+
+def test_warm_up_steps_every_batch_size_and_leaves_no_trace() -> None:
+    cold = ModelRunner(LoadedModel(make_chatty_model(), FbankConfig(), CharTokenizer(), trained=False), max_streams=6)
+    warm = ModelRunner(LoadedModel(make_chatty_model(), FbankConfig(), CharTokenizer(), trained=False), max_streams=6)
+    batch_sizes: list[int] = []
+    real_step = warm.run_step
+    warm.run_step = lambda plan: (batch_sizes.append(plan.batch_size), real_step(plan))[1]  # type: ignore[method-assign]
+    report = warm.warm_up(5, timeout_s=60)
+    warm.run_step = real_step  # type: ignore[method-assign]
+    assert batch_sizes == [1, 2, 3, 4, 5, 5]  # every shape the scheduler can form, then the closing step
+    assert report.complete and report.batch_sizes == 5 and report.seconds > 0
+    assert warm.info.warmup == report and cold.info.warmup is None
+    # No slot is left live and every state row is back to its initial value...
+    assert not warm._slots
+    for a, b in zip(warm.store._slab, cold.store._slab, strict=True):
+        assert torch.equal(a, b)
+    # ...so a warmed runner's streams come out exactly as a cold one's.
+    assert _outputs(warm, 4) == _outputs(cold, 4)
+
+
+def test_warm_up_stops_at_its_timeout_and_checks_its_arguments() -> None:
+    runner = ModelRunner(LoadedModel(make_chatty_model(), FbankConfig(), CharTokenizer(), trained=False),
+                         max_streams=4)
+    report = runner.warm_up(4, timeout_s=0.0)
+    assert report.batch_sizes <= 1 and not report.complete  # at most the first step: the budget is spent
+    with pytest.raises(ValueError, match=r"max_batch_size must be in 1\.\.4"):
+        runner.warm_up(5, timeout_s=1)
+    runner.run_step(_items(2, first=True, seed=1))
+    with pytest.raises(ValueError, match="2 slots are live"):
+        runner.warm_up(2, timeout_s=1)
+
+
+def test_process_runner_warms_up_before_it_says_ready(chatty_checkpoint: str) -> None:
+    async def main() -> None:
+        runner = ProcessRunner(RunnerSpec(model=chatty_checkpoint, device="cpu", max_streams=3, num_threads=1,
+                                          warmup_batch_size=3, warmup_timeout_s=60))
+        await runner.start()
+        try:
+            assert runner.info.warmup is not None and runner.info.warmup.batch_sizes == 3
+            outputs = await runner.run_step(_items(3, first=True, seed=5))
+            assert len(outputs) == 3
+        finally:
+            await runner.close()
+
+    asyncio.run(main())

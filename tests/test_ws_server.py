@@ -358,7 +358,8 @@ def test_model_failure_ends_session_with_1011_and_keeps_results(chatty_checkpoin
     monkeypatch.setattr(ModelRunner, "run_step", flaky)
 
     async def main() -> None:
-        async with running_server(settings_for(chatty_checkpoint)) as srv:
+        # No warm-up: it would make the counted steps (the 4th fails) the warm-up's.
+        async with running_server(settings_for(chatty_checkpoint, "--no-warmup")) as srv:
             async with client(srv.ws_url) as ws:
                 await ws.send(start_msg())
                 assert json.loads(await ws.recv())["type"] == "ready"
