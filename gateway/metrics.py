@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.auth import AuthFailure
 from gateway.session import Outcome
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
@@ -16,6 +17,10 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+# Refusals for want of credentials: token reasons on the APIs, the address allow-list on SIP and MRCP.
+_TOKEN_FAILURES = tuple(f.value for f in AuthFailure if f is not AuthFailure.ADDRESS)
+AUTH_FAILURES = {"websocket": _TOKEN_FAILURES, "grpc": _TOKEN_FAILURES,
+                 "sip": (AuthFailure.ADDRESS.value,), "mrcp": (AuthFailure.ADDRESS.value,)}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -65,7 +70,14 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.auth_failures = Counter(
+            "xlgate_auth_failures_total",
+            "Requests refused before any audio for want of valid credentials (WebSocket, gRPC) or because "
+            "the peer's address is not allowed (SIP, MRCP).", ["protocol", "reason"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        for protocol, reasons in AUTH_FAILURES.items():
+            for reason in reasons:
+                self.auth_failures.labels(protocol, reason)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)

@@ -22,6 +22,9 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
 * The channel's timers run on the event loop's clock (the MRCP server arms them); every RTP frame also
   calls ``audio_time_advanced``, and when RTP stops nothing arrives, so the missing audio counts as
   silence.
+* Source allow-list (``allowed_networks``): SIP requests from elsewhere are answered 403 (UDP) or their
+  TCP connection closed, MRCP connections from elsewhere are closed at once; each is counted in
+  ``xlgate_auth_failures_total{protocol="sip"|"mrcp", reason="address"}``.
 * The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
   drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
@@ -50,6 +53,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway.auth import AuthFailure
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.metrics import Metrics
 from gateway.session import (
@@ -63,6 +67,7 @@ from gateway.session import (
     StreamSettings,
     merge_hotwords,
 )
+from protocols.allowlist import NetworkAllowList
 from protocols.errors import OverloadedError
 from protocols.mrcp.grammar import Grammar, GrammarKind
 from protocols.mrcp.recognizer import (
@@ -114,6 +119,7 @@ class MrcpSettings:
             RECOGNIZE with ``010 language-unsupported``.
         defaults: the server's stream defaults (decoding method, hotwords, endpointing).
         recognizer: server-side settings of every channel.
+        allowed_networks: the peers allowed on SIP and MRCP; None allows every address.
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +132,7 @@ class MrcpSettings:
     languages: tuple[str, ...] = ("en",)
     defaults: StreamSettings = field(default_factory=StreamSettings)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    allowed_networks: NetworkAllowList | None = None
 
     @property
     def advertised(self) -> str:
@@ -249,11 +256,14 @@ class MrcpGateway:
         self.settings = settings
         self.metrics: Metrics = engine.metrics
         self.ports = PortAllocator(settings.rtp_port_low, settings.rtp_port_high)
-        self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost)
-        sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port)
+        self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost,
+                               allowed_networks=settings.allowed_networks,
+                               on_forbidden=lambda _: self._count_forbidden("mrcp"))
+        sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port,
+                                     allowed_networks=settings.allowed_networks)
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
-        self.sip = SipServer(sip_config, self)
+        self.sip = SipServer(sip_config, self, on_forbidden=lambda _: self._count_forbidden("sip"))
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -292,6 +302,9 @@ class MrcpGateway:
     def task_count(self) -> int:
         """Tasks of the calls plus the SIP server's handler calls (tests count them back to zero)."""
         return len(self._tasks) + self.sip.task_count
+
+    def _count_forbidden(self, protocol: str) -> None:
+        self.metrics.auth_failures.labels(protocol, AuthFailure.ADDRESS.value).inc()
 
     # -- SIP session handler -------------------------------------------------------------------------------
     async def on_invite(self, event: InviteReceived) -> bytes:

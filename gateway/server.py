@@ -27,6 +27,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
+from gateway.auth import CredentialFilter, TokenAuthenticator, build_authenticator
 from gateway.config import RunnerKind, ServeSettings, parse_port_range
 from gateway.engine import Engine
 from gateway.grpc_api.servicer import GrpcServer, GrpcSettings
@@ -43,6 +44,7 @@ from gateway.runner import (
     ThreadRunner,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
+from protocols.allowlist import NetworkAllowList
 
 log = logging.getLogger("xlgate.server")
 
@@ -142,21 +144,28 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     elif runner.info.dev_wer is not None and runner.info.dev_wer > WEAK_MODEL_WER:
         log.warning("the model is weak: %.0f%% WER on its dev set (docs/model.md); transcripts will be rough",
                     100 * runner.info.dev_wer)
+    authenticator = build_authenticator(settings)
+    _log_access(settings, authenticator)
     metrics = Metrics()
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
                     max_pending_chunks=settings.max_pending_chunks)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
-        defaults=settings.stream_defaults()), LogPolicy(log_transcripts=settings.log_transcripts))
-    grpc_server = _grpc_server(settings, engine)
+        defaults=settings.stream_defaults(), authenticator=authenticator),
+        LogPolicy(log_transcripts=settings.log_transcripts))
+    grpc_server = _grpc_server(settings, engine, authenticator)
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
-    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics, lambda: engine.ready)
+    metrics_host = settings.metrics_host or settings.host
+    metrics_server = (MetricsServer(metrics_host, settings.metrics_port, metrics, lambda: engine.ready)
                       if settings.metrics_port else None)
+    # websockets logs each handshake's request line and headers at DEBUG: never a token.
+    handshake_log, credential_filter = logging.getLogger("websockets.server"), CredentialFilter()
+    handshake_log.addFilter(credential_filter)
     try:
         async with asyncio.TaskGroup() as tg:
             engine_task = tg.create_task(engine.run(), name="engine")
@@ -172,7 +181,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
-                             f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
+                             f"http://{metrics_host}:{metrics_server.port}/metrics" if metrics_server else "off")
                     if on_ready is not None:
                         on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
@@ -194,6 +203,18 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+        handshake_log.removeFilter(credential_filter)
+
+
+def _log_access(settings: ServeSettings, authenticator: TokenAuthenticator | None) -> None:
+    """Say at start-up, plainly, who may use the gateway."""
+    if authenticator is None:
+        log.warning("authentication: OFF: anyone who reaches the WebSocket and gRPC ports can stream "
+                    "(set auth_tokens, auth_tokens_file or auth_jwt_key; docs/security.md)")
+    else:
+        log.info("authentication: ON for WebSocket and gRPC: %s", authenticator.describe())
+    if settings.sip_port:
+        log.info("SIP/MRCP peers allowed: %s", settings.mrcp_allowed_networks.strip() or "any address")
 
 
 async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:
@@ -205,7 +226,9 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     gateway = MrcpGateway(engine, MrcpSettings(
         host=settings.host, advertise_address=settings.advertise_address, sip_port=settings.sip_port,
         mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
-        defaults=settings.stream_defaults()))
+        defaults=settings.stream_defaults(),
+        allowed_networks=(NetworkAllowList.parse(settings.mrcp_allowed_networks)
+                          if settings.mrcp_allowed_networks.strip() else None)))
     try:
         await gateway.start()
     except BaseException:
@@ -214,7 +237,8 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     return gateway
 
 
-def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
+def _grpc_server(settings: ServeSettings, engine: Engine,
+                 authenticator: TokenAuthenticator | None) -> GrpcServer | None:
     """The gRPC listener (gateway/grpc_api), unless ``grpc_port`` is 0; TLS with wss's cert and key."""
     if not settings.grpc_port:
         return None
@@ -224,6 +248,7 @@ def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
         idle_timeout_s=settings.idle_timeout_s, defaults=settings.stream_defaults(),
         tls_cert_chain=settings.tls_cert.read_bytes() if tls and settings.tls_cert else None,
         tls_private_key=settings.tls_key.read_bytes() if tls and settings.tls_key else None,
+        authenticator=authenticator,
     ), LogPolicy(log_transcripts=settings.log_transcripts))
 
 

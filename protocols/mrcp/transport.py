@@ -6,6 +6,8 @@ bound to the connection its first request came on (events of that channel go the
 event loop's clock: after every input the channel's earliest deadline is (re)armed with ``call_at``.
 When a connection closes, every channel bound to it is closed and ``on_channel_lost`` is called, so the
 session owner can end the SIP dialog. No task is created per connection: asyncio protocols call in.
+With an allow-list, a connection from an address outside it is closed at once, before a byte is read, and
+reported to ``on_forbidden``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from protocols.allowlist import NetworkAllowList
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import ChannelNotFound
 from protocols.mrcp.events import ConnectionClosed, ProtocolViolation, RequestReceived
@@ -43,11 +46,15 @@ class MrcpServer:
         on_actions: Callable[[str, list[Action]], None] | None = None,
         on_channel_lost: Callable[[str], None] | None = None,
         max_message_bytes: int = 1 << 20,
+        allowed_networks: NetworkAllowList | None = None,
+        on_forbidden: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
         """Args:
         on_actions: called with (channel id, engine actions) whenever a channel produced some.
         on_channel_lost: called with the channel id when its MRCP connection closed.
         max_message_bytes: per-message limit of every connection.
+        allowed_networks: the peers that may connect; None allows every address.
+        on_forbidden: called with the peer (host, port) of each connection the allow-list refused.
         """
         self._bindings: dict[str, _Binding] = {}
         self._connections: set[_MrcpProtocol] = set()
@@ -55,6 +62,8 @@ class MrcpServer:
         self._on_actions = on_actions
         self._on_channel_lost = on_channel_lost
         self.max_message_bytes = max_message_bytes
+        self.allowed_networks = allowed_networks
+        self._on_forbidden = on_forbidden
 
     @property
     def port(self) -> int:
@@ -181,6 +190,16 @@ class _MrcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        allowed = self.server.allowed_networks
+        if allowed is not None:
+            peer = transport.get_extra_info("peername")
+            host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+            if not allowed.allows(host):
+                _log.info("MRCP connection from %s refused: address not allowed", host)
+                self.transport.abort()
+                if self.server._on_forbidden is not None:
+                    self.server._on_forbidden((host, port))
+                return
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -28,6 +28,11 @@ the core answers what it can on its own and reports the rest as events (``next_e
   Timer F = 64*T1 (§17.1.2).
 * ``connection_lost(connection_id)`` ends the dialogs bound to that TCP connection; ``hangup`` ends one
   from our side; while ``accepting`` is False (drain, capacity) new INVITEs get 503 with Retry-After.
+* Source allow-list (``allowed_networks``): a request from an address outside it is answered
+  403 Forbidden statelessly (no transaction, dialog or event but :class:`RequestForbidden`), before
+  anything else is looked at; an ACK, a response or unparseable bytes from outside get nothing. The
+  403 goes to the packet's source (never to a Via's address) and only echoes the request's own Via,
+  From, To, Call-ID and CSeq: about the size of the request, so no amplification.
 
 All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest deadline and
 ``handle_timer(now)`` fires what is due. Output is ``data_to_send()``: :class:`Outgoing` values.
@@ -41,6 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from protocols.allowlist import NetworkAllowList
 from protocols.sip.codec import (
     SipMessage,
     SipRequest,
@@ -56,6 +62,7 @@ from protocols.sip.events import (
     InviteReceived,
     Outgoing,
     ReinviteReceived,
+    RequestForbidden,
     SessionConfirmed,
     SessionTerminated,
     SipEvent,
@@ -83,6 +90,7 @@ class SipServerConfig:
         min_se_s: the smallest Session-Expires we accept (RFC 4028 §5: at least 90 s).
         retry_after_s: Retry-After of 503 answers while not accepting.
         t1_s, t2_s: RFC 3261 timers (tests shorten them).
+        allowed_networks: the peers allowed to send requests; None allows every address.
     """
 
     advertise_host: str
@@ -93,6 +101,11 @@ class SipServerConfig:
     retry_after_s: int = 5
     t1_s: float = T1_S
     t2_s: float = T2_S
+    allowed_networks: NetworkAllowList | None = None
+
+    def allows(self, host: str) -> bool:
+        """Whether a peer at ``host`` may talk to this server."""
+        return self.allowed_networks is None or self.allowed_networks.allows(host)
 
 
 class _DialogState(enum.Enum):
@@ -214,12 +227,16 @@ class SipServerCore:
         try:
             message = parse_message(data, datagram=True)
         except SipError as exc:
-            self._answer_garbage(data, flow, exc)
+            if self.config.allows(flow.remote[0]):
+                self._answer_garbage(data, flow, exc)
             return
         self.receive_message(message, flow, now)
 
     def receive_message(self, message: SipMessage, flow: Flow, now: float) -> None:
         """One parsed message from ``flow``."""
+        if not self.config.allows(flow.remote[0]):
+            self._forbid(message, flow)
+            return
         if isinstance(message, SipResponse):
             self._receive_response(message, now)
             return
@@ -721,6 +738,15 @@ class SipServerCore:
         except SipError:
             return  # not even a Via to answer to
         self._out.append(Outgoing(flow, data))
+
+    def _forbid(self, message: SipMessage, flow: Flow) -> None:
+        """A message from outside the allow-list: 403 to a request (RFC 3261 §21.4.4), nothing else."""
+        if not isinstance(message, SipRequest):
+            return
+        method = message.method.upper()
+        self._events.append(RequestForbidden(flow, method))
+        if method != "ACK":
+            self._reply_stateless(message, flow, 403, "Forbidden")
 
     def _answer_garbage(self, data: bytes, flow: Flow, error: SipError) -> None:
         """400 to a datagram that is not SIP but names enough to be answered; else silence."""

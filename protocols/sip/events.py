@@ -16,6 +16,7 @@ __all__ = [
     "InviteReceived",
     "Outgoing",
     "ReinviteReceived",
+    "RequestForbidden",
     "SessionConfirmed",
     "SessionTerminated",
     "SipEvent",
@@ -99,4 +100,13 @@ class SessionTerminated:
     reason: TerminationReason
 
 
-SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
+@dataclass(frozen=True, slots=True)
+class RequestForbidden:
+    """A request from an address outside the allow-list was answered 403 (or dropped, for an ACK); the
+    core kept no state for it. Reported so that the owner can count it."""
+
+    flow: Flow
+    method: str
+
+
+SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated | RequestForbidden

@@ -5,6 +5,9 @@ core's. Session decisions are delegated to a :class:`SessionHandler`: ``on_invit
 answer or raises (an ``SdpError`` answers with its SIP status, an ``OverloadedError`` with 503 and
 Retry-After, a ``SipError`` with its status; anything else is logged and answered 500 without
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
+Source allow-list (the core's ``allowed_networks``): a UDP request from outside it is answered 403 by the
+core; a TCP connection from outside is closed at once, before it is read (as MRCP's are); both are reported
+to ``on_forbidden``.
 ``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
 arrives while the owner is still allocating waits for it), so the owner releases each session once.
 """
@@ -15,6 +18,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from protocols.errors import OverloadedError
@@ -26,6 +30,7 @@ from protocols.sip.events import (
     Flow,
     InviteReceived,
     ReinviteReceived,
+    RequestForbidden,
     SessionConfirmed,
     SessionTerminated,
     SipTransport,
@@ -60,11 +65,19 @@ class SessionHandler(Protocol):
 class SipServer:
     """SIP over UDP and TCP on one port."""
 
-    def __init__(self, config: SipServerConfig, handler: SessionHandler, *, max_tasks: int = 1024) -> None:
+    def __init__(
+        self,
+        config: SipServerConfig,
+        handler: SessionHandler,
+        *,
+        max_tasks: int = 1024,
+        on_forbidden: Callable[[Flow], None] | None = None,
+    ) -> None:
         """Args:
         config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated).
         handler: session owner.
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
+        on_forbidden: called with the flow of each request or TCP connection the allow-list refused.
         """
         self.config = config
         self.handler = handler
@@ -77,6 +90,7 @@ class SipServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inviting: dict[str, asyncio.Task[None]] = {}  # dialog id -> its on_invite call
         self._max_tasks = max_tasks
+        self._on_forbidden = on_forbidden
 
     @property
     def port(self) -> int:
@@ -169,7 +183,14 @@ class SipServer:
                 if stream is not None:
                     stream.write(outgoing.data)
         while (event := core.next_event()) is not None:
-            self._spawn(event)
+            if isinstance(event, RequestForbidden):
+                _log.info(
+                    "SIP %s from %s refused: address not allowed", event.method[:16], event.flow.remote[0]
+                )
+                if self._on_forbidden is not None:
+                    self._on_forbidden(event.flow)
+            else:
+                self._spawn(event)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -280,6 +301,12 @@ class _SipStream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
+        if not self.server.config.allows(self.remote[0]):
+            _log.info("SIP TCP connection from %s refused: address not allowed", self.remote[0])
+            self.transport.abort()
+            if self.server._on_forbidden is not None:
+                self.server._on_forbidden(Flow(SipTransport.TCP, self.remote, self.connection_id))
+            return
         self.server._tcp[self.connection_id] = self
 
     def data_received(self, data: bytes) -> None:
