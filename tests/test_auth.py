@@ -39,7 +39,9 @@ def settings(*argv: str, environ: dict[str, str] | None = None) -> ServeSettings
 
 
 def pem(public_key: Any) -> bytes:
-    data: bytes = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    data: bytes = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return data
 
 
@@ -72,11 +74,16 @@ def test_static_tokens() -> None:
     }
     for reason, credentials in cases.items():
         assert refused(auth, **credentials).reason is reason, credentials
-    for credentials in ({"authorization": ["Bearer"]}, {"authorization": ["Bearer a b"]},
-                        {"authorization": [STATIC]}, {"authorization": bearer("tok\u00e9n")},
-                        {"authorization": bearer(STATIC) * 2},
-                        {"authorization": bearer(STATIC), "query_tokens": [STATIC]},
-                        {"query_tokens": [""]}, {"query_tokens": [STATIC, STATIC]}):
+    for credentials in (
+        {"authorization": ["Bearer"]},
+        {"authorization": ["Bearer a b"]},
+        {"authorization": [STATIC]},
+        {"authorization": bearer("tok\u00e9n")},
+        {"authorization": bearer(STATIC) * 2},
+        {"authorization": bearer(STATIC), "query_tokens": [STATIC]},
+        {"query_tokens": [""]},
+        {"query_tokens": [STATIC, STATIC]},
+    ):
         assert refused(auth, **credentials).reason is AuthFailure.MALFORMED, credentials
 
 
@@ -90,7 +97,11 @@ def test_query_tokens_can_be_turned_off() -> None:
 def test_errors_carry_their_wire_replies_and_never_the_token() -> None:
     auth = TokenAuthenticator(static_tokens=[STATIC])
     missing = refused(auth)
-    assert (missing.http_status, missing.grpc_status, missing.code) == (401, "UNAUTHENTICATED", "unauthenticated")
+    assert (missing.http_status, missing.grpc_status, missing.code) == (
+        401,
+        "UNAUTHENTICATED",
+        "unauthenticated",
+    )
     assert missing.www_authenticate == 'Bearer realm="xlgate"'
     wrong = refused(auth, authorization=bearer(STATIC + "x"))
     assert wrong.www_authenticate == 'Bearer realm="xlgate", error="invalid_token"'
@@ -121,11 +132,15 @@ def test_jwt_hs256() -> None:
     for reason, token in cases.items():
         assert refused(auth, authorization=bearer(token)).reason is reason, token
     no_exp = {k: v for k, v in claims().items() if k != "exp"}
-    for token in (jwt.encode(no_exp, SECRET, "HS256"),  # exp is required
-                  jwt.encode(claims(aud="someone-else"), SECRET, "HS256"),
-                  jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, "HS256"),
-                  jwt.encode(claims(), SECRET * 2, "HS512")):  # an algorithm not configured
-        assert refused(auth, authorization=bearer(token)).reason is AuthFailure.INVALID, jwt.get_unverified_header(token)
+    for token in (
+        jwt.encode(no_exp, SECRET, "HS256"),  # exp is required
+        jwt.encode(claims(aud="someone-else"), SECRET, "HS256"),
+        jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, "HS256"),
+        jwt.encode(claims(), SECRET * 2, "HS512"),
+    ):  # an algorithm not configured
+        assert refused(auth, authorization=bearer(token)).reason is AuthFailure.INVALID, (
+            jwt.get_unverified_header(token)
+        )
 
 
 def test_jwt_alg_none_and_key_confusion_are_refused() -> None:
@@ -151,16 +166,26 @@ def test_jwt_issuer_leeway_and_static_tokens_beside() -> None:
     good = jwt.encode(claims(iss="https://idp.example", exp=int(time.time()) - 10), SECRET, "HS256")
     assert auth.authenticate(authorization=bearer(good)).kind == "jwt"  # within the leeway
     assert auth.authenticate(authorization=bearer(STATIC)).kind == "static token"
-    assert refused(auth, authorization=bearer(jwt.encode(claims(iss="https://evil.example"), SECRET, "HS256"))
-                   ).reason is AuthFailure.INVALID
-    assert refused(auth, authorization=bearer(jwt.encode(claims(), SECRET, "HS256"))).reason is AuthFailure.INVALID
+    assert (
+        refused(
+            auth, authorization=bearer(jwt.encode(claims(iss="https://evil.example"), SECRET, "HS256"))
+        ).reason
+        is AuthFailure.INVALID
+    )
+    assert (
+        refused(auth, authorization=bearer(jwt.encode(claims(), SECRET, "HS256"))).reason
+        is AuthFailure.INVALID
+    )
     # With static tokens configured, a wrong token that is no JWT is a wrong token, not a malformed JWT.
     assert refused(auth, authorization=bearer("wrong-token-0123456789")).reason is AuthFailure.INVALID
 
 
 def test_a_token_with_an_audience_is_refused_when_none_is_configured() -> None:
     auth = TokenAuthenticator(jwt_policy=JwtPolicy(SECRET, ("HS256",)))
-    assert refused(auth, authorization=bearer(jwt.encode(claims(), SECRET, "HS256"))).reason is AuthFailure.INVALID
+    assert (
+        refused(auth, authorization=bearer(jwt.encode(claims(), SECRET, "HS256"))).reason
+        is AuthFailure.INVALID
+    )
     no_aud = {k: v for k, v in claims().items() if k != "aud"}
     assert auth.authenticate(authorization=bearer(jwt.encode(no_aud, SECRET, "HS256"))).kind == "jwt"
 
@@ -175,8 +200,13 @@ def test_off_unless_configured() -> None:
 def test_static_tokens_from_environment_and_file(tmp_path: Path) -> None:
     path = tmp_path / "tokens.txt"
     path.write_text(f"# agents\n{STATIC}\n\n  other-token-abcdefgh  \n")
-    auth = build_authenticator(settings("--auth-tokens-file", str(path),
-                                        environ={"XLGATE_AUTH_TOKENS": "env-token-0123456789, more-token-0123456"}))
+    auth = build_authenticator(
+        settings(
+            "--auth-tokens-file",
+            str(path),
+            environ={"XLGATE_AUTH_TOKENS": "env-token-0123456789, more-token-0123456"},
+        )
+    )
     assert auth is not None
     for token in (STATIC, "other-token-abcdefgh", "env-token-0123456789", "more-token-0123456"):
         assert auth.authenticate(authorization=bearer(token)).kind == "static token"
@@ -184,13 +214,17 @@ def test_static_tokens_from_environment_and_file(tmp_path: Path) -> None:
     assert STATIC not in repr(settings(environ={"XLGATE_AUTH_TOKENS": STATIC}))
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("short\n", "line 1: expected a token of at least 16 characters, got 5 characters"),
-    ("# nothing\n", "expected at least one token, got none"),
-    ("has space in it 0123456789\n", "line 1: expected a bearer token"),
-])
-def test_bad_token_files_are_config_errors_that_do_not_echo_tokens(tmp_path: Path, content: str,
-                                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("short\n", "line 1: expected a token of at least 16 characters, got 5 characters"),
+        ("# nothing\n", "expected at least one token, got none"),
+        ("has space in it 0123456789\n", "line 1: expected a bearer token"),
+    ],
+)
+def test_bad_token_files_are_config_errors_that_do_not_echo_tokens(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "tokens.txt"
     path.write_text(content)
     with pytest.raises(ConfigError, match=message) as caught:
@@ -201,23 +235,39 @@ def test_bad_token_files_are_config_errors_that_do_not_echo_tokens(tmp_path: Pat
 def test_jwt_keys_from_files(tmp_path: Path) -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "ec.pem").write_bytes(pem(ec_key.public_key()))
-    auth = build_authenticator(settings("--auth-jwt-key", str(tmp_path / "ec.pem"), "--auth-jwt-algorithms", "ES256",
-                                        "--auth-jwt-audience", AUDIENCE, "--auth-jwt-leeway-ms", "5000"))
+    auth = build_authenticator(
+        settings(
+            "--auth-jwt-key",
+            str(tmp_path / "ec.pem"),
+            "--auth-jwt-algorithms",
+            "ES256",
+            "--auth-jwt-audience",
+            AUDIENCE,
+            "--auth-jwt-leeway-ms",
+            "5000",
+        )
+    )
     assert auth is not None and auth.jwt_policy is not None
     assert auth.jwt_policy.leeway_s == 5.0
     assert auth.authenticate(authorization=bearer(jwt.encode(claims(), ec_key, "ES256"))).kind == "jwt"
-    assert auth.describe() == ("JWT ES256, audience 'xlgate-test'; from the Authorization header or "
-                               "access_token query parameter (WebSocket)")
+    assert auth.describe() == (
+        "JWT ES256, audience 'xlgate-test'; from the Authorization header or "
+        "access_token query parameter (WebSocket)"
+    )
 
     (tmp_path / "secret").write_bytes(SECRET + b"\n")  # the line break an editor leaves is not the secret's
-    auth = build_authenticator(settings("--auth-jwt-key", str(tmp_path / "secret"), "--auth-jwt-algorithms", "HS256"))
+    auth = build_authenticator(
+        settings("--auth-jwt-key", str(tmp_path / "secret"), "--auth-jwt-algorithms", "HS256")
+    )
     assert auth is not None
     no_aud = {k: v for k, v in claims().items() if k != "aud"}
     assert auth.authenticate(authorization=bearer(jwt.encode(no_aud, SECRET, "HS256"))).kind == "jwt"
 
     ed_key = ed25519.Ed25519PrivateKey.generate()
     (tmp_path / "ed.pem").write_bytes(pem(ed_key.public_key()))
-    auth = build_authenticator(settings("--auth-jwt-key", str(tmp_path / "ed.pem"), "--auth-jwt-algorithms", "EdDSA"))
+    auth = build_authenticator(
+        settings("--auth-jwt-key", str(tmp_path / "ed.pem"), "--auth-jwt-algorithms", "EdDSA")
+    )
     assert auth is not None
     assert auth.authenticate(authorization=bearer(jwt.encode(no_aud, ed_key, "EdDSA"))).kind == "jwt"
 
@@ -227,8 +277,9 @@ def test_jwt_key_mistakes_are_config_errors(tmp_path: Path) -> None:
     rsa_small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     files = {
         "ec.pem": pem(ec_key.public_key()),
-        "private.pem": ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()),
+        "private.pem": ec_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
         "small.pem": pem(rsa_small.public_key()),
         "short": b"k" * 31,
         "junk.pem": b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
@@ -246,18 +297,23 @@ def test_jwt_key_mistakes_are_config_errors(tmp_path: Path) -> None:
     ]
     for name, algorithms, message in cases:
         with pytest.raises(ConfigError, match=message):
-            build_authenticator(settings("--auth-jwt-key", str(tmp_path / name), "--auth-jwt-algorithms", algorithms))
+            build_authenticator(
+                settings("--auth-jwt-key", str(tmp_path / name), "--auth-jwt-algorithms", algorithms)
+            )
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--auth-jwt-algorithms", "RS256"], "expected auth_jwt_key to be set as well"),
-    (["--auth-jwt-audience", "x"], "expected auth_jwt_key and auth_jwt_algorithms to be set"),
-    (["--auth-jwt-algorithms", "none"], "JWT algorithms of one family"),
-    (["--auth-jwt-algorithms", "HS256,RS256"], "JWT algorithms of one family"),
-    (["--mrcp-allowed-networks", "10.0.0.1/8"], "CIDR networks"),
-    (["--mrcp-allowed-networks", "localhost"], "CIDR networks"),
-    (["--metrics-host", "a b"], "empty or a host name or IP address"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--auth-jwt-algorithms", "RS256"], "expected auth_jwt_key to be set as well"),
+        (["--auth-jwt-audience", "x"], "expected auth_jwt_key and auth_jwt_algorithms to be set"),
+        (["--auth-jwt-algorithms", "none"], "JWT algorithms of one family"),
+        (["--auth-jwt-algorithms", "HS256,RS256"], "JWT algorithms of one family"),
+        (["--mrcp-allowed-networks", "10.0.0.1/8"], "CIDR networks"),
+        (["--mrcp-allowed-networks", "localhost"], "CIDR networks"),
+        (["--metrics-host", "a b"], "empty or a host name or IP address"),
+    ],
+)
 def test_settings_validation(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings(*argv)

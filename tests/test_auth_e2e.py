@@ -14,6 +14,8 @@ import json
 import logging
 import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from gateway.grpc_api.client import stream_grpc
 from streaming_model.data.voices import synthesize
 from tests.grpcharness import GrpcRunning, config, grpc_settings_for, requests, running_grpc
 from tests.test_bundled_model import VOICE
-from tests.wsharness import collect, send_audio
+from tests.wsharness import collect, free_port, running_server, send_audio, settings_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,8 +49,9 @@ PHRASE = "can you hear me"
 
 def failures(g: GrpcRunning, protocol: str) -> dict[str, float]:
     _, body = g.srv.http_get("/metrics")
-    found = re.findall(rf'^xlgate_auth_failures_total{{protocol="{protocol}",reason="(\w+)"}} (\S+)$', body,
-                       re.MULTILINE)
+    found = re.findall(
+        rf'^xlgate_auth_failures_total{{protocol="{protocol}",reason="(\w+)"}} (\S+)$', body, re.MULTILINE
+    )
     return {reason: float(value) for reason, value in found}
 
 
@@ -57,12 +60,16 @@ def started(g: GrpcRunning, protocol: str) -> float:
 
 
 def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     other_key = ec.generate_private_key(ec.SECP256R1())
     key_path = tmp_path / "jwt.pem"
-    key_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    key_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     now = int(time.time())
 
     def token(signer: Any = key, algorithm: str = "ES256", **claims: Any) -> str:
@@ -83,7 +90,9 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
     speech = synthesize(PHRASE, VOICE, seed=2)
     wav = tmp_path / "call.wav"
     sf.write(wav, np.concatenate([speech, np.zeros(8000, dtype=np.float32)]), 8000, subtype="PCM_16")
-    pcm = (np.clip(np.concatenate([speech, np.zeros(8000, dtype=np.float32)]), -1, 1) * 32767).astype(np.int16)
+    pcm = (np.clip(np.concatenate([speech, np.zeros(8000, dtype=np.float32)]), -1, 1) * 32767).astype(
+        np.int16
+    )
 
     async def websocket_cases(g: GrpcRunning) -> None:
         url = g.srv.ws_url
@@ -97,8 +106,12 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
             challenge = response.headers["WWW-Authenticate"]
             assert challenge.startswith('Bearer realm="xlgate"'), challenge
             assert ("error=" in challenge) == (case is not None), (name, challenge)
-        with pytest.raises(InvalidStatus) as refused:  # a token in the query is malformed in the header's presence
-            async with connect(f"{url}?access_token={STATIC}", additional_headers={"Authorization": f"Bearer {STATIC}"}):
+        with pytest.raises(
+            InvalidStatus
+        ) as refused:  # a token in the query is malformed in the header's presence
+            async with connect(
+                f"{url}?access_token={STATIC}", additional_headers={"Authorization": f"Bearer {STATIC}"}
+            ):
                 pass
         assert refused.value.response.status_code == 401
         assert failures(g, "websocket") == {**expected, "malformed": 3.0}
@@ -112,8 +125,17 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
 
         # A browser-style client: the JWT in the query string.
         async with connect(f"{url}?access_token={good_jwt}", compression=None, max_size=2**22) as ws:
-            await ws.send(json.dumps({"type": "start", "sample_rate_hz": 8000, "encoding": "pcm_s16le",
-                                      "channels": 1, "interim_results": False}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "sample_rate_hz": 8000,
+                        "encoding": "pcm_s16le",
+                        "channels": 1,
+                        "interim_results": False,
+                    }
+                )
+            )
             assert json.loads(await ws.recv())["type"] == "ready"
             await send_audio(ws, pcm)
             await ws.send(json.dumps({"type": "stop"}))
@@ -121,10 +143,13 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
         assert jiwer.cer(PHRASE, " ".join(finals)) <= 0.3, finals
 
         # xlgate stream --token: the static token in the header.
-        status = await stream_audio(url, _file_frames(str(wav), 0), interim=False, hotwords=[], as_json=True,
-                                    token=STATIC)
+        status = await stream_audio(
+            url, _file_frames(str(wav), 0), interim=False, hotwords=[], as_json=True, token=STATIC
+        )
         assert status == 0
-        texts = [m["text"] for m in map(json.loads, capsys.readouterr().out.splitlines()) if m["type"] == "final"]
+        texts = [
+            m["text"] for m in map(json.loads, capsys.readouterr().out.splitlines()) if m["type"] == "final"
+        ]
         assert jiwer.cer(PHRASE, " ".join(texts)) <= 0.3, texts
         assert started(g, "websocket") == 2
 
@@ -152,23 +177,39 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
             yield reflection_pb2.ServerReflectionRequest(list_services="")
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            async for _ in reflection_pb2_grpc.ServerReflectionStub(g.channel).ServerReflectionInfo(ask(), timeout=10):
+            async for _ in reflection_pb2_grpc.ServerReflectionStub(g.channel).ServerReflectionInfo(
+                ask(), timeout=10
+            ):
                 pass
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
         # xlgate stream --grpc --token: the JWT as metadata.
-        status = await stream_grpc(g.target, _file_frames(str(wav), 0), interim=False, hotwords=[], as_json=True,
-                                   token=good_jwt)
+        status = await stream_grpc(
+            g.target, _file_frames(str(wav), 0), interim=False, hotwords=[], as_json=True, token=good_jwt
+        )
         assert status == 0
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        texts = [alt["transcript"] for m in lines if m.get("result", {}).get("isFinal")
-                 for alt in m["result"]["alternatives"][:1]]
+        texts = [
+            alt["transcript"]
+            for m in lines
+            if m.get("result", {}).get("isFinal")
+            for alt in m["result"]["alternatives"][:1]
+        ]
         assert jiwer.cer(PHRASE, " ".join(texts)) <= 0.3, lines
         assert started(g, "grpc") == 1
 
     async def main() -> None:
-        settings = grpc_settings_for("bundled", "--auth-tokens", STATIC, "--auth-jwt-key", str(key_path),
-                                     "--auth-jwt-algorithms", "ES256", "--auth-jwt-audience", AUDIENCE)
+        settings = grpc_settings_for(
+            "bundled",
+            "--auth-tokens",
+            STATIC,
+            "--auth-jwt-key",
+            str(key_path),
+            "--auth-jwt-algorithms",
+            "ES256",
+            "--auth-jwt-audience",
+            AUDIENCE,
+        )
         async with running_grpc(settings) as g:
             await websocket_cases(g)
             await grpc_cases(g)
@@ -179,8 +220,52 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
     assert "refused: missing credentials" in caplog.text
     # The server logged handshake requests and headers at DEBUG, with the credentials redacted (the test's
     # own websockets client logs what it sends: not the server's log).
-    server_log = "\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records
-                           if not r.name.startswith("websockets.client"))
+    server_log = "\n".join(
+        f"{r.name}: {r.getMessage()}" for r in caplog.records if not r.name.startswith("websockets.client")
+    )
     assert "Authorization: [redacted]" in server_log and "access_token=[redacted]" in server_log
     for secret in (STATIC, good_jwt):
         assert secret not in server_log
+
+
+def status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+def test_metrics_and_health_on_a_separate_interface(chatty_checkpoint: str) -> None:
+    """--metrics-host 127.0.0.2: /metrics and the probes answer there, and nothing listens on --host's port."""
+    port = free_port()
+    settings = settings_for(chatty_checkpoint, "--metrics-port", str(port), "--metrics-host", "127.0.0.2")
+
+    async def main() -> None:
+        async with running_server(settings):
+            assert await asyncio.to_thread(status, f"http://127.0.0.2:{port}/readyz") == 200
+            with pytest.raises(urllib.error.URLError):
+                await asyncio.to_thread(status, f"http://127.0.0.1:{port}/metrics")
+
+    asyncio.run(main())
+
+
+def test_stream_token_options(tmp_path: Path) -> None:
+    from gateway.cli import build_parser
+    from gateway.client import _token
+
+    parser = build_parser()
+    path = tmp_path / "token"
+    path.write_text(f"{STATIC}\nignored second line\n")
+    assert _token(parser.parse_args(["stream", "a.wav", "--token-file", str(path)]), parser) == STATIC
+    assert _token(parser.parse_args(["stream", "a.wav", "--token", STATIC]), parser) == STATIC
+    assert _token(parser.parse_args(["stream", "a.wav"]), parser) is None
+    (tmp_path / "empty").write_text("\n")
+    for argv in (
+        ["--token-file", str(tmp_path / "empty")],
+        ["--token-file", str(tmp_path / "missing")],
+        ["--token", "x", "--token-file", str(path)],
+    ):
+        with pytest.raises(SystemExit):
+            args = parser.parse_args(["stream", "a.wav", *argv])
+            _token(args, parser)
+    with pytest.raises(SystemExit):
+        args = parser.parse_args(["stream", "a.wav", "--mrcp", "sip:127.0.0.1:5060", "--token", STATIC])
+        args.func(args, parser)
