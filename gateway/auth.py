@@ -22,6 +22,7 @@ import enum
 import hashlib
 import logging
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from gateway.config import ConfigError, ServeSettings, parse_jwt_algorithms
 from protocols.errors import GatewayError
+from protocols.sip.digest import DigestPolicy
 
 __all__ = [
     "AuthError",
@@ -43,6 +45,7 @@ __all__ = [
     "Principal",
     "TokenAuthenticator",
     "build_authenticator",
+    "build_sip_digest",
 ]
 
 log = logging.getLogger("xlgate.auth")
@@ -396,6 +399,42 @@ def _key_kind(key: Any) -> str:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return "an EdDSA key"
     return f"a {type(key).__name__} key"
+
+
+def build_sip_digest(settings: ServeSettings) -> DigestPolicy | None:
+    """SIP digest authentication from ``sip_digest_users_file``, or None when it is unset.
+
+    Raises:
+        ConfigError: the file cannot be read, a line is not ``username:password``, or a user repeats.
+    """
+    path = settings.sip_digest_users_file
+    if path is None:
+        return None
+    source = f"sip_digest_users_file {path}"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            source=source, expected="a readable UTF-8 file", actual=type(exc).__name__
+        ) from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        username, colon, password = line.strip().partition(":")
+        where = f"{source} line {number}"
+        if not colon or not username or not password or any(c in username for c in '"\\ '):
+            raise ConfigError(
+                source=where,
+                expected="'username:password' (no quotes or spaces in the username)",
+                actual="a line of another shape",
+            )
+        if username in users:
+            raise ConfigError(source=where, expected="each username once", actual=f"{username!r} again")
+        users[username] = password
+    if not users:
+        raise ConfigError(source=source, expected="at least one 'username:password' line", actual="none")
+    return DigestPolicy(realm=settings.sip_digest_realm, users=users, nonce_secret=secrets.token_bytes(32))
 
 
 # ------------------------------------------------------------------------------------------------- logs

@@ -268,6 +268,12 @@ def _check_advertise(value: str) -> str | None:
     return None if value == "" or _check_host(value) is None else "empty or a host name or IP address"
 
 
+def _check_realm(value: str) -> str | None:
+    if value and value.isprintable() and '"' not in value and "\\" not in value:
+        return None
+    return "non-empty printable text without quotes or backslashes"
+
+
 def _check_networks(value: str) -> str | None:
     if value.strip() == "":
         return None
@@ -484,6 +490,12 @@ class ServeSettings:
     auth_query_token: bool = field(metadata=_option(
         Kind.BOOL, True, "Accept the token in the WebSocket URL's access_token query parameter too (for "
         "browsers, which cannot set headers; URLs can end up in proxy logs).", _AUTH))
+    sip_digest_users_file: Path | None = field(metadata=_option(
+        Kind.PATH, None, "SIP digest authentication of INVITEs (MD5 and SHA-256): a file of 'username:password' "
+        "lines ('#' comments); unset = no digest authentication.", _AUTH, check_text="an existing file"))
+    sip_digest_realm: str = field(metadata=_option(
+        Kind.STR, "xlgate", "Realm of the SIP digest challenges.", _AUTH, check=_check_realm,
+        check_text="printable text without quotes"))
     mrcp_allowed_networks: str = field(metadata=_option(
         Kind.STR, "", "Peers allowed on SIP and MRCP, as CIDR networks, comma-separated (empty = any "
         "address): UDP requests from elsewhere get 403 Forbidden, TCP connections are closed at once.", _AUTH,

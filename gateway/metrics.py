@@ -20,7 +20,9 @@ PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
 # Refusals for want of credentials: token reasons on the APIs, the address allow-list on SIP and MRCP.
 _TOKEN_FAILURES = tuple(f.value for f in AuthFailure if f is not AuthFailure.ADDRESS)
 AUTH_FAILURES = {"websocket": _TOKEN_FAILURES, "grpc": _TOKEN_FAILURES,
-                 "sip": (AuthFailure.ADDRESS.value,), "mrcp": (AuthFailure.ADDRESS.value,)}
+                 # A digest challenge to a first INVITE is the protocol, not a failure: no "missing" for SIP.
+                 "sip": tuple(f.value for f in AuthFailure if f is not AuthFailure.MISSING),
+                 "mrcp": (AuthFailure.ADDRESS.value,)}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -73,7 +75,8 @@ class Metrics:
         self.auth_failures = Counter(
             "xlgate_auth_failures_total",
             "Requests refused before any audio for want of valid credentials (WebSocket, gRPC) or because "
-            "the peer's address is not allowed (SIP, MRCP).", ["protocol", "reason"], registry=r)
+            "the peer's address is not allowed (SIP, MRCP), or a SIP INVITE's digest credentials are not valid.",
+            ["protocol", "reason"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         for protocol, reasons in AUTH_FAILURES.items():
             for reason in reasons:

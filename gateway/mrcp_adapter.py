@@ -24,7 +24,9 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
   silence.
 * Source allow-list (``allowed_networks``): SIP requests from elsewhere are answered 403 (UDP) or their
   TCP connection closed, MRCP connections from elsewhere are closed at once; each is counted in
-  ``xlgate_auth_failures_total{protocol="sip"|"mrcp", reason="address"}``.
+  ``xlgate_auth_failures_total{protocol="sip"|"mrcp", reason="address"}``. With ``digest``, an INVITE
+  without valid credentials is challenged (401) by the SIP core; all but the first, credential-less leg
+  of a call are counted with their reason.
 * The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
   drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
@@ -89,6 +91,7 @@ from protocols.rtp.transport import RtpEndpoint, open_rtp_endpoint
 from protocols.sdp.codec import parse_sdp, serialize_sdp
 from protocols.sdp.offer_answer import AnswerConfig, Negotiation, answer_offer
 from protocols.sip.connection import SipServerConfig
+from protocols.sip.digest import DigestPolicy
 from protocols.sip.events import InviteReceived, ReinviteReceived, TerminationReason
 from protocols.sip.transport import SipServer
 from streaming_model.decoding import Hypothesis as EngineHypothesis
@@ -120,6 +123,7 @@ class MrcpSettings:
         defaults: the server's stream defaults (decoding method, hotwords, endpointing).
         recognizer: server-side settings of every channel.
         allowed_networks: the peers allowed on SIP and MRCP; None allows every address.
+        digest: SIP digest authentication of INVITEs; None: none.
     """
 
     host: str = "127.0.0.1"
@@ -133,6 +137,7 @@ class MrcpSettings:
     defaults: StreamSettings = field(default_factory=StreamSettings)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
     allowed_networks: NetworkAllowList | None = None
+    digest: DigestPolicy | None = None
 
     @property
     def advertised(self) -> str:
@@ -258,12 +263,12 @@ class MrcpGateway:
         self.ports = PortAllocator(settings.rtp_port_low, settings.rtp_port_high)
         self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost,
                                allowed_networks=settings.allowed_networks,
-                               on_forbidden=lambda _: self._count_forbidden("mrcp"))
+                               on_forbidden=lambda _: self._count_refused("mrcp", AuthFailure.ADDRESS.value))
         sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port,
-                                     allowed_networks=settings.allowed_networks)
+                                     allowed_networks=settings.allowed_networks, digest=settings.digest)
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
-        self.sip = SipServer(sip_config, self, on_forbidden=lambda _: self._count_forbidden("sip"))
+        self.sip = SipServer(sip_config, self, on_refused=lambda _, reason: self._count_refused("sip", reason))
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -303,8 +308,9 @@ class MrcpGateway:
         """Tasks of the calls plus the SIP server's handler calls (tests count them back to zero)."""
         return len(self._tasks) + self.sip.task_count
 
-    def _count_forbidden(self, protocol: str) -> None:
-        self.metrics.auth_failures.labels(protocol, AuthFailure.ADDRESS.value).inc()
+    def _count_refused(self, protocol: str, reason: str) -> None:
+        if reason != AuthFailure.MISSING.value:  # a digest challenge to a first INVITE is the protocol
+            self.metrics.auth_failures.labels(protocol, AuthFailure(reason).value).inc()
 
     # -- SIP session handler -------------------------------------------------------------------------------
     async def on_invite(self, event: InviteReceived) -> bytes:

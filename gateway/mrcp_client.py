@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import uuid
 from dataclasses import dataclass
 from typing import cast
@@ -29,6 +30,7 @@ from protocols.rtp.codec import RtpPacket, serialize_rtp
 from protocols.sdp.codec import parse_sdp
 from protocols.sip.codec import SipRequest, SipResponse, parse_message
 from protocols.sip.codec import serialize as serialize_sip
+from protocols.sip.digest import ALGORITHMS, response_digest
 
 __all__ = ["CallRefused", "MrcpClient", "cmd_stream_mrcp", "parse_sip_uri", "recognize_file"]
 
@@ -93,12 +95,15 @@ class _SipProtocol(asyncio.DatagramProtocol):
 class MrcpClient:
     """One MRCP call (see the module docstring)."""
 
-    def __init__(self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1") -> None:
+    def __init__(self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1",
+                 credentials: tuple[str, str] | None = None) -> None:
         """Args:
         uri: the server's ``sip:HOST:PORT``.
         codec: the only audio codec offered: PCMU, PCMA or L16.
         local_host: the address our SIP and RTP sockets bind to.
+        credentials: (username, password) answering a digest challenge to the INVITE (401).
         """
+        self.credentials = credentials
         self.server = parse_sip_uri(uri)
         self.codec = codec.upper()
         self.local_host = local_host
@@ -202,8 +207,17 @@ class MrcpClient:
         rtp_port: int = self._rtp.get_extra_info("sockname")[1]
         headers = self._headers("INVITE", self.cseq)
         headers.append(("Content-Type", "application/sdp"))
-        invite = SipRequest("INVITE", f"sip:{self.server[0]}:{self.server[1]}", tuple(headers), self._offer(rtp_port))
+        offer = self._offer(rtp_port)
+        invite = SipRequest("INVITE", f"sip:{self.server[0]}:{self.server[1]}", tuple(headers), offer)
         response = await self._final_response(invite)
+        if response.status == 401 and self.credentials is not None:
+            self._ack_failure(invite, response)
+            self.cseq += 1
+            headers = self._headers("INVITE", self.cseq)
+            headers += [("Content-Type", "application/sdp"),
+                        ("Authorization", self._authorization(invite.uri, response))]
+            invite = SipRequest("INVITE", invite.uri, tuple(headers), offer)
+            response = await self._final_response(invite)
         if response.status >= 300:
             raise CallRefused(response.status, response.reason, response.header("Retry-After"))
         self.to_header = response.header("To") or self.to_header
@@ -212,6 +226,34 @@ class MrcpClient:
         self.answer = self._parse_answer(response.body)
         self._reader, self._writer = await asyncio.open_connection(self.answer.mrcp_host, self.answer.mrcp_port)
         self._read_task = loop.create_task(self._read_mrcp())
+
+    def _ack_failure(self, invite: SipRequest, response: SipResponse) -> None:
+        """ACK a non-2xx final answer to ``invite``: same branch, its To (RFC 3261 §17.1.1.3)."""
+        headers = [(name, invite.header(name) or "") for name in ("Via", "Max-Forwards", "From", "Call-ID")]
+        headers += [("To", response.header("To") or self.to_header), ("CSeq", f"{self.cseq} ACK")]
+        self._send_sip(SipRequest("ACK", invite.uri, tuple(headers)))
+
+    def _authorization(self, uri: str, challenge_response: SipResponse) -> str:
+        """The ``Authorization`` answering the strongest challenge offered (SHA-256 before MD5)."""
+        assert self.credentials is not None
+        username, password = self.credentials
+        offered: dict[str, dict[str, str]] = {}
+        for key, value in challenge_response.headers:
+            if key.lower() == "www-authenticate" and value.lower().startswith("digest "):
+                pairs = re.findall(r'(\w+)=(?:"([^"]*)"|([^\s,]+))', value[7:])
+                params = {name.lower(): quoted or bare for name, quoted, bare in pairs}
+                offered.setdefault(params.get("algorithm", "MD5").upper(), params)
+        algorithm = next((name for name in ALGORITHMS if name in offered), None)
+        if algorithm is None:
+            raise CallRefused(challenge_response.status, "no digest challenge this client can answer", None)
+        params = offered[algorithm]
+        cnonce, nc, qop = uuid.uuid4().hex[:16], "00000001", "auth"
+        response = response_digest(algorithm=algorithm, username=username, realm=params["realm"],
+                                   password=password, method="INVITE", uri=uri, nonce=params["nonce"],
+                                   qop=qop, nc=nc, cnonce=cnonce)
+        return (f'Digest username="{username}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+                f'uri="{uri}", response="{response}", algorithm={algorithm}, qop={qop}, nc={nc}, '
+                f'cnonce="{cnonce}"')
 
     @staticmethod
     def _parse_answer(body: bytes) -> _Answer:
@@ -345,9 +387,10 @@ class MrcpClient:
 
 
 async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str = "builtin:speech/transcribe",
-                         realtime: float = 1.0) -> MrcpEvent | None:
-    """One call: RECOGNIZE with ``grammar``, stream ``pcm``, return RECOGNITION-COMPLETE (None if none)."""
-    client = MrcpClient(uri)
+                         realtime: float = 1.0, credentials: tuple[str, str] | None = None) -> MrcpEvent | None:
+    """One call: RECOGNIZE with ``grammar``, stream ``pcm``, return RECOGNITION-COMPLETE (None if none).
+    ``credentials`` (username, password) answer a SIP digest challenge."""
+    client = MrcpClient(uri, credentials=credentials)
     await client.connect()
     try:
         response = await client.request("RECOGNIZE", ("Content-Type", "text/uri-list"),

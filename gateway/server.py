@@ -27,7 +27,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
-from gateway.auth import CredentialFilter, TokenAuthenticator, build_authenticator
+from gateway.auth import CredentialFilter, TokenAuthenticator, build_authenticator, build_sip_digest
 from gateway.config import RunnerKind, ServeSettings, parse_port_range
 from gateway.engine import Engine
 from gateway.grpc_api.servicer import GrpcServer, GrpcSettings
@@ -214,7 +214,9 @@ def _log_access(settings: ServeSettings, authenticator: TokenAuthenticator | Non
     else:
         log.info("authentication: ON for WebSocket and gRPC: %s", authenticator.describe())
     if settings.sip_port:
-        log.info("SIP/MRCP peers allowed: %s", settings.mrcp_allowed_networks.strip() or "any address")
+        log.info("SIP/MRCP peers allowed: %s; SIP digest authentication: %s",
+                 settings.mrcp_allowed_networks.strip() or "any address",
+                 f"on (realm {settings.sip_digest_realm!r})" if settings.sip_digest_users_file else "off")
 
 
 async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:
@@ -228,7 +230,8 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
         mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
         defaults=settings.stream_defaults(),
         allowed_networks=(NetworkAllowList.parse(settings.mrcp_allowed_networks)
-                          if settings.mrcp_allowed_networks.strip() else None)))
+                          if settings.mrcp_allowed_networks.strip() else None),
+        digest=build_sip_digest(settings)))
     try:
         await gateway.start()
     except BaseException:

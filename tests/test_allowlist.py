@@ -15,7 +15,7 @@ import pytest
 from gateway.mrcp_client import CallRefused, MrcpClient, recognize_file
 from protocols.allowlist import AllowListError, NetworkAllowList
 from protocols.sip.connection import SipServerConfig, SipServerCore
-from protocols.sip.events import Flow, RequestForbidden, SipTransport
+from protocols.sip.events import Flow, RequestRefused, SipTransport
 from tests.wsharness import Running, free_port, running_server, settings_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,7 +96,7 @@ def test_requests_from_outside_get_a_stateless_403() -> None:
         assert out.flow == OUTSIDE  # the packet's source, whatever the Via says
         assert out.data.startswith(b"SIP/2.0 403 Forbidden\r\n"), out.data
         assert f"CSeq: 1 {method}".encode() in out.data and b"Call-ID: allow-list-1@127.0.0.1" in out.data
-        assert sip.next_event() == RequestForbidden(OUTSIDE, method)
+        assert sip.next_event() == RequestRefused(OUTSIDE, method, "address")
         assert sip.next_event() is None
     assert sip.dialog_count == 0 and sip.get_timer() is None  # no transaction, no dialog, no timer kept
 
@@ -104,7 +104,7 @@ def test_requests_from_outside_get_a_stateless_403() -> None:
 def test_acks_responses_and_garbage_from_outside_get_nothing() -> None:
     sip = core("10.0.0.0/8")
     sip.receive_datagram(sip_request("ACK"), OUTSIDE, now=0.0)
-    assert sip.data_to_send() == [] and sip.next_event() == RequestForbidden(OUTSIDE, "ACK")
+    assert sip.data_to_send() == [] and sip.next_event() == RequestRefused(OUTSIDE, "ACK", "address")
     response = (
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-x\r\nFrom: <sip:a@b>;tag=1\r\n"
         b"To: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"

@@ -24,6 +24,7 @@ from gateway.auth import (
     JwtPolicy,
     TokenAuthenticator,
     build_authenticator,
+    build_sip_digest,
 )
 from gateway.config import ConfigError, ServeSettings, add_serve_arguments, resolve_serve_settings
 
@@ -302,6 +303,27 @@ def test_jwt_key_mistakes_are_config_errors(tmp_path: Path) -> None:
             )
 
 
+def test_sip_digest_users_file(tmp_path: Path) -> None:
+    assert build_sip_digest(settings()) is None
+    path = tmp_path / "users"
+    path.write_text("# PBXs\npbx1:pass:word\n\npbx2:other\n")
+    policy = build_sip_digest(settings("--sip-digest-users-file", str(path), "--sip-digest-realm", "cc"))
+    assert policy is not None and policy.realm == "cc"
+    assert dict(policy.users) == {"pbx1": "pass:word", "pbx2": "other"}
+    assert "pass:word" not in repr(policy)
+    for content, message in (
+        ("pbx1\n", "line 1: expected 'username:password'"),
+        (":x\n", "line 1"),
+        ("a b:x\n", "line 1"),
+        ("a:x\na:y\n", "line 2: expected each username once"),
+        ("# none\n", "at least one"),
+    ):
+        path.write_text(content)
+        with pytest.raises(ConfigError, match=message) as caught:
+            build_sip_digest(settings("--sip-digest-users-file", str(path)))
+        assert ":x" not in str(caught.value) and ":y" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -312,6 +334,7 @@ def test_jwt_key_mistakes_are_config_errors(tmp_path: Path) -> None:
         (["--mrcp-allowed-networks", "10.0.0.1/8"], "CIDR networks"),
         (["--mrcp-allowed-networks", "localhost"], "CIDR networks"),
         (["--metrics-host", "a b"], "empty or a host name or IP address"),
+        (["--sip-digest-realm", 'a"b'], "printable text without quotes"),
     ],
 )
 def test_settings_validation(argv: list[str], message: str) -> None:

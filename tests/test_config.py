@@ -112,6 +112,8 @@ def test_defaults() -> None:
         auth_jwt_issuer="",
         auth_jwt_leeway_s=0.0,
         auth_query_token=True,
+        sip_digest_users_file=None,
+        sip_digest_realm="xlgate",
         mrcp_allowed_networks="",
     )
 
@@ -186,6 +188,8 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "auth_jwt_issuer": ("iss-a", "iss-b", "iss-c"),
     "auth_jwt_leeway_ms": (1000, 2000, 3000),
     "auth_query_token": (False, True, False),
+    "sip_digest_users_file": ("a.txt", "b.txt", "c.txt"),
+    "sip_digest_realm": ("realm-a", "realm b", "realm.c"),
     "mrcp_allowed_networks": ("10.0.0.0/8", "10.0.0.0/8, 192.0.2.7", "::1/128"),
 }
 

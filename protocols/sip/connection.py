@@ -29,10 +29,16 @@ the core answers what it can on its own and reports the rest as events (``next_e
 * ``connection_lost(connection_id)`` ends the dialogs bound to that TCP connection; ``hangup`` ends one
   from our side; while ``accepting`` is False (drain, capacity) new INVITEs get 503 with Retry-After.
 * Source allow-list (``allowed_networks``): a request from an address outside it is answered
-  403 Forbidden statelessly (no transaction, dialog or event but :class:`RequestForbidden`), before
+  403 Forbidden statelessly (no transaction, dialog or event but :class:`RequestRefused`), before
   anything else is looked at; an ACK, a response or unparseable bytes from outside get nothing. The
   403 goes to the packet's source (never to a Via's address) and only echoes the request's own Via,
   From, To, Call-ID and CSeq: about the size of the request, so no amplification.
+  Refused requests are reported as :class:`RequestRefused`.
+* Digest authentication (``digest``, :mod:`protocols.sip.digest`): an initial INVITE without valid
+  credentials is answered 401 with a SHA-256 and an MD5 challenge (a stale nonce: ``stale=true``),
+  before any other check, and reported as :class:`RequestRefused`; the client's retry with
+  ``Authorization`` goes on as usual. Requests inside a dialog, CANCEL, ACK and OPTIONS are not
+  challenged (RFC 3261 §22.1: CANCEL and ACK cannot be; in-dialog requests name the dialog's tags).
 
 All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest deadline and
 ``handle_timer(now)`` fires what is due. Output is ``data_to_send()``: :class:`Outgoing` values.
@@ -47,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.allowlist import NetworkAllowList
+from protocols.sip import digest
 from protocols.sip.codec import (
     SipMessage,
     SipRequest,
@@ -62,7 +69,7 @@ from protocols.sip.events import (
     InviteReceived,
     Outgoing,
     ReinviteReceived,
-    RequestForbidden,
+    RequestRefused,
     SessionConfirmed,
     SessionTerminated,
     SipEvent,
@@ -91,6 +98,7 @@ class SipServerConfig:
         retry_after_s: Retry-After of 503 answers while not accepting.
         t1_s, t2_s: RFC 3261 timers (tests shorten them).
         allowed_networks: the peers allowed to send requests; None allows every address.
+        digest: digest authentication of initial INVITEs; None: none.
     """
 
     advertise_host: str
@@ -102,6 +110,7 @@ class SipServerConfig:
     t1_s: float = T1_S
     t2_s: float = T2_S
     allowed_networks: NetworkAllowList | None = None
+    digest: digest.DigestPolicy | None = None
 
     def allows(self, host: str) -> bool:
         """Whether a peer at ``host`` may talk to this server."""
@@ -419,6 +428,8 @@ class SipServerCore:
         if to_tag:
             self._receive_reinvite(request, flow, branch, now)
             return
+        if self.config.digest is not None and not self._authenticated(request, flow, branch, now):
+            return
         unsupported = [tag for tag in request.values("Require") if tag.lower() != "timer"]
         if unsupported:
             extra = (("Unsupported", ", ".join(unsupported)),)
@@ -732,6 +743,32 @@ class SipServerCore:
                 data, destination, now + hold
             )
 
+    def _authenticated(self, request: SipRequest, flow: Flow, branch: str, now: float) -> bool:
+        """Whether an initial INVITE carries valid digest credentials; if not, it is answered 401."""
+        policy = self.config.digest
+        assert policy is not None
+        stale = False
+        # Not ``values()``: a Digest header's parameters are comma-separated within one value.
+        credentials = [value for key, value in request.headers if key.lower() == "authorization"]
+        if not credentials:
+            reason = "missing"
+        else:
+            try:
+                if len(credentials) > 1:
+                    raise digest.DigestFailure("malformed", "more than one Authorization header")
+                parsed = digest.parse_credentials(credentials[0])
+                digest.verify(policy, parsed, method="INVITE", request_uri=request.uri, now=now)
+                return True
+            except digest.DigestFailure as exc:
+                reason = exc.reason
+                stale = reason == "expired"
+        self._events.append(RequestRefused(flow, "INVITE", reason))
+        extra = tuple(("WWW-Authenticate", value) for value in digest.challenges(policy, now, stale=stale))
+        self._answer(
+            request, flow, branch, 401, "Unauthorized", extra=extra, add_tag=True, now=now, invite=True
+        )
+        return False
+
     def _reply_stateless(self, request: SipRequest, flow: Flow, status: int, reason: str) -> None:
         try:
             data = self._response(request, flow, status, reason, self._new_tag(), ())
@@ -744,7 +781,7 @@ class SipServerCore:
         if not isinstance(message, SipRequest):
             return
         method = message.method.upper()
-        self._events.append(RequestForbidden(flow, method))
+        self._events.append(RequestRefused(flow, method, "address"))
         if method != "ACK":
             self._reply_stateless(message, flow, 403, "Forbidden")
 

@@ -16,7 +16,7 @@ __all__ = [
     "InviteReceived",
     "Outgoing",
     "ReinviteReceived",
-    "RequestForbidden",
+    "RequestRefused",
     "SessionConfirmed",
     "SessionTerminated",
     "SipEvent",
@@ -101,12 +101,18 @@ class SessionTerminated:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestForbidden:
-    """A request from an address outside the allow-list was answered 403 (or dropped, for an ACK); the
-    core kept no state for it. Reported so that the owner can count it."""
+class RequestRefused:
+    """A request was refused before it reached a dialog; the core kept no state for it. Reported so that
+    the owner can count it.
+
+    ``reason``: ``address`` (outside the allow-list: 403, or nothing for an ACK), or, for an INVITE under
+    digest authentication (401 with a challenge), ``missing`` (no credentials: the normal first leg of
+    every authenticated call), ``malformed``, ``invalid`` or ``expired`` (a stale nonce).
+    """
 
     flow: Flow
     method: str
+    reason: str
 
 
-SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated | RequestForbidden
+SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated | RequestRefused

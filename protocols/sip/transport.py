@@ -6,8 +6,8 @@ answer or raises (an ``SdpError`` answers with its SIP status, an ``OverloadedEr
 Retry-After, a ``SipError`` with its status; anything else is logged and answered 500 without
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
 Source allow-list (the core's ``allowed_networks``): a UDP request from outside it is answered 403 by the
-core; a TCP connection from outside is closed at once, before it is read (as MRCP's are); both are reported
-to ``on_forbidden``.
+core; a TCP connection from outside is closed at once, before it is read (as MRCP's are). Both, and INVITEs
+refused by digest authentication, are reported to ``on_refused`` with the core's reason.
 ``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
 arrives while the owner is still allocating waits for it), so the owner releases each session once.
 """
@@ -30,7 +30,7 @@ from protocols.sip.events import (
     Flow,
     InviteReceived,
     ReinviteReceived,
-    RequestForbidden,
+    RequestRefused,
     SessionConfirmed,
     SessionTerminated,
     SipTransport,
@@ -71,13 +71,13 @@ class SipServer:
         handler: SessionHandler,
         *,
         max_tasks: int = 1024,
-        on_forbidden: Callable[[Flow], None] | None = None,
+        on_refused: Callable[[Flow, str], None] | None = None,
     ) -> None:
         """Args:
         config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated).
         handler: session owner.
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
-        on_forbidden: called with the flow of each request or TCP connection the allow-list refused.
+        on_refused: called with the flow and reason of each request or TCP connection refused.
         """
         self.config = config
         self.handler = handler
@@ -90,7 +90,7 @@ class SipServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inviting: dict[str, asyncio.Task[None]] = {}  # dialog id -> its on_invite call
         self._max_tasks = max_tasks
-        self._on_forbidden = on_forbidden
+        self._on_refused = on_refused
 
     @property
     def port(self) -> int:
@@ -183,12 +183,10 @@ class SipServer:
                 if stream is not None:
                     stream.write(outgoing.data)
         while (event := core.next_event()) is not None:
-            if isinstance(event, RequestForbidden):
-                _log.info(
-                    "SIP %s from %s refused: address not allowed", event.method[:16], event.flow.remote[0]
-                )
-                if self._on_forbidden is not None:
-                    self._on_forbidden(event.flow)
+            if isinstance(event, RequestRefused):
+                _log.info("SIP %s from %s refused: %s", event.method[:16], event.flow.remote[0], event.reason)
+                if self._on_refused is not None:
+                    self._on_refused(event.flow, event.reason)
             else:
                 self._spawn(event)
         if self._timer is not None:
@@ -304,8 +302,8 @@ class _SipStream(asyncio.Protocol):
         if not self.server.config.allows(self.remote[0]):
             _log.info("SIP TCP connection from %s refused: address not allowed", self.remote[0])
             self.transport.abort()
-            if self.server._on_forbidden is not None:
-                self.server._on_forbidden(Flow(SipTransport.TCP, self.remote, self.connection_id))
+            if self.server._on_refused is not None:
+                self.server._on_refused(Flow(SipTransport.TCP, self.remote, self.connection_id), "address")
             return
         self.server._tcp[self.connection_id] = self
 
