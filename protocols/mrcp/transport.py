@@ -195,7 +195,7 @@ class _MrcpProtocol(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
             if not allowed.allows(host):
-                _log.info("MRCP connection from %s refused: address not allowed", host)
+                _log.debug("MRCP connection from %s refused: address not allowed", host)
                 self.transport.abort()
                 if self.server._on_forbidden is not None:
                     self.server._on_forbidden((host, port))

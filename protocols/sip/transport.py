@@ -184,7 +184,11 @@ class SipServer:
                     stream.write(outgoing.data)
         while (event := core.next_event()) is not None:
             if isinstance(event, RequestRefused):
-                _log.info("SIP %s from %s refused: %s", event.method[:16], event.flow.remote[0], event.reason)
+                # A flood from outside must not flood the log: the owner counts every refusal anyway.
+                level = logging.DEBUG if event.reason in ("address", "missing") else logging.INFO
+                _log.log(
+                    level, "SIP %s from %s refused: %s", event.method[:16], event.flow.remote[0], event.reason
+                )
                 if self._on_refused is not None:
                     self._on_refused(event.flow, event.reason)
             else:
@@ -300,7 +304,7 @@ class _SipStream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
         if not self.server.config.allows(self.remote[0]):
-            _log.info("SIP TCP connection from %s refused: address not allowed", self.remote[0])
+            _log.debug("SIP TCP connection from %s refused: address not allowed", self.remote[0])
             self.transport.abort()
             if self.server._on_refused is not None:
                 self.server._on_refused(Flow(SipTransport.TCP, self.remote, self.connection_id), "address")
