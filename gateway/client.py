@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send FILE over MRCPv2 (SIP + RTP + MRCP) instead of the WebSocket; prints the NLSML")
     parser.add_argument("--grammar", default="builtin:speech/transcribe",
                         help="with --mrcp: the grammar URI of the RECOGNIZE (default builtin:speech/transcribe)")
+    parser.add_argument("--sip-credentials-file", metavar="PATH",
+                        help="with --mrcp: a 'username:password' line answering the server's SIP digest challenge")
     parser.set_defaults(func=cmd_stream)
 
 
@@ -187,6 +189,21 @@ def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | N
     return token
 
 
+def _sip_credentials(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str] | None:
+    """(username, password) from ``--sip-credentials-file``'s first line, or None."""
+    if args.sip_credentials_file is None:
+        return None
+    try:
+        with open(args.sip_credentials_file, encoding="utf-8") as handle:
+            username, colon, password = handle.readline().strip().partition(":")
+    except OSError as exc:
+        parser.error(f"--sip-credentials-file: cannot read {args.sip_credentials_file}: {exc.strerror}")
+    if not (username and colon and password):
+        parser.error(f"--sip-credentials-file: expected 'username:password' on the first line of "
+                     f"{args.sip_credentials_file}")
+    return username, password
+
+
 def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.mic == bool(args.file):
         parser.error("give exactly one of FILE or --mic")
@@ -198,7 +215,10 @@ def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error("--mrcp streams a FILE, not the microphone")
         from gateway.mrcp_client import cmd_stream_mrcp
 
-        return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed)
+        return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed,
+                               credentials=_sip_credentials(args, parser))
+    if args.sip_credentials_file:
+        parser.error("--sip-credentials-file goes with --mrcp")
     if args.file:
         from protocols.audio.errors import AudioFileError
 

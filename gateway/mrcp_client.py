@@ -412,8 +412,10 @@ async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str =
         await client.bye()
 
 
-def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float) -> int:
-    """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body."""
+def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float,
+                    credentials: tuple[str, str] | None = None) -> int:
+    """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body.
+    ``credentials`` (username, password) answer a SIP digest challenge."""
     import sys
 
     from gateway.audio_files import read_audio_file
@@ -433,7 +435,7 @@ def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float) -> int:
     pcm = float32_to_int16(audio)
     pcm = np.concatenate([pcm, np.zeros(8000, dtype=np.int16)])  # trailing silence ends the utterance
     try:
-        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed))
+        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed, credentials=credentials))
     except TimeoutError:
         print(f"xlgate stream: error: no answer from {uri} in time", file=sys.stderr)
         return 1

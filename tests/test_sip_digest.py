@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from gateway.cli import build_parser
 from gateway.mrcp_client import CallRefused, MrcpClient, recognize_file
 from protocols.sip.codec import parse_message
 from protocols.sip.connection import SipServerConfig, SipServerCore
@@ -194,7 +196,9 @@ def counters(srv: Running) -> dict[str, float]:
     return {reason: float(value) for reason, value in found}
 
 
-def test_serve_with_digest_users(chatty_checkpoint: str, tmp_path: Path) -> None:
+def test_serve_with_digest_users(
+    chatty_checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     users = tmp_path / "sip-users"
     users.write_text("# PBXs\npbx1:correct horse:with a colon\n")
     sip_port = free_port()
@@ -229,8 +233,32 @@ def test_serve_with_digest_users(chatty_checkpoint: str, tmp_path: Path) -> None
                 uri, pcm, realtime=4.0, credentials=("pbx1", "correct horse:with a colon")
             )
             assert event is not None and event.event_name == "RECOGNITION-COMPLETE"
-            assert (
-                counters(srv)["invalid"] == 2.0
-            )  # the first, credential-less INVITE of a call is not counted
+            # The first, credential-less INVITE of a call is not counted.
+            assert counters(srv)["invalid"] == 2.0
 
+            # xlgate stream --mrcp --sip-credentials-file (its own event loop: in a thread).
+            parser = build_parser()
+            for line, status in (("pbx1:correct horse:with a colon", 0), ("pbx1:wrong", 1)):
+                credentials_file.write_text(line + "\n")
+                args = parser.parse_args(
+                    [
+                        "stream",
+                        "--mrcp",
+                        uri,
+                        str(wav),
+                        "--speed",
+                        "4",
+                        "--sip-credentials-file",
+                        str(credentials_file),
+                    ]
+                )
+                assert await asyncio.to_thread(args.func, args, parser) == status
+            assert counters(srv)["invalid"] == 3.0
+
+    wav = tmp_path / "noise.wav"
+    sf.write(wav, np.random.default_rng(1).standard_normal(8000) * 0.1, 8000, subtype="PCM_16")
+    credentials_file = tmp_path / "credentials"
     asyncio.run(main())
+    out, err = capsys.readouterr()
+    assert "Completion-Cause: 0" in err and out.startswith("<?xml")
+    assert "INVITE refused: 401 Unauthorized" in err
