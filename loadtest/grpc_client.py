@@ -64,7 +64,8 @@ async def run_grpc_session(utt: Utterance, *, channel: grpc.aio.Channel, cfg: Cl
         sess.stop_at = time.monotonic()
 
     stub = asr_pb2_grpc.RecognizerStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.StreamingRecognize(requests())
+    metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
+    call = stub.StreamingRecognize(requests(), metadata=metadata)
     started = False
     received = 0
     try:
