@@ -43,8 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "the Authorization header; gRPC: as authorization metadata)")
     token.add_argument("--token-file", metavar="PATH",
                        help="read the bearer token from PATH (keeps it out of the process list)")
-    parser.add_argument("--mrcp", metavar="sip:HOST:PORT",
+    parser.add_argument("--mrcp", metavar="sip[s]:HOST:PORT",
                         help="send FILE over MRCPv2 (SIP + RTP + MRCP) instead of the WebSocket; prints the NLSML")
+    parser.add_argument("--ca-file", metavar="PEM",
+                        help="with --mrcp sips:HOST:PORT: CA certificate(s) that verify the server "
+                             "(default: the system's)")
     parser.add_argument("--grammar", default="builtin:speech/transcribe",
                         help="with --mrcp: the grammar URI of the RECOGNIZE (default builtin:speech/transcribe)")
     parser.add_argument("--sip-credentials-file", metavar="PATH",
@@ -216,7 +219,7 @@ def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         from gateway.mrcp_client import cmd_stream_mrcp
 
         return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed,
-                               credentials=_sip_credentials(args, parser))
+                               ca_file=args.ca_file, credentials=_sip_credentials(args, parser))
     if args.sip_credentials_file:
         parser.error("--sip-credentials-file goes with --mrcp")
     if args.file:

@@ -322,6 +322,7 @@ _STREAMING: Final = "Streams and timeouts"
 _DECODING: Final = "Decoding"
 _LOGGING: Final = "Logging"
 _TLS: Final = "TLS"
+_LIMITS: Final = "Limits"
 _AUTH: Final = "Authentication and access"
 
 _ENDPOINTING: Final = EndpointingSettings()  # the session API declares the stream defaults once
@@ -405,6 +406,11 @@ class ServeSettings:
         "over the utterance ('whisper': better words, aligned to the CTC posteriors for timings and "
         "confidences; ~0.2-0.3 s of CPU per final on a worker thread, so finals come later).",
         _MODEL, choices=_values(FinalPass), closed_set=FinalPass))
+    final_pass_max_wait_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 150,
+        "With final_pass whisper: longest a closed utterance waits for the second pass's worker; one that "
+        "waited longer keeps its CTC final (overload sheds the second pass, never final latency; counted in "
+        "xlgate_final_pass_total).", _MODEL, min_value=0, max_value=10_000))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
@@ -465,6 +471,40 @@ class ServeSettings:
         check_text="an existing file"))
     tls_key: Path | None = field(metadata=_option(
         Kind.PATH, None, "PEM private key; set together with tls_cert.", _TLS, check_text="an existing file"))
+    sips_port: int = field(metadata=_option(
+        Kind.INT, 5061, "SIP over TLS port of the MRCPv2 server (RFC 3261 §26), served when tls_cert is set "
+        "and MRCP is on (0 = off).", _TLS, min_value=0, max_value=MAX_PORT))
+    mrcp_tls_port: int = field(metadata=_option(
+        Kind.INT, 1545, "MRCPv2 over TLS port, named in the SDP answer to TCP/TLS/MRCPv2 offers; served when "
+        "tls_cert is set and MRCP is on (0 = any free port).", _TLS, min_value=0, max_value=MAX_PORT))
+    max_sessions_per_address: int = field(metadata=_option(
+        Kind.INT, 0, "Sessions one client address may hold at once, per protocol (WebSocket connections, "
+        "gRPC calls, SIP calls); 0 = no bound beyond max_streams (a PBX sends every call from one address).",
+        _LIMITS, min_value=0, max_value=100_000))
+    sip_max_message_bytes: int = field(metadata=_option(
+        Kind.INT, 65536, "Largest SIP message accepted (513 Message Too Large beyond).", _LIMITS,
+        min_value=4096, max_value=1024 * 1024))
+    sip_max_headers: int = field(metadata=_option(
+        Kind.INT, 100, "Most header lines of a SIP message (400 Too Many Headers beyond).", _LIMITS,
+        min_value=16, max_value=10_000))
+    max_sdp_bytes: int = field(metadata=_option(
+        Kind.INT, 16384, "Largest SDP offer accepted (413 Request Entity Too Large beyond).", _LIMITS,
+        min_value=1024, max_value=1024 * 1024))
+    mrcp_max_message_bytes: int = field(metadata=_option(
+        Kind.INT, 1024 * 1024, "Largest MRCPv2 message accepted (504 and the connection closed beyond).",
+        _LIMITS, min_value=4096, max_value=64 * 1024 * 1024))
+    mrcp_max_headers: int = field(metadata=_option(
+        Kind.INT, 100, "Most header lines of an MRCPv2 message (504 beyond).", _LIMITS,
+        min_value=16, max_value=10_000))
+    max_grammar_bytes: int = field(metadata=_option(
+        Kind.INT, 256 * 1024, "Largest inline SRGS grammar compiled (Completion-Cause 005 beyond).", _LIMITS,
+        min_value=1024, max_value=64 * 1024 * 1024))
+    max_grammar_phrases: int = field(metadata=_option(
+        Kind.INT, 2000, "Most phrases a grammar may expand to (Completion-Cause 005 beyond).", _LIMITS,
+        min_value=1, max_value=1_000_000))
+    rtp_max_packets_per_s: int = field(metadata=_option(
+        Kind.INT, 200, "RTP packets per second one call may send (burst: one second's worth); more are "
+        "dropped and counted (20 ms audio is 50 a second).", _LIMITS, min_value=50, max_value=100_000))
     # Secrets: kept out of the settings' repr, so a logged ServeSettings shows no token.
     auth_tokens: str = field(repr=False, metadata=_option(
         Kind.STR, "", "Static API tokens the WebSocket and gRPC APIs accept, comma-separated (at least 16 "
@@ -498,7 +538,8 @@ class ServeSettings:
         check_text="printable text without quotes"))
     mrcp_allowed_networks: str = field(metadata=_option(
         Kind.STR, "", "Peers allowed on SIP and MRCP, as CIDR networks, comma-separated (empty = any "
-        "address): UDP requests from elsewhere get 403 Forbidden, TCP connections are closed at once.", _AUTH,
+        "address): UDP requests from elsewhere get 403 Forbidden, TCP and TLS connections are closed at once.",
+        _AUTH,
         check=_check_networks, check_text="empty or CIDR networks, e.g. 10.0.0.0/8, 192.0.2.7"))
 
     def stream_defaults(self) -> StreamSettings:
@@ -839,7 +880,10 @@ def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
                               f"({name} only applies to JWTs)", actual=f"{name} alone")
 
     seen: dict[int, str] = {}
-    for name in ("ws_port", "metrics_port", "grpc_port", "sip_port", "mrcp_port"):
+    names = ["ws_port", "metrics_port", "grpc_port", "sip_port", "mrcp_port"]
+    if cert is not None:  # the TLS listeners of MRCP exist only with a certificate
+        names += ["sips_port", "mrcp_tls_port"]
+    for name in names:
         port, source = chosen[name]
         assert isinstance(port, int)
         if port == 0:

@@ -424,6 +424,7 @@ class Engine:
             return
         for late in finals:
             self._finals_outstanding = max(0, self._finals_outstanding - 1)
+            self.metrics.final_pass.labels(late.source.value).inc()
             stream = self._streams.get(late.stream_id)
             if stream is None:
                 continue  # aborted while its final was in the second pass

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from gateway.config import Quantization
+from gateway.config import FinalPass, Quantization
 from gateway.offline import positive_int
 from gateway.session import DecodingMethod, DecodingSettings, EndpointingSettings, Hotword, StreamSettings
 from streaming_model.data.manifest import read_manifest, resolve_audio
@@ -199,6 +199,7 @@ class EngineSettings:
     num_threads: int = DEFAULT_THREADS
     max_parallel: int = DEFAULT_MAX_PARALLEL
     quantize: Quantization = Quantization.NONE  # INT8: the serving option's dynamic int8 linear layers
+    final_pass: FinalPass = FinalPass.NONE  # WHISPER: finals from the second pass, as `serve --final-pass`
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,8 @@ async def _transcribe(loaded: LoadedModel, paths: Sequence[str], *, decoding: De
     await run_transcription(loaded, paths, settings=StreamSettings(decoding=decoding, interim_results=False),
                             read_options=ReadOptions(), max_parallel=settings.max_parallel,
                             device=settings.device, num_threads=settings.num_threads,
-                            quantize=settings.quantize, lm=lm, on_result=on_result)
+                            quantize=settings.quantize, lm=lm, on_result=on_result,
+                            final_pass=settings.final_pass)
     return results
 
 
@@ -890,6 +892,9 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"torch threads of the model (default {DEFAULT_THREADS})")
     common.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL,
                         help=f"streams batched together in the engine (default {DEFAULT_MAX_PARALLEL})")
+    common.add_argument("--final-pass", type=FinalPass, choices=tuple(FinalPass), default=FinalPass.NONE,
+                        help="finals from the CTC decoder ('none', default) or Whisper's second pass "
+                             "('whisper', as `xlgate serve --final-pass whisper`; offline it is not shed for time)")
     decoding = argparse.ArgumentParser(add_help=False)
     decoding.add_argument("--decoding", type=DecodingMethod, choices=tuple(DecodingMethod),
                           default=DecodingMethod.GREEDY)
@@ -953,6 +958,7 @@ def cmd_dev(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     torch.set_num_threads(args.threads)
     settings = EngineSettings(device=args.device, num_threads=args.threads, max_parallel=args.max_parallel,
+                              final_pass=args.final_pass,
                               quantize=args.quantize)
     try:
         items = load_items(args.manifest, limit=args.limit)

@@ -14,11 +14,16 @@ finals leave in the order of their utterances. :meth:`SecondPassFinals.has_pendi
 before sending a partial: while a stream has a final not yet handed out, its partials (and the start of its
 next utterance) are held back (dropped: a later partial carries the whole utterance so far).
 
-Bounds and fallbacks: at most ``max_pending`` second passes are queued or running (the runner allows
-:data:`gateway.runner.MAX_PENDING_SECOND_PASSES`: with one worker at ~0.3 s a final, a final waits at most
-a few seconds); a close beyond that keeps its CTC final (in its place in the stream's FIFO), as does an utterance longer than Whisper's 30 s window, an
-utterance whose second pass fails, and one whose second pass finds no words. Finals of a stream that was
-aborted are still handed out (the runner does not know streams, only slots); the engine drops them.
+Bounds and fallbacks (overload sheds quality, never latency): at most ``max_pending`` second passes are
+queued or running, and a queued one that has waited more than ``max_wait_s`` when the worker reaches it is
+not run. Either way the utterance keeps its CTC final (in its place in the stream's FIFO), as does an
+utterance longer than Whisper's 30 s window, an utterance whose second pass fails, and one whose second
+pass finds no words; each final says where its text came from (:class:`FinalSource`). Finals of a stream
+that was aborted are still handed out (the runner does not know streams, only slots); the engine drops them.
+
+Priority: the worker thread runs at a lower CPU priority (``nice``) than the model step, and ctranslate2's
+own threads, created from it, inherit that priority (Linux niceness is per thread): partials keep their pace
+and second passes use the CPU the streaming step leaves.
 
 Confidences: a word's raw confidence is the lowest of its characters' peak posteriors on the forced CTC path,
 the statistic of the CTC decoders' word confidences, so the checkpoint's calibration map applies unchanged.
@@ -30,8 +35,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import numpy as np
 
@@ -41,7 +50,21 @@ from streaming_model.tokenizer import CharTokenizer
 
 log = logging.getLogger("xlgate.final_pass")
 
-__all__ = ["FinalJob", "LateFinal", "SecondPassFinals"]
+__all__ = ["FinalJob", "FinalSource", "LateFinal", "SecondPassFinals"]
+
+# CPU priority of the second pass's threads (Linux niceness, 0 .. 19): below the model step's.
+SECOND_PASS_NICE = 10
+
+
+class FinalSource(StrEnum):
+    """Where a late final's text came from (the label of ``xlgate_final_pass_total``)."""
+
+    SECOND_PASS = "second_pass"  # Whisper's text, aligned to the CTC posteriors
+    SHED_PENDING = "shed_pending"  # CTC text: max_pending second passes were already queued or running
+    SHED_WAIT = "shed_wait"  # CTC text: it waited past max_wait_s for the worker
+    TOO_LONG = "too_long"  # CTC text: the utterance outgrew Whisper's 30 s window
+    NO_WORDS = "no_words"  # CTC text: the second pass found no words
+    FAILED = "failed"  # CTC text: the second pass raised (logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +94,14 @@ class LateFinal:
     speech_ended_s: float
     audio_end_s: float  # how far into the stream's audio the stream was when the utterance closed
     arrival_s: float  # when the audio that closed it arrived (final latency counts from there)
+    source: FinalSource = FinalSource.SECOND_PASS
 
 
 @dataclass(slots=True)
 class _Entry:
     job: FinalJob
-    future: concurrent.futures.Future[Hypothesis] | None  # None: the CTC final stands
+    future: concurrent.futures.Future[tuple[Hypothesis, FinalSource]] | None  # None: the CTC final stands
+    source: FinalSource  # why the CTC final stands, when future is None
 
 
 class SecondPassFinals:
@@ -86,24 +111,34 @@ class SecondPassFinals:
     """
 
     def __init__(self, *, frame_s: float, calibration: ConfidenceCalibration, max_pending: int,
-                 tokenizer: CharTokenizer | None = None, second_pass: WhisperSecondPass | None = None) -> None:
-        """Load Whisper (unless ``second_pass`` is given) and start the worker.
+                 max_wait_s: float, tokenizer: CharTokenizer | None = None,
+                 second_pass: WhisperSecondPass | None = None, nice: int = SECOND_PASS_NICE) -> None:
+        """Start the worker and load Whisper on it (unless ``second_pass`` is given).
 
         Args:
             frame_s: seconds per CTC frame.
             calibration: the runner's confidence map of CTC finals.
             max_pending: second passes queued or running at once; more closes keep their CTC finals.
+            max_wait_s: longest a close may wait for the worker; one that waited longer keeps its CTC final.
             tokenizer: the CTC vocabulary (default :class:`CharTokenizer`).
-            second_pass: the decoder (default: tiny.en int8 on one thread).
+            second_pass: the decoder (default: tiny.en int8 on one thread, loaded on the worker so that
+                ctranslate2's threads inherit its priority).
+            nice: how much lower the worker's CPU priority is than the caller's (Linux niceness; 0 = same).
         """
         if max_pending < 1:
             raise ValueError(f"max_pending: expected >= 1, got {max_pending}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s: expected >= 0, got {max_wait_s}")
         self.frame_s = frame_s
         self.calibration = calibration
         self.max_pending = max_pending
+        self.max_wait_s = max_wait_s
         self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
-        self.second_pass = second_pass if second_pass is not None else WhisperSecondPass(intra_threads=1)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-final")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="xlgate-final", initializer=_lower_priority, initargs=(nice,))
+        self.second_pass: WhisperSecondPass = (
+            second_pass if second_pass is not None
+            else self._executor.submit(WhisperSecondPass, intra_threads=1).result())
         self._streams: dict[int, deque[_Entry]] = {}
         self._running = 0  # entries with a future not yet handed out
         self.overflows = 0  # closes that kept their CTC final because max_pending were pending
@@ -115,15 +150,17 @@ class SecondPassFinals:
     def submit(self, job: FinalJob) -> None:
         """Queue a closed utterance; never blocks (over ``max_pending``, its CTC final stands)."""
         future = None
+        source = FinalSource.TOO_LONG
         if job.use_second_pass and self._running < self.max_pending:
-            future = self._executor.submit(self._transcribe, job)
+            future = self._executor.submit(self._transcribe, job, time.monotonic())
             self._running += 1
         elif job.use_second_pass:
+            source = FinalSource.SHED_PENDING
             self.overflows += 1
             if self.overflows % 100 == 1:
                 log.warning("second pass overloaded (%d pending): %d finals so far keep their CTC text",
                             self._running, self.overflows)
-        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future))
+        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future, source))
 
     def collect(self, wait_s: float = 0.0) -> list[LateFinal]:
         """The finals ready to go out, each stream's in order; waits up to ``wait_s`` for a first one when
@@ -141,28 +178,34 @@ class SecondPassFinals:
         return out
 
     def _late(self, entry: _Entry) -> LateFinal:
-        job, final = entry.job, entry.job.ctc_final
+        job, final, source = entry.job, entry.job.ctc_final, entry.source
         if entry.future is not None:
             self._running -= 1
             try:
-                final = entry.future.result()
+                final, source = entry.future.result()
             except Exception:
                 log.exception("stream %d: second pass failed; the final keeps the CTC text", job.stream_id)
+                source = FinalSource.FAILED
         return LateFinal(stream_id=job.stream_id, final=final, speech_started_s=job.speech_started_s,
-                         speech_ended_s=final.end_s, audio_end_s=job.audio_end_s, arrival_s=job.arrival_s)
+                         speech_ended_s=final.end_s, audio_end_s=job.audio_end_s, arrival_s=job.arrival_s,
+                         source=source)
 
-    def _transcribe(self, job: FinalJob) -> Hypothesis:
-        """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when it finds no
-        words)."""
+    def _transcribe(self, job: FinalJob, submitted_s: float) -> tuple[Hypothesis, FinalSource]:
+        """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when it waited too
+        long or Whisper finds no words). The final keeps the CTC final's phrase scores (closed-set
+        grammars are scored on the CTC posteriors, whatever the text)."""
+        if time.monotonic() - submitted_s > self.max_wait_s:
+            return job.ctc_final, FinalSource.SHED_WAIT
         text = self.second_pass.transcribe(job.mels, hotwords=job.hotwords).text
         if not text.strip():
-            return job.ctc_final
+            return job.ctc_final, FinalSource.NO_WORDS
         aligned = align_words(job.log_probs, text, tokenizer=self.tokenizer, reduction="min")
         words = tuple(Word(a.word, job.start_s + a.start_frame * self.frame_s,
                            job.start_s + a.end_frame * self.frame_s, self.calibration.word(a.confidence))
                       for a in aligned)
-        return Hypothesis(text=" ".join(w.text for w in words), words=words,
-                          confidence=utterance_confidence(words), start_s=words[0].start_s, end_s=words[-1].end_s)
+        final = replace(job.ctc_final, text=" ".join(w.text for w in words), words=words,
+                        confidence=utterance_confidence(words), start_s=words[0].start_s, end_s=words[-1].end_s)
+        return final, FinalSource.SECOND_PASS
 
     def close(self) -> None:
         """Stop the worker; queued second passes are cancelled (their finals are not handed out)."""
@@ -170,3 +213,13 @@ class SecondPassFinals:
         self._streams.clear()
         self._running = 0
 
+
+def _lower_priority(nice: int) -> None:
+    """Worker initializer: lower this thread's CPU priority by ``nice`` (Linux: per thread; threads it
+    creates inherit it). Where that is not possible the worker keeps the caller's priority."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        log.info("second pass runs at normal priority: %s", exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.auth import AuthFailure
+from gateway.final_pass import FinalSource
 from gateway.session import Outcome
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125,
@@ -17,6 +18,19 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 PROTOCOLS = ("websocket", "mrcp", "grpc", "local")
+# Every limit a peer can go over, with the protocol that counts it (docs/operations.md "Limits").
+LIMITS = {
+    "ws_frame_bytes": ("websocket",),
+    "sip_message_bytes": ("mrcp",),
+    "sip_headers": ("mrcp",),
+    "sdp_bytes": ("mrcp",),
+    "mrcp_message_bytes": ("mrcp",),
+    "mrcp_headers": ("mrcp",),
+    "grammar_bytes": ("mrcp",),
+    "grammar_phrases": ("mrcp",),
+    "rtp_packet_rate": ("mrcp",),
+    "sessions_per_address": ("websocket", "grpc", "mrcp"),
+}
 # Refusals for want of credentials: token reasons on the APIs, the address allow-list on SIP and MRCP.
 _TOKEN_FAILURES = tuple(f.value for f in AuthFailure if f is not AuthFailure.ADDRESS)
 AUTH_FAILURES = {"websocket": _TOKEN_FAILURES, "grpc": _TOKEN_FAILURES,
@@ -72,12 +86,23 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "xlgate_rtp_jitter_seconds", "Interarrival jitter of RTP streams (RFC 3550), sampled each second.",
             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.limit_exceeded = Counter(
+            "xlgate_limit_exceeded_total",
+            "Messages, sessions or packets refused because a peer went over a configured limit.",
+            ["protocol", "limit"], registry=r)
         self.auth_failures = Counter(
             "xlgate_auth_failures_total",
             "Requests refused before any audio for want of valid credentials (WebSocket, gRPC) or because "
             "the peer's address is not allowed (SIP, MRCP), or a SIP INVITE's digest credentials are not valid.",
             ["protocol", "reason"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
+        self.final_pass = Counter(
+            "xlgate_final_pass_total",
+            "Finals of the second pass (final_pass = whisper), by where their text came from: second_pass, or "
+            "the CTC text when the second pass was shed (shed_pending, shed_wait) or could not give one.",
+            ["source"], registry=r)
+        for source in FinalSource:
+            self.final_pass.labels(source.value)
         for protocol, reasons in AUTH_FAILURES.items():
             for reason in reasons:
                 self.auth_failures.labels(protocol, reason)
@@ -87,3 +112,6 @@ class Metrics:
             self.audio_seconds.labels(p)
             self.partial_latency.labels(p)
             self.final_latency.labels(p)
+        for limit, protocols in LIMITS.items():
+            for p in protocols:
+                self.limit_exceeded.labels(p, limit)

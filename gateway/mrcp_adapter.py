@@ -32,6 +32,15 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
   A hang-up is a normal end: logged at INFO, never counted as an error.
 
+TLS (RFC 3261 §26, RFC 6787 §11): with a server ``ssl.SSLContext`` in the settings, SIP is also served over
+TLS on ``sips_port`` (dialogs that came that way get ``;transport=tls`` Contacts) and MRCP on a TLS listener
+(``mrcp_tls_port``), which the SDP answer names for ``TCP/TLS/MRCPv2`` offers. RTP stays plain (no SRTP).
+
+Limits: every message or packet refused for going over a limit is counted in
+``xlgate_limit_exceeded_total{protocol="mrcp", limit=...}``: SIP message bytes and header lines (513 / 400,
+by the SIP core), SDP bytes (413), MRCP message bytes and header lines (504), inline grammar bytes and
+phrases (``005``), RTP packets per second (dropped), and calls per client address (503 + Retry-After).
+
 Grammar interpretation: a speech grammar's phrases go to the engine as ``DecodingSettings.phrases``; the
 runner scores each against the utterance's CTC posteriors when it makes a final (the phrase's CTC
 likelihood against the best free path, per token: :mod:`streaming_model.phrase_scoring`), and
@@ -47,6 +56,7 @@ import dataclasses
 import difflib
 import logging
 import re
+import ssl
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +67,7 @@ import numpy.typing as npt
 
 from gateway.auth import AuthFailure
 from gateway.engine import Engine, Stream, StreamClosedError
+from gateway.limits import AddressSessions
 from gateway.metrics import Metrics
 from gateway.session import (
     DecodingSettings,
@@ -71,6 +82,7 @@ from gateway.session import (
 )
 from protocols.allowlist import NetworkAllowList
 from protocols.errors import OverloadedError
+from protocols.mrcp.codec import DEFAULT_MAX_HEADERS as MRCP_DEFAULT_MAX_HEADERS
 from protocols.mrcp.grammar import Grammar, GrammarKind
 from protocols.mrcp.recognizer import (
     Action,
@@ -78,6 +90,7 @@ from protocols.mrcp.recognizer import (
     FinalizeRequested,
     GrammarMatch,
     Hypothesis,
+    LimitExceeded,
     RecognitionEnded,
     RecognitionStarted,
     RecognizerChannel,
@@ -88,11 +101,15 @@ from protocols.rtp.connection import RtpReceiverConfig
 from protocols.rtp.events import AudioReceived, DtmfReceived, MediaTimeout, RtpEvent, SsrcChanged
 from protocols.rtp.ports import PortAllocator
 from protocols.rtp.transport import RtpEndpoint, open_rtp_endpoint
-from protocols.sdp.codec import parse_sdp, serialize_sdp
+from protocols.sdp.codec import MAX_SDP_BYTES, SessionDescription, parse_sdp, serialize_sdp
+from protocols.sdp.errors import SdpError
 from protocols.sdp.offer_answer import AnswerConfig, Negotiation, answer_offer
+from protocols.sip.codec import DEFAULT_MAX_HEADERS as SIP_DEFAULT_MAX_HEADERS
+from protocols.sip.codec import DEFAULT_MAX_MESSAGE_BYTES as SIP_DEFAULT_MAX_MESSAGE_BYTES
 from protocols.sip.connection import SipServerConfig
 from protocols.sip.digest import DigestPolicy
 from protocols.sip.events import InviteReceived, ReinviteReceived, TerminationReason
+from protocols.sip.events import LimitExceeded as SipLimitExceeded
 from protocols.sip.transport import SipServer
 from streaming_model.decoding import Hypothesis as EngineHypothesis
 
@@ -121,7 +138,12 @@ class MrcpSettings:
         languages: primary language subtags the model speaks; another Speech-Language completes the
             RECOGNIZE with ``010 language-unsupported``.
         defaults: the server's stream defaults (decoding method, hotwords, endpointing).
-        recognizer: server-side settings of every channel.
+        recognizer: server-side settings of every channel (grammar limits among them).
+        tls: a server context: SIP over TLS on ``sips_port`` (0 = off) and MRCP over TLS on
+            ``mrcp_tls_port`` (0 = any free port); None serves neither.
+        max_sessions_per_address: calls one client address may hold at once (0 = no bound).
+        sip_max_message_bytes, sip_max_headers, max_sdp_bytes, mrcp_max_message_bytes, mrcp_max_headers,
+            rtp_max_packets_per_s: the limits named (docs/operations.md "Limits").
         allowed_networks: the peers allowed on SIP and MRCP; None allows every address.
         digest: SIP digest authentication of INVITEs; None: none.
     """
@@ -136,6 +158,16 @@ class MrcpSettings:
     languages: tuple[str, ...] = ("en",)
     defaults: StreamSettings = field(default_factory=StreamSettings)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    tls: ssl.SSLContext | None = None
+    sips_port: int = 5061
+    mrcp_tls_port: int = 0
+    max_sessions_per_address: int = 0
+    sip_max_message_bytes: int = SIP_DEFAULT_MAX_MESSAGE_BYTES
+    sip_max_headers: int = SIP_DEFAULT_MAX_HEADERS
+    max_sdp_bytes: int = MAX_SDP_BYTES
+    mrcp_max_message_bytes: int = 1 << 20
+    mrcp_max_headers: int = MRCP_DEFAULT_MAX_HEADERS
+    rtp_max_packets_per_s: float = 200.0
     allowed_networks: NetworkAllowList | None = None
     digest: DigestPolicy | None = None
 
@@ -246,6 +278,8 @@ class _Call:
         self.dialog_id = dialog_id
         self.negotiation = negotiation
         self.endpoint = endpoint
+        self.address = ""  # the client address its session counts against (set once admitted)
+        self.rate_limited_counted = 0  # RTP packets dropped by the rate limit, counted in the metric so far
         self.channel_ids = tuple(c.channel_id for c in negotiation.channels)
         self.audio_channel = self.channel_ids[0]  # audio and DTMF go to the first recognizer channel
         self.recognition: _Recognition | None = None
@@ -262,13 +296,20 @@ class MrcpGateway:
         self.metrics: Metrics = engine.metrics
         self.ports = PortAllocator(settings.rtp_port_low, settings.rtp_port_high)
         self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost,
+                               max_message_bytes=settings.mrcp_max_message_bytes,
+                               max_headers=settings.mrcp_max_headers, on_limit=self._count_limit,
                                allowed_networks=settings.allowed_networks,
                                on_forbidden=lambda _: self._count_refused("mrcp", AuthFailure.ADDRESS.value))
         sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port,
+                                     tls_port=settings.sips_port, max_message_bytes=settings.sip_max_message_bytes,
+                                     max_headers=settings.sip_max_headers,
                                      allowed_networks=settings.allowed_networks, digest=settings.digest)
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
-        self.sip = SipServer(sip_config, self, on_refused=lambda _, reason: self._count_refused("sip", reason))
+        self.sip = SipServer(sip_config, self, on_limit=self._count_sip_limit,
+                             on_refused=lambda _, reason: self._count_refused("sip", reason))
+        self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=self.metrics,
+                                         protocol=PROTOCOL)
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -277,12 +318,17 @@ class MrcpGateway:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind the MRCP and SIP listeners."""
+        """Bind the MRCP and SIP listeners (and their TLS ones when the settings carry a context)."""
+        tls = self.settings.tls
         await self.mrcp.start(self.settings.host, self.settings.mrcp_port)
-        await self.sip.start(self.settings.host)
+        if tls is not None:
+            await self.mrcp.start_tls(self.settings.host, self.settings.mrcp_tls_port, tls)
+        await self.sip.start(self.settings.host, tls=tls if self.settings.sips_port else None)
         log.info("MRCP: SIP on %s:%d (UDP, TCP), MRCP on %d, RTP %d-%d, advertised as %s",
                  self.settings.host, self.sip.port, self.mrcp.port, self.settings.rtp_port_low,
                  self.settings.rtp_port_high, self.settings.advertised)
+        if tls is not None:
+            log.info("MRCP over TLS: SIP on %s, MRCP on %d", self.sip.tls_port or "off", self.mrcp.tls_port)
 
     async def aclose(self) -> None:
         """Hang up nothing more: close every listener, release every call and await every task."""
@@ -318,12 +364,17 @@ class MrcpGateway:
         if not self.engine.ready:
             self.metrics.streams_rejected.labels(PROTOCOL, "draining").inc()
             raise OverloadedError("the gateway is draining")
+        address = event.flow.remote[0]
+        if self.addresses.full(address):
+            self.addresses.refused()
+            log.info("call from %s refused: %d calls from that address", address, self.addresses.live(address))
+            raise OverloadedError(f"{self.addresses.max_per_address} calls from one address")
         reserved = sum(1 for call in self._calls.values() if call.recognition is None)
         if not self.engine.has_capacity(reserved + 1):
             self.metrics.streams_rejected.labels(PROTOCOL, "capacity").inc()
             raise OverloadedError(f"at capacity: {len(self._calls)} calls")
-        offer = parse_sdp(event.offer)
-        config = AnswerConfig(address=self.settings.advertised, mrcp_port=self.mrcp.port)
+        offer = self._parse_offer(event.offer)
+        config = self._answer_config()
         ids: dict[str | None, str] = {}
 
         def channel_id_for(resource: str, cmid: str | None) -> str:
@@ -338,7 +389,8 @@ class MrcpGateway:
         rtp_config = RtpReceiverConfig(payload_type=audio.payload_type, codec=audio.codec.value,
                                        clock_rate_hz=audio.clock_rate_hz,
                                        telephone_event_payload_type=audio.telephone_event_payload_type,
-                                       media_timeout_s=self.settings.media_timeout_s)
+                                       media_timeout_s=self.settings.media_timeout_s,
+                                       max_packets_per_s=self.settings.rtp_max_packets_per_s)
         endpoint = await open_rtp_endpoint(self.settings.host, self.ports, rtp_config,
                                            lambda rtp_event: self._on_rtp(holder, rtp_event))
         try:
@@ -347,9 +399,15 @@ class MrcpGateway:
                                        channel_id_for=channel_id_for, session_id=self._session_version,
                                        session_version=1)
             call = _Call(event.dialog_id, negotiation, endpoint)
+            # Checked above already, but two INVITEs from one address can both pass that check while their RTP
+            # ports are bound: this is the exact count.
+            if not self.addresses.acquire(address):
+                raise OverloadedError(f"{self.addresses.max_per_address} calls from one address")
+            call.address = address
             holder.append(call)
             for channel in negotiation.channels:
-                self.mrcp.add_channel(RecognizerChannel(channel.channel_id, config=self.settings.recognizer))
+                self.mrcp.add_channel(RecognizerChannel(channel.channel_id, config=self.settings.recognizer),
+                                      tls_only=channel.tls)
                 self._by_channel[channel.channel_id] = call
             self._calls[event.dialog_id] = call
         except BaseException:
@@ -366,12 +424,30 @@ class MrcpGateway:
             raise OverloadedError("the call is ending")
         known = {c.cmid: c.channel_id.split("@", 1)[0] for c in call.negotiation.channels}
         self._session_version += 1
-        negotiation = answer_offer(parse_sdp(event.offer),
-                                   config=AnswerConfig(address=self.settings.advertised, mrcp_port=self.mrcp.port),
+        negotiation = answer_offer(self._parse_offer(event.offer), config=self._answer_config(),
                                    rtp_port=call.endpoint.port,
                                    channel_id_for=lambda resource, cmid: known.get(cmid, uuid.uuid4().hex[:16]),
                                    session_id=self._session_version, session_version=2)
         return serialize_sdp(negotiation.answer)
+
+    def _parse_offer(self, offer: bytes) -> SessionDescription:
+        try:
+            return parse_sdp(offer, max_bytes=self.settings.max_sdp_bytes)
+        except SdpError as exc:
+            if exc.limit is not None:
+                self._count_limit(exc.limit)
+            raise
+
+    def _answer_config(self) -> AnswerConfig:
+        return AnswerConfig(address=self.settings.advertised, mrcp_port=self.mrcp.port,
+                            mrcp_tls_port=self.mrcp.tls_port)
+
+    def _count_limit(self, limit: str) -> None:
+        self.metrics.limit_exceeded.labels(PROTOCOL, limit).inc()
+
+    def _count_sip_limit(self, event: SipLimitExceeded) -> None:
+        log.info("SIP message from %s refused: over the %s limit", event.flow.remote[0], event.limit)
+        self._count_limit(event.limit)
 
     async def on_confirmed(self, dialog_id: str) -> None:
         """The ACK arrived; nothing to do (the MRCP client connects on its own)."""
@@ -394,7 +470,10 @@ class MrcpGateway:
             recognition.stream.abort(Outcome.CLIENT_CLOSED)
             await self._cancel(recognition)
         call.endpoint.close()
+        if call.address:
+            self.addresses.release(call.address)
         self._count_jitter(call)
+        self._count_rate_limited(call)
         log.info("call %s ended: %s", dialog_id[:16], why)
 
     async def _cancel(self, recognition: _Recognition) -> None:
@@ -413,6 +492,9 @@ class MrcpGateway:
             self.sip.hangup(call.dialog_id)
 
     def _on_actions(self, channel_id: str, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, LimitExceeded):
+                self._count_limit(action.limit)
         call = self._by_channel.get(channel_id)
         if call is None or channel_id != call.audio_channel:
             return
@@ -532,6 +614,7 @@ class MrcpGateway:
         if not holder or holder[0].ended:
             return
         call = holder[0]
+        self._count_rate_limited(call)
         if isinstance(event, AudioReceived):
             self._audio(call, event)
         elif isinstance(event, DtmfReceived):
@@ -569,6 +652,15 @@ class MrcpGateway:
             # until its final, so a frame alone would postpone Speech-Complete-Timeout forever.
             channel.audio_time_advanced(self.mrcp.now(), voiced=False)
             self.mrcp.flush(call.audio_channel)
+
+    def _count_rate_limited(self, call: _Call) -> None:
+        dropped = call.endpoint.receiver.rate_limited_packets
+        if dropped > call.rate_limited_counted:
+            if call.rate_limited_counted == 0:
+                log.warning("call %s: RTP over %.0f packets/s; dropping the excess", call.dialog_id[:16],
+                            self.settings.rtp_max_packets_per_s)
+            self.metrics.limit_exceeded.labels(PROTOCOL, "rtp_packet_rate").inc(dropped - call.rate_limited_counted)
+            call.rate_limited_counted = dropped
 
     def _count_jitter(self, call: _Call) -> None:
         if call.endpoint.receiver.packets:

@@ -1,5 +1,10 @@
 """xlgate's own MRCPv2 client (SIP over UDP, RTP, MRCP over TCP) on the same codecs as the server.
 
+With a ``sips:HOST[:PORT]`` URI it runs over TLS instead (RFC 3261 §26, RFC 6787 §11): SIP over TLS on one
+TCP connection (port 5061 by default) and an offer of ``TCP/TLS/MRCPv2``, so the MRCP connection is TLS
+too; the server's certificate is verified against ``ssl_context`` (system CAs by default) for the URI's
+host name. RTP stays plain.
+
 For demos (``xlgate stream --mrcp sip:HOST:PORT FILE``), tests and the load generator. One
 :class:`MrcpClient` is one call: :meth:`MrcpClient.connect` sends the INVITE (the offer the captured
 UniMRCP client sends: one speechrecog resource, PCMU/PCMA/L16 and telephone-event) and opens the MRCP
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import re
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import cast
@@ -28,7 +34,7 @@ from protocols.mrcp.codec import serialize as serialize_mrcp
 from protocols.mrcp.events import MrcpEvent, MrcpRequest, MrcpResponse
 from protocols.rtp.codec import RtpPacket, serialize_rtp
 from protocols.sdp.codec import parse_sdp
-from protocols.sip.codec import SipRequest, SipResponse, parse_message
+from protocols.sip.codec import SipRequest, SipResponse, StreamReader, parse_message
 from protocols.sip.codec import serialize as serialize_sip
 from protocols.sip.digest import ALGORITHMS, response_digest
 
@@ -54,17 +60,18 @@ class CallRefused(GatewayError):
 
 
 def parse_sip_uri(uri: str) -> tuple[str, int]:
-    """``sip:HOST[:PORT]`` -> (host, port); the port defaults to 5060.
+    """``sip:HOST[:PORT]`` -> (host, port); the port defaults to 5060 (5061 for ``sips:``).
 
     Raises:
-        ValueError: not a sip: URI.
+        ValueError: not a sip: or sips: URI.
     """
-    if not uri.startswith("sip:"):
-        raise ValueError(f"expected sip:HOST[:PORT], got {uri!r}")
-    rest = uri[4:].split(";", 1)[0].rsplit("@", 1)[-1]
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in {"sip", "sips"}:
+        raise ValueError(f"expected sip:HOST[:PORT] or sips:HOST[:PORT], got {uri!r}")
+    rest = rest.split(";", 1)[0].rsplit("@", 1)[-1]
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit():
-        return rest, 5060
+        return rest, 5061 if scheme == "sips" else 5060
     return host, int(port)
 
 
@@ -95,16 +102,23 @@ class _SipProtocol(asyncio.DatagramProtocol):
 class MrcpClient:
     """One MRCP call (see the module docstring)."""
 
-    def __init__(self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1",
-                 credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None, credentials: tuple[str, str] | None = None,
+    ) -> None:
         """Args:
-        uri: the server's ``sip:HOST:PORT``.
+        uri: the server's ``sip:HOST:PORT``, or ``sips:HOST:PORT`` for SIP and MRCP over TLS.
         codec: the only audio codec offered: PCMU, PCMA or L16.
         local_host: the address our SIP and RTP sockets bind to.
+        ssl_context: with ``sips:``, how the server's certificate is verified (system CAs when None).
         credentials: (username, password) answering a digest challenge to the INVITE (401).
         """
         self.credentials = credentials
         self.server = parse_sip_uri(uri)
+        self.tls = uri.startswith("sips:")
+        self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
+        self._sip_writer: asyncio.StreamWriter | None = None
+        self._sip_task: asyncio.Task[None] | None = None
         self.codec = codec.upper()
         self.local_host = local_host
         self.call_id = uuid.uuid4().hex
@@ -112,6 +126,7 @@ class MrcpClient:
         self.to_header = f"<sip:{self.server[0]}:{self.server[1]}>"
         self.cseq = random.randint(1, 1 << 20)
         self.answer: _Answer | None = None
+        self.invite_response: SipResponse | None = None  # the 200 OK, once connected
         self.hung_up = asyncio.Event()
         self._sip: _SipProtocol | None = None
         self._rtp: asyncio.DatagramTransport | None = None
@@ -134,20 +149,24 @@ class MrcpClient:
 
     # -- SIP ---------------------------------------------------------------------------------------------
     def _local_port(self) -> int:
+        if self._sip_writer is not None:
+            tls_port: int = self._sip_writer.get_extra_info("sockname")[1]
+            return tls_port
         assert self._sip is not None and self._sip.transport is not None
         port: int = self._sip.transport.get_extra_info("sockname")[1]
         return port
 
     def _headers(self, method: str, cseq: int, *, to: str | None = None) -> list[tuple[str, str]]:
         host, port = self.local_host, self._local_port()
+        transport = "TLS" if self.tls else "UDP"
         return [
-            ("Via", f"SIP/2.0/UDP {host}:{port};rport;branch=z9hG4bK{uuid.uuid4().hex[:16]}"),
+            ("Via", f"SIP/2.0/{transport} {host}:{port};rport;branch=z9hG4bK{uuid.uuid4().hex[:16]}"),
             ("Max-Forwards", "70"),
             ("From", f"<sip:xlgate-client@{host}:{port}>;tag={self.from_tag}"),
             ("To", to or self.to_header),
             ("Call-ID", self.call_id),
             ("CSeq", f"{cseq} {method}"),
-            ("Contact", f"<sip:{host}:{port};transport=udp>"),
+            ("Contact", f"<sip:{host}:{port};transport={transport.lower()}>"),
             ("User-Agent", "xlgate-mrcp-client"),
         ]
 
@@ -156,7 +175,7 @@ class MrcpClient:
         lines = [
             "v=0", f"o=xlgate {random.randint(1, 1 << 30)} 1 IN IP4 {self.local_host}", "s=-",
             f"c=IN IP4 {self.local_host}", "t=0 0",
-            "m=application 9 TCP/MRCPv2 1", "a=setup:active", "a=connection:new", "a=resource:speechrecog",
+            f"m=application 9 {self._mrcp_proto} 1", "a=setup:active", "a=connection:new", "a=resource:speechrecog",
             "a=cmid:1",
             f"m=audio {rtp_port} RTP/AVP {payload} {TELEPHONE_EVENT_PT}",
             f"a=rtpmap:{payload} {self.codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
@@ -164,9 +183,26 @@ class MrcpClient:
         ]
         return ("\r\n".join(lines) + "\r\n").encode()
 
+    @property
+    def _mrcp_proto(self) -> str:
+        return "TCP/TLS/MRCPv2" if self.tls else "TCP/MRCPv2"
+
     def _send_sip(self, message: SipRequest | SipResponse) -> None:
+        if self._sip_writer is not None:
+            if not self._sip_writer.is_closing():
+                self._sip_writer.write(serialize_sip(message))
+            return
         assert self._sip is not None and self._sip.transport is not None
         self._sip.transport.sendto(serialize_sip(message), self.server)
+
+    async def _read_sip_stream(self, reader: asyncio.StreamReader) -> None:
+        """SIP over TLS: cut the stream into messages (RFC 3261 §18.3) and handle each."""
+        framer = StreamReader()
+        with contextlib.suppress(OSError, GatewayError):
+            while data := await reader.read(65536):
+                framer.feed(data)
+                while (message := framer.next_message()) is not None:
+                    self._sip_received(message)
 
     def _sip_received(self, message: SipRequest | SipResponse) -> None:
         if isinstance(message, SipResponse):
@@ -182,11 +218,12 @@ class MrcpClient:
     async def _final_response(self, request: SipRequest) -> SipResponse:
         """Send ``request`` (retransmitted over UDP) until a final response for its CSeq arrives."""
         cseq = request.header("CSeq")
+        retransmit_s = None if self.tls else INVITE_RETRANSMIT_S  # a reliable transport: sent once
         async with asyncio.timeout(SIP_TIMEOUT_S):
             while True:
                 self._send_sip(request)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(INVITE_RETRANSMIT_S):
+                    async with asyncio.timeout(retransmit_s):
                         while True:
                             response = await self._responses.get()
                             if response.header("CSeq") == cseq and response.status >= 200:
@@ -200,8 +237,17 @@ class MrcpClient:
             TimeoutError: no final response.
         """
         loop = asyncio.get_running_loop()
-        _, sip = await loop.create_datagram_endpoint(lambda: _SipProtocol(self), local_addr=(self.local_host, 0))
-        self._sip = sip
+        if self.tls:
+            reader, writer = await asyncio.open_connection(
+                self.server[0], self.server[1], ssl=self._ssl, local_addr=(self.local_host, 0)
+            )
+            self._sip_writer = writer
+            self._sip_task = loop.create_task(self._read_sip_stream(reader))
+        else:
+            _, sip = await loop.create_datagram_endpoint(
+                lambda: _SipProtocol(self), local_addr=(self.local_host, 0)
+            )
+            self._sip = sip
         self._rtp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                            local_addr=(self.local_host, 0))
         rtp_port: int = self._rtp.get_extra_info("sockname")[1]
@@ -220,11 +266,17 @@ class MrcpClient:
             response = await self._final_response(invite)
         if response.status >= 300:
             raise CallRefused(response.status, response.reason, response.header("Retry-After"))
+        self.invite_response = response
         self.to_header = response.header("To") or self.to_header
         ack = self._headers("ACK", self.cseq, to=self.to_header)
         self._send_sip(SipRequest("ACK", f"sip:{self.server[0]}:{self.server[1]}", tuple(ack)))
-        self.answer = self._parse_answer(response.body)
-        self._reader, self._writer = await asyncio.open_connection(self.answer.mrcp_host, self.answer.mrcp_port)
+        self.answer = self._parse_answer(response.body, self._mrcp_proto)
+        self._reader, self._writer = await asyncio.open_connection(
+            self.answer.mrcp_host,
+            self.answer.mrcp_port,
+            ssl=self._ssl,
+            server_hostname=self.server[0] if self._ssl is not None else None,
+        )
         self._read_task = loop.create_task(self._read_mrcp())
 
     def _ack_failure(self, invite: SipRequest, response: SipResponse) -> None:
@@ -256,10 +308,12 @@ class MrcpClient:
                 f'cnonce="{cnonce}"')
 
     @staticmethod
-    def _parse_answer(body: bytes) -> _Answer:
+    def _parse_answer(body: bytes, proto: str = "TCP/MRCPv2") -> _Answer:
         sdp = parse_sdp(body)
         host = (sdp.connection or "IN IP4 127.0.0.1").split()[-1]
-        mrcp = next(m for m in sdp.media if m.media == "application" and m.port)
+        mrcp = next((m for m in sdp.media if m.media == "application" and m.port and m.proto == proto), None)
+        if mrcp is None:
+            raise CallRefused(488, f"the answer accepts no {proto} channel", None)
         audio = next(m for m in sdp.media if m.media == "audio" and m.port)
         payload_type = int(audio.formats[0])
         rtpmap = {v.split()[0]: v.split()[1].split("/")[0].upper()
@@ -298,6 +352,16 @@ class MrcpClient:
                 transport.close()
         self._rtp = None
         self._sip = None
+        if self._sip_writer is not None:
+            self._sip_writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await self._sip_writer.wait_closed()
+            self._sip_writer = None
+        if self._sip_task is not None:
+            self._sip_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sip_task
+            self._sip_task = None
 
     # -- MRCP --------------------------------------------------------------------------------------------
     async def _read_mrcp(self) -> None:
@@ -387,10 +451,12 @@ class MrcpClient:
 
 
 async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str = "builtin:speech/transcribe",
-                         realtime: float = 1.0, credentials: tuple[str, str] | None = None) -> MrcpEvent | None:
+                         realtime: float = 1.0, ssl_context: ssl.SSLContext | None = None,
+                         credentials: tuple[str, str] | None = None) -> MrcpEvent | None:
     """One call: RECOGNIZE with ``grammar``, stream ``pcm``, return RECOGNITION-COMPLETE (None if none).
+    A ``sips:`` URI runs SIP and MRCP over TLS, verified with ``ssl_context`` (system CAs when None);
     ``credentials`` (username, password) answer a SIP digest challenge."""
-    client = MrcpClient(uri, credentials=credentials)
+    client = MrcpClient(uri, ssl_context=ssl_context, credentials=credentials)
     await client.connect()
     try:
         response = await client.request("RECOGNIZE", ("Content-Type", "text/uri-list"),
@@ -412,10 +478,11 @@ async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str =
         await client.bye()
 
 
-def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float,
+def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float, ca_file: str | None = None,
                     credentials: tuple[str, str] | None = None) -> int:
     """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body.
-    ``credentials`` (username, password) answer a SIP digest challenge."""
+    With a ``sips:`` URI the server is verified against ``ca_file`` (system CAs when None); ``credentials``
+    (username, password) answer a SIP digest challenge."""
     import sys
 
     from gateway.audio_files import read_audio_file
@@ -435,7 +502,9 @@ def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float,
     pcm = float32_to_int16(audio)
     pcm = np.concatenate([pcm, np.zeros(8000, dtype=np.int16)])  # trailing silence ends the utterance
     try:
-        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed, credentials=credentials))
+        context = ssl.create_default_context(cafile=ca_file) if uri.startswith("sips:") else None
+        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed, ssl_context=context,
+                                         credentials=credentials))
     except TimeoutError:
         print(f"xlgate stream: error: no answer from {uri} in time", file=sys.stderr)
         return 1

@@ -27,7 +27,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from gateway.config import BUNDLED_MODEL, ConfigError, Quantization, add_option_arguments, load_hotwords_file
+from gateway.config import (
+    BUNDLED_MODEL,
+    ConfigError,
+    FinalPass,
+    Quantization,
+    add_option_arguments,
+    load_hotwords_file,
+)
 from gateway.loop import run_async
 from gateway.session import DEFAULT_HOTWORD_BOOST, Hotword, StreamSettings, merge_hotwords
 from protocols.errors import GatewayError
@@ -64,6 +71,9 @@ DEFAULT_MAX_PARALLEL = 16
 # No caller is waiting on a partial here: a short batching window only covers the feeders' turnaround.
 OFFLINE_MAX_WAIT_S = 0.005
 OFFLINE_MAX_PENDING_CHUNKS = 8  # per stream; feeding waits (backpressure) beyond this
+# Offline, the second pass is never shed for time; this bounds its queue (each entry holds one utterance's
+# log-mels, ~100 kB for 3 s: feeding runs ahead of the second pass by at most this many utterances' memory)
+OFFLINE_MAX_PENDING_SECOND_PASSES = 1024
 # protocols.audio.pcm.WIRE_ENCODINGS (a test keeps them equal), spelled out to keep numpy out of --help.
 RAW_ENCODINGS: Final = ("alaw", "mulaw", "pcm_s16le")
 
@@ -246,7 +256,7 @@ async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, settin
                             read_options: ReadOptions, max_parallel: int, device: str,
                             on_result: Callable[[FileTranscript], None], num_threads: int | None = None,
                             quantize: Quantization = Quantization.NONE,
-                            lm: LanguageModel | None = None) -> None:
+                            lm: LanguageModel | None = None, final_pass: FinalPass = FinalPass.NONE) -> None:
     """Build a runner and an engine for ``loaded``, transcribe ``paths`` (see :func:`transcribe_files`),
     and shut the engine down.
 
@@ -264,13 +274,17 @@ async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, settin
         num_threads: Torch threads of the model's thread (None: torch's default).
         quantize: The serving option's linear-layer quantisation.
         lm: The word LM of beam search (None: no LM).
+        final_pass: Where finals come from, as the serving option. Offline, no second pass is shed: a final
+            waits for it however long the queue (bounded by :data:`OFFLINE_MAX_PENDING_SECOND_PASSES`).
     """
     from gateway.engine import Engine
     from gateway.metrics import Metrics
     from gateway.runner import ModelRunner, ThreadRunner
 
     runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device, num_threads=num_threads,
-                                      quantize=quantize, lm=lm))
+                                      quantize=quantize, lm=lm, final_pass=final_pass,
+                                      final_pass_max_wait_s=math.inf,
+                                      final_pass_max_pending=OFFLINE_MAX_PENDING_SECOND_PASSES))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
                     max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)
     try:
@@ -429,7 +443,7 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-parallel", type=positive_int, default=DEFAULT_MAX_PARALLEL, metavar="N",
                         help=f"streams (channels) recognised at once, batched together "
                              f"(default {DEFAULT_MAX_PARALLEL})")
-    add_option_arguments(parser, ("device", "decoding", "beam_size", "endpoint_silence_ms"))
+    add_option_arguments(parser, ("device", "decoding", "beam_size", "endpoint_silence_ms", "final_pass"))
     parser.set_defaults(func=cmd_transcribe)
 
 
@@ -460,7 +474,8 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     reporter = _Reporter(fmt=args.format, total=len(args.files), out=sys.stdout, err=sys.stderr)
     try:
         run_async(run_transcription(loaded, args.files, settings=settings, read_options=read_options,
-                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter))
+                                    max_parallel=args.max_parallel, device=args.device, on_result=reporter,
+                                    final_pass=args.final_pass))
     except KeyboardInterrupt:
         reporter.close()
         print("xlgate transcribe: interrupted", file=sys.stderr)

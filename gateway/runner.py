@@ -66,6 +66,30 @@ class ChunkInput:
 
 
 @dataclass(slots=True)
+class _Utterance:
+    """The current utterance's step outputs since the last final, one entry per step: CTC log-probs (kept
+    when closed-set phrases are scored or a second pass aligns to them) and Whisper log-mels (second pass
+    only). The one buffer both users read; bounded (see :meth:`ModelRunner._keep`)."""
+
+    log_probs: list[np.ndarray] = field(default_factory=list)  # (f_i, V) each
+    mels: list[np.ndarray] = field(default_factory=list)  # (t_i, 80) each, in step with log_probs
+    start_frame: int = 0  # the stream's CTC frame where the first kept entry begins
+    num_mel_frames: int = 0
+    too_long: bool = False  # outgrew Whisper's window: its mels are dropped, its CTC final stands
+
+    def drop_leading(self, keep: int) -> None:
+        """Keep only the last ``keep`` steps (leading silence: only blanks to score or align)."""
+        dropped = self.log_probs[:-keep]
+        if not dropped:
+            return
+        self.start_frame += sum(d.shape[0] for d in dropped)
+        del self.log_probs[:-keep]
+        if self.mels:
+            self.num_mel_frames -= sum(m.shape[0] for m in self.mels[:-keep])
+            del self.mels[:-keep]
+
+
+@dataclass(slots=True)
 class _SlotState:
     """What the runner keeps per live slot besides the model state: from the plan that announced the
     stream until the plan that frees its slot."""
@@ -74,16 +98,9 @@ class _SlotState:
     endpointing: EndpointingSettings
     last_partial: str = ""
     phrases: tuple[tuple[str, list[int]], ...] = ()  # closed-set phrases and their token ids
-    utterance_log_probs: list[np.ndarray] = field(default_factory=list)  # (T_i, V) each, since the last final
     hotwords: tuple[str, ...] = ()
-    # final_pass only: the current utterance's Whisper log-mels (t, 80) and CTC log-probs (f, V), bounded
-    # by Whisper's window (an utterance past it keeps its CTC final)
-    mels: list[np.ndarray] = field(default_factory=list)
-    log_probs: list[np.ndarray] = field(default_factory=list)
-    num_mel_frames: int = 0
+    utterance: _Utterance = field(default_factory=_Utterance)
     frames_seen: int = 0  # CTC frames of the stream so far
-    utterance_frame: int = 0  # CTC frame where the current utterance began
-    overflow: bool = False  # the utterance outgrew the bound: its CTC final stands
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +119,10 @@ class StreamOutput:
 DecoderFactory = Callable[[DecodingSettings], StreamDecoder]
 MAX_CACHED_GRAPHS = 256
 MAX_SCORED_PHRASES = 256  # closed-set phrases scored per final (CTC forward, a few ms each)
-MAX_LEADING_CHUNKS = 16  # posteriors kept for phrase scoring while no speech has been heard
+MAX_LEADING_CHUNKS = 16  # steps of an utterance kept while no speech has been heard
 MAX_SECOND_PASS_MEL_FRAMES = 3000  # Whisper's 30 s window at 10 ms
 # Second passes queued or running at once; a close beyond them keeps its CTC final (overload sheds quality,
-# not latency: one worker at ~0.2-0.3 s a final clears them in ~2 s)
+# not latency; the wait bound, final_pass_max_wait, sheds the rest)
 MAX_PENDING_SECOND_PASSES = 8
 
 
@@ -189,7 +206,8 @@ class ModelRunner:
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None,
                  rel_attention: RelAttention | str = RelAttention.AUTO,
-                 final_pass: FinalPass | str = FinalPass.NONE) -> None:
+                 final_pass: FinalPass | str = FinalPass.NONE, final_pass_max_wait_s: float = 0.15,
+                 final_pass_max_pending: int = MAX_PENDING_SECOND_PASSES) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
         self.device = torch.device(device)
@@ -224,7 +242,8 @@ class ModelRunner:
                 raise ValueError(f"final_pass whisper aligns characters; the model's tokenizer is "
                                  f"{type(tokenizer).__name__}")
             self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
-                                           max_pending=MAX_PENDING_SECOND_PASSES, tokenizer=tokenizer)
+                                           max_pending=final_pass_max_pending,
+                                           max_wait_s=final_pass_max_wait_s, tokenizer=tokenizer)
 
     def _whisper_frontend(self, features: FbankConfig) -> Fbank | None:
         """The Fbank that turns a step's windows into Whisper log-mels (None: the model's features are)."""
@@ -290,11 +309,15 @@ class ModelRunner:
                 out.append((phrase, tokens))
         return tuple(out)
 
+    def _utterance_log_probs(self, utterance: _Utterance) -> np.ndarray:
+        """The utterance's CTC log-probs (F, V)."""
+        if not utterance.log_probs:
+            return np.zeros((0, self.config.vocab_size), dtype=np.float32)
+        return np.concatenate(utterance.log_probs)
+
     @staticmethod
-    def _score_phrases(state: _SlotState) -> tuple[tuple[str, float], ...]:
-        """The utterance's phrase confidences; the utterance's posteriors are dropped (a final closes it)."""
-        chunks, state.utterance_log_probs = state.utterance_log_probs, []
-        log_probs = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)  # (T, V)
+    def _score_phrases(state: _SlotState, log_probs: np.ndarray) -> tuple[tuple[str, float], ...]:
+        """The utterance's phrase confidences from its CTC log-probs (F, V)."""
         scores = phrase_confidences(log_probs, [tokens for _, tokens in state.phrases])
         return tuple((phrase, round(score, 4)) for (phrase, _), score in zip(state.phrases, scores, strict=True))
 
@@ -373,27 +396,28 @@ class ModelRunner:
             slot_state = self._slots[slot]
             frames = log_probs[b, : int(lengths[b])]  # (f, V)
             slot_state.decoder.accept(frames)
-            if slot_state.phrases:
-                slot_state.utterance_log_probs.append(frames)
-            if mels is not None:
-                # a window's look-ahead frames come again in the next window, except after the last one
-                new = inputs[b].num_frames if last[b] else min(inputs[b].num_frames, self.chunk_frames)
-                self._keep_utterance(slot_state, mels[b, :new], frames)
+            # a window's look-ahead frames come again in the next window, except after the last one
+            new = inputs[b].num_frames if last[b] else min(inputs[b].num_frames, self.chunk_frames)
+            self._keep(slot_state, frames, None if mels is None else mels[b, :new])
             slot_state.frames_seen += frames.shape[0]
 
-    @staticmethod
-    def _keep_utterance(state: _SlotState, mels: np.ndarray, log_probs: np.ndarray) -> None:
-        """Append a step's frames to the slot's utterance, up to Whisper's window."""
-        if state.overflow:
+    def _keep(self, state: _SlotState, log_probs: np.ndarray, mels: np.ndarray | None) -> None:
+        """Append a step's CTC log-probs (f, V) and Whisper log-mels (t, 80) to the slot's utterance when a
+        phrase scorer or the second pass will read them; mels only up to Whisper's window."""
+        utterance = state.utterance
+        if not state.phrases and self.finals is None:
+            utterance.start_frame = state.frames_seen + log_probs.shape[0]  # nobody reads the utterance
             return
-        if state.num_mel_frames + mels.shape[0] > MAX_SECOND_PASS_MEL_FRAMES:
-            state.overflow = True
-            state.mels.clear()
-            state.log_probs.clear()
+        utterance.log_probs.append(log_probs.copy())
+        if mels is None or utterance.too_long:
             return
-        state.mels.append(mels.copy())
-        state.log_probs.append(log_probs.copy())
-        state.num_mel_frames += mels.shape[0]
+        if utterance.num_mel_frames + mels.shape[0] > MAX_SECOND_PASS_MEL_FRAMES:
+            utterance.too_long = True
+            utterance.mels.clear()
+            utterance.num_mel_frames = 0
+            return
+        utterance.mels.append(mels.copy())
+        utterance.num_mel_frames += mels.shape[0]
 
     def _finish(self, item: WorkItem, slot: int, inp: ChunkInput) -> StreamOutput:
         state = self._slots[slot]
@@ -410,15 +434,17 @@ class ModelRunner:
                                      max_utterance_s=endpointing.max_utterance_s)
         partial: Hypothesis | None = None
         pending = False
-        if hyp.is_empty and len(state.utterance_log_probs) > MAX_LEADING_CHUNKS:
-            del state.utterance_log_probs[:-MAX_LEADING_CHUNKS]  # leading silence: only blanks to score
+        if hyp.is_empty and not close:
+            state.utterance.drop_leading(MAX_LEADING_CHUNKS)
         if close:
             final = self.calibration.hypothesis(decoder.finalize())
+            utterance, state.utterance = state.utterance, _Utterance(start_frame=state.frames_seen)
+            log_probs = self._utterance_log_probs(utterance)  # (F, V)
             if state.phrases:
-                final = replace(final, phrase_scores=self._score_phrases(state))
+                final = replace(final, phrase_scores=self._score_phrases(state, log_probs))
             if self.finals is not None:
-                pending = self._submit_final(item, state, final, announce=not final.is_empty and started is None
-                                             and not had_speech)
+                pending = self._submit_final(item, state, utterance, log_probs, final,
+                                             announce=not final.is_empty and started is None and not had_speech)
             elif not final.is_empty:
                 finals.append(final)
                 ended = final.end_s
@@ -430,31 +456,22 @@ class ModelRunner:
                             speech_started_s=started, speech_ended_s=ended, audio_end_s=inp.audio_end_s,
                             final_pending=pending)
 
-    def _submit_final(self, item: WorkItem, state: _SlotState, ctc_final: Hypothesis, *, announce: bool) -> bool:
-        """Hand a closed utterance to the second pass (when it has words) and start the slot's next one.
+    def _submit_final(self, item: WorkItem, state: _SlotState, utterance: _Utterance, log_probs: np.ndarray,
+                      ctc_final: Hypothesis, *, announce: bool) -> bool:
+        """Hand a closed utterance (its CTC log-probs (F, V) given) to the second pass when it has words.
 
         ``announce``: no SpeechStarted went out for this utterance (its partials were held back), so its
         late final carries one. Returns whether a final is now pending."""
         assert self.finals is not None
-        job = None
-        if not ctc_final.is_empty:
-            mels = np.concatenate(state.mels) if state.mels else np.zeros((0, 80), np.float32)  # (T, 80)
-            log_probs = (np.concatenate(state.log_probs) if state.log_probs
-                         else np.zeros((0, self.config.vocab_size), np.float32))  # (F, V)
-            inp: ChunkInput = item.payload
-            job = FinalJob(stream_id=item.stream_id, mels=mels, log_probs=log_probs,
-                           start_s=state.utterance_frame * self.frame_s, hotwords=state.hotwords,
-                           ctc_final=ctc_final, speech_started_s=ctc_final.start_s if announce else None,
-                           audio_end_s=inp.audio_end_s, arrival_s=item.arrival_s,
-                           use_second_pass=not state.overflow and mels.shape[0] > 0)
-        state.mels.clear()
-        state.log_probs.clear()
-        state.num_mel_frames = 0
-        state.overflow = False
-        state.utterance_frame = state.frames_seen
-        if job is None:
+        if ctc_final.is_empty:
             return False
-        self.finals.submit(job)
+        mels = np.concatenate(utterance.mels) if utterance.mels else np.zeros((0, 80), np.float32)  # (T, 80)
+        inp: ChunkInput = item.payload
+        self.finals.submit(FinalJob(
+            stream_id=item.stream_id, mels=mels, log_probs=log_probs, start_s=utterance.start_frame * self.frame_s,
+            hotwords=state.hotwords, ctc_final=ctc_final,
+            speech_started_s=ctc_final.start_s if announce else None, audio_end_s=inp.audio_end_s,
+            arrival_s=item.arrival_s, use_second_pass=not utterance.too_long and mels.shape[0] > 0))
         return True
 
 
@@ -506,6 +523,7 @@ class RunnerSpec:
     lm: str = "bundled"
     rel_attention: RelAttention = RelAttention.AUTO
     final_pass: FinalPass = FinalPass.NONE
+    final_pass_max_wait_s: float = 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,7 +548,7 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
                              lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention,
-                             final_pass=spec.final_pass)
+                             final_pass=spec.final_pass, final_pass_max_wait_s=spec.final_pass_max_wait_s)
         conn.send(("ready", runner.info))
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

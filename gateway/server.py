@@ -45,6 +45,7 @@ from gateway.runner import (
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
 from protocols.allowlist import NetworkAllowList
+from protocols.mrcp.recognizer import RecognizerConfig
 
 log = logging.getLogger("xlgate.server")
 
@@ -113,6 +114,8 @@ class BoundPorts:
     grpc_port: int | None = None
     sip_port: int | None = None  # None: MRCP disabled
     mrcp_port: int | None = None
+    sips_port: int | None = None  # None: no SIP over TLS
+    mrcp_tls_port: int | None = None  # None: no MRCP over TLS
 
 
 async def run_server(settings: ServeSettings, *, on_ready: Callable[[BoundPorts], None] | None = None,
@@ -152,7 +155,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     max_pending_chunks=settings.max_pending_chunks)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
-        defaults=settings.stream_defaults(), authenticator=authenticator),
+        defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address,
+        authenticator=authenticator),
         LogPolicy(log_transcripts=settings.log_transcripts))
     grpc_server = _grpc_server(settings, engine, authenticator)
     stop_event = stop or asyncio.Event()
@@ -185,7 +189,9 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     if on_ready is not None:
                         on_ready(BoundPorts(ws_port, metrics_server.port if metrics_server else None, grpc_port,
                                             sip_port=mrcp.sip.port if mrcp else None,
-                                            mrcp_port=mrcp.mrcp.port if mrcp else None))
+                                            mrcp_port=mrcp.mrcp.port if mrcp else None,
+                                            sips_port=mrcp.sip.tls_port if mrcp else None,
+                                            mrcp_tls_port=mrcp.mrcp.tls_port if mrcp else None))
                     await stop_event.wait()
                     if grpc_server is not None:
                         await grpc_server.begin_drain()
@@ -229,6 +235,13 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
         host=settings.host, advertise_address=settings.advertise_address, sip_port=settings.sip_port,
         mrcp_port=settings.mrcp_port, rtp_port_low=ports[0], rtp_port_high=ports[1],
         defaults=settings.stream_defaults(),
+        recognizer=RecognizerConfig(max_grammar_bytes=settings.max_grammar_bytes,
+                                    max_grammar_phrases=settings.max_grammar_phrases),
+        tls=_ssl_context(settings), sips_port=settings.sips_port, mrcp_tls_port=settings.mrcp_tls_port,
+        max_sessions_per_address=settings.max_sessions_per_address,
+        sip_max_message_bytes=settings.sip_max_message_bytes, sip_max_headers=settings.sip_max_headers,
+        max_sdp_bytes=settings.max_sdp_bytes, mrcp_max_message_bytes=settings.mrcp_max_message_bytes,
+        mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s,
         allowed_networks=(NetworkAllowList.parse(settings.mrcp_allowed_networks)
                           if settings.mrcp_allowed_networks.strip() else None),
         digest=build_sip_digest(settings)))
@@ -252,6 +265,7 @@ def _grpc_server(settings: ServeSettings, engine: Engine,
         tls_cert_chain=settings.tls_cert.read_bytes() if tls and settings.tls_cert else None,
         tls_private_key=settings.tls_key.read_bytes() if tls and settings.tls_key else None,
         authenticator=authenticator,
+        max_sessions_per_address=settings.max_sessions_per_address,
     ), LogPolicy(log_transcripts=settings.log_transcripts))
 
 
@@ -262,7 +276,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                           max_streams=settings.max_streams, num_threads=threads,
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
-                                          final_pass=settings.final_pass))
+                                          final_pass=settings.final_pass,
+                                          final_pass_max_wait_s=settings.final_pass_max_wait_s))
         await runner.start()
         return runner
     from gateway.models import load_model
@@ -271,7 +286,8 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                     max_streams=settings.max_streams, device=settings.device,
                                     num_threads=threads, quantize=settings.quantize,
                                     lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
-                                    final_pass=settings.final_pass))
+                                    final_pass=settings.final_pass,
+                                    final_pass_max_wait_s=settings.final_pass_max_wait_s))
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

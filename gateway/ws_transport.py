@@ -24,6 +24,7 @@ from websockets.http11 import Request, Response
 
 from gateway.auth import QUERY_PARAMETER, AuthError, TokenAuthenticator
 from gateway.engine import Engine, Stream, StreamClosedError
+from gateway.limits import AddressSessions
 from gateway.logging import LogPolicy, session_context
 from gateway.session import (
     DecodingMethod,
@@ -40,7 +41,12 @@ from gateway.session import (
 )
 from protocols.errors import OverloadedError
 from protocols.websocket.connection import Connection, ConnectionState
-from protocols.websocket.errors import CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, InternalError
+from protocols.websocket.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    InternalError,
+    WebSocketError,
+)
 from protocols.websocket.events import (
     AudioDiscarded,
     AudioReceived,
@@ -76,6 +82,7 @@ class WebSocketSettings:
     defaults: StreamSettings = field(default_factory=StreamSettings)
     # None: no authentication (the default); else every stream handshake must carry a valid token.
     authenticator: TokenAuthenticator | None = None
+    max_sessions_per_address: int = 0  # connections one client address may hold at once; 0 = no bound
 
 
 def _ms(seconds: float) -> int:
@@ -91,6 +98,8 @@ class WebSocketHandler:
         self.policy = policy
         self.wire_defaults = _wire_defaults(settings.defaults)  # what the Connection fills a start with
         self._sessions: set[_Session] = set()
+        self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=engine.metrics,
+                                         protocol=PROTOCOL)
         engine.add_finish_listener(self.finish_all)
 
     def finish_all(self) -> None:
@@ -122,6 +131,14 @@ class WebSocketHandler:
                                           f"xlgate is {'draining' if reason == 'draining' else 'at capacity'}\n")
             response.headers["Retry-After"] = str(int(OverloadedError.retry_after_s))
             return response
+        address = _host(connection.remote_address)
+        if self.addresses.full(address):
+            self.addresses.refused()
+            log.info("connection from %s refused: %d sessions from that address", address,
+                     self.addresses.live(address))
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many sessions from your address\n")
+            response.headers["Retry-After"] = str(int(OverloadedError.retry_after_s))
+            return response
         return None
 
     def _authenticate(self, connection: ServerConnection, request: Request, query: str) -> Response | None:
@@ -133,15 +150,25 @@ class WebSocketHandler:
                 query_tokens=parse_qs(query, keep_blank_values=True).get(QUERY_PARAMETER, []))
         except AuthError as exc:
             self.engine.metrics.auth_failures.labels(PROTOCOL, exc.reason.value).inc()
-            log.info("handshake from %s refused: %s credentials", _host(connection), exc.reason.value)
+            log.info("handshake from %s refused: %s credentials", _host(connection.remote_address), exc.reason.value)
             response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc}\n")
             response.headers["WWW-Authenticate"] = exc.www_authenticate
             return response
-        log.debug("handshake from %s authenticated: %s", _host(connection), principal)
+        log.debug("handshake from %s authenticated: %s", _host(connection.remote_address), principal)
         return None
 
     # -- one client -------------------------------------------------------------------------------------
     async def __call__(self, ws: ServerConnection) -> None:
+        address = _host(ws.remote_address)
+        if not self.addresses.acquire(address):  # handshakes that raced past process_request's check
+            await ws.close(OverloadedError.ws_close_code, "too many sessions from your address")
+            return
+        try:
+            await self._serve(ws)
+        finally:
+            self.addresses.release(address)
+
+    async def _serve(self, ws: ServerConnection) -> None:
         session_id = uuid.uuid4().hex[:16]
         with session_context(session_id):
             session = _Session(self, ws, session_id)
@@ -154,9 +181,11 @@ class WebSocketHandler:
                 self._sessions.discard(session)
 
 
-def _host(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    return str(address[0]) if address else "?"
+def _host(remote_address: object) -> str:
+    """The host of a socket's peer address (an (host, port, ...) tuple), or its text."""
+    if isinstance(remote_address, tuple) and remote_address:
+        return str(remote_address[0])
+    return str(remote_address)
 
 
 # -- the edge: wire types in, session types out (and the server defaults the other way) ---------------------
@@ -291,7 +320,7 @@ class _Session:
         too_big = exc.sent is not None and exc.sent.code == CLOSE_MESSAGE_TOO_BIG and not exc.rcvd_then_sent
         for event in self.conn.connection_lost(message_too_big=too_big):
             if isinstance(event, ProtocolViolation):
-                self.h.engine.metrics.errors.labels(PROTOCOL, event.error.code).inc()
+                self._count(event.error)
                 self.outcome = Outcome.ERROR
             else:
                 self.outcome = Outcome.CLIENT_CLOSED
@@ -312,6 +341,13 @@ class _Session:
             self.outcome = Outcome.ERROR
             self.conn.fail(exc)
 
+    def _count(self, error: WebSocketError) -> None:
+        """A client's protocol error, by wire code; one over a limit also in the limit counter."""
+        metrics = self.h.engine.metrics
+        metrics.errors.labels(PROTOCOL, error.code).inc()
+        if error.limit is not None:
+            metrics.limit_exceeded.labels(PROTOCOL, error.limit).inc()
+
     async def _dispatch(self, event: Event, tg: asyncio.TaskGroup) -> None:
         match event:
             case AudioReceived(channels=channels):
@@ -328,7 +364,7 @@ class _Session:
             case StopRequested() | PauseRequested() | ResumeRequested() | KeepaliveReceived():
                 pass  # stop ends the read loop (the Connection is STOPPING); pause is the Connection's job
             case ProtocolViolation(error=error):
-                self.h.engine.metrics.errors.labels(PROTOCOL, error.code).inc()
+                self._count(error)
                 if error.is_fatal:
                     self.outcome = Outcome.ERROR  # sent by send_closing after the pending results
                     return

@@ -27,6 +27,9 @@ class GatewayError(Exception):
     """Root of every error xlgate raises on purpose."""
 
     code: ClassVar[str] = "internal_error"
+    # The configured limit a peer went over, when that is what this error is (a closed set of names the
+    # gateway counts in ``xlgate_limit_exceeded_total``); None for every other error.
+    limit: ClassVar[str | None] = None
 
 
 class ProtocolError(GatewayError):

@@ -535,7 +535,7 @@ def ctc_forced_align(log_probs: np.ndarray | torch.Tensor, labels: Sequence[int]
     path = np.empty(num_frames, dtype=np.int64)
     for f in range(num_frames - 1, -1, -1):
         path[f] = state
-        state -= back[f, state]
+        state -= int(back[f, state])  # a Python int: int8 arithmetic would wrap past 127 states
     return np.where(path % 2 == 1, path // 2, -1)
 
 

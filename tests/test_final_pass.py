@@ -75,14 +75,24 @@ class SlowSecondPass:
         return self.inner.transcribe(mel, hotwords=hotwords)
 
 
-def make_engine(loaded: LoadedModel, *, max_streams: int = 2, delay_s: float = 0.0) -> tuple[Engine, SlowSecondPass]:
-    runner = ModelRunner(loaded, max_streams=max_streams, final_pass=FinalPass.WHISPER)
+def make_engine(loaded: LoadedModel, *, max_streams: int = 2, delay_s: float = 0.0,
+                max_wait_s: float = 60.0, phrases: bool = False) -> tuple[Engine, SlowSecondPass]:
+    """An engine whose second pass takes ``delay_s`` longer; closes wait up to ``max_wait_s`` for it (long by
+    default, so that these tests see every final from the second pass whatever the machine's load)."""
+    runner = ModelRunner(loaded, max_streams=max_streams, final_pass=FinalPass.WHISPER,
+                         final_pass_max_wait_s=max_wait_s)
     assert runner.finals is not None
     slow = SlowSecondPass(runner.finals.second_pass, delay_s)
     runner.finals.second_pass = slow  # type: ignore[assignment]
     engine = Engine(ThreadRunner(runner), metrics=Metrics(), max_streams=max_streams, max_batch_size=max_streams,
                     max_wait_s=0.002, max_pending_chunks=64)
     return engine, slow
+
+
+def final_pass_counts(engine: Engine) -> dict[str, float]:
+    """``xlgate_final_pass_total`` by source."""
+    return {s.labels["source"]: s.value for m in engine.metrics.final_pass.collect() for s in m.samples
+            if s.name.endswith("_total")}
 
 
 async def run_with(engine: Engine, body: Any) -> Any:
@@ -173,6 +183,72 @@ def test_next_utterance_never_overtakes_a_pending_final(bundled: LoadedModel,
     assert vad == [SpeechStarted, SpeechEnded] * 2, vad  # each utterance announced before its final's end
     seqs = [e.seq for e in events if isinstance(e, ResultEvent)]
     assert seqs == sorted(seqs)
+
+
+def test_a_close_that_waited_too_long_keeps_its_ctc_final(bundled: LoadedModel,
+                                                          two_phrases: tuple[np.ndarray, float]) -> None:
+    """Overload sheds the second pass, not latency: the first final holds the worker for 1.5 s, so the
+    second close waits past ``max_wait_s`` and goes out with its CTC text, in order, counted as shed."""
+    pcm, _ = two_phrases
+    engine, slow = make_engine(bundled, delay_s=1.5, max_wait_s=0.3)
+
+    async def body() -> list[StreamEvent]:
+        (stream,) = engine.open_streams(1, StreamSettings(), protocol="local")
+        reader = asyncio.create_task(all_events(stream))
+        await feed(stream, pcm)
+        await stream.stop()
+        return await reader
+
+    events = asyncio.run(run_with(engine, body()))
+    finals = finals_of(events)
+    assert [f.hypothesis.text for f in finals][:1] == [FIRST]
+    assert len(finals) == 2 and slow.calls == 1  # the second close never reached Whisper
+    assert final_pass_counts(engine) == {"second_pass": 1.0, "shed_wait": 1.0, "shed_pending": 0.0,
+                                         "too_long": 0.0, "no_words": 0.0, "failed": 0.0}
+    seqs = [e.seq for e in events if isinstance(e, ResultEvent)]
+    assert seqs == sorted(seqs)
+
+
+def test_second_pass_final_keeps_the_phrase_scores(bundled: LoadedModel,
+                                                   two_phrases: tuple[np.ndarray, float]) -> None:
+    """Closed-set phrases (MRCP grammars) are scored on the CTC posteriors; Whisper's final keeps them."""
+    pcm, second_start_s = two_phrases
+    engine, _ = make_engine(bundled)
+    settings = StreamSettings(decoding=DecodingSettings(phrases=(FIRST, "pay my bill")))
+
+    async def body() -> list[StreamEvent]:
+        (stream,) = engine.open_streams(1, settings, protocol="local")
+        reader = asyncio.create_task(all_events(stream))
+        await feed(stream, pcm[: round((second_start_s - 1.0) * RATE_HZ)])
+        await stream.stop()
+        return await reader
+
+    (final,) = finals_of(asyncio.run(run_with(engine, body())))
+    assert final.hypothesis.text == FIRST
+    scores = dict(final.hypothesis.phrase_scores)
+    assert set(scores) == {FIRST, "pay my bill"} and scores[FIRST] > scores["pay my bill"], scores
+    assert final_pass_counts(engine)["second_pass"] == 1.0
+
+
+def test_the_second_pass_runs_below_the_model_step_priority(bundled: LoadedModel) -> None:
+    """Partials keep their pace: the worker (and ctranslate2's threads, created from it) run niced."""
+    import glob
+    import os
+
+    from gateway.final_pass import SECOND_PASS_NICE
+
+    runner = ModelRunner(bundled, max_streams=1, final_pass=FinalPass.WHISPER)
+    assert runner.finals is not None
+    try:
+        worker_nice = runner.finals._executor.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+        assert worker_nice == os.getpriority(os.PRIO_PROCESS, 0) + SECOND_PASS_NICE
+        niced = 0
+        for task in glob.glob(f"/proc/{os.getpid()}/task/*/stat"):
+            fields = open(task).read().rsplit(")", 1)[1].split()
+            niced += int(fields[16]) == worker_nice  # field 19 of stat: nice
+        assert niced >= 2, niced  # the worker and at least one ctranslate2 thread
+    finally:
+        runner.close()
 
 
 def test_end_of_audio_waits_for_the_pending_final(bundled: LoadedModel,
@@ -279,3 +355,19 @@ def test_whisper_finals_from_the_model_process(two_phrases: tuple[np.ndarray, fl
     events = asyncio.run(main())
     assert [f.hypothesis.text for f in finals_of(events)] == [FIRST]
     assert isinstance(events[-1], StreamEnded) and events[-1].outcome == Outcome.COMPLETED
+
+
+def test_transcribe_takes_finals_from_the_second_pass(bundled: LoadedModel, two_phrases: tuple[np.ndarray, float],
+                                                       tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``xlgate transcribe --final-pass whisper``: the same engine path as serving, never shed for time."""
+    from gateway.audio_files import write_wav
+    from gateway.cli import main
+
+    pcm, _ = two_phrases
+    path = tmp_path / "two.wav"
+    write_wav(path, [pcm], RATE_HZ)
+    assert main(["transcribe", "--final-pass", "whisper", str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    name, text = line.split("\t")
+    assert name == str(path)
+    assert jiwer.wer(f"{FIRST} {SECOND}", text) <= 0.1, text

@@ -207,6 +207,22 @@ def test_forced_alignment_recovers_the_path() -> None:
     assert path.tolist() == expected
 
 
+def test_forced_alignment_of_a_long_final() -> None:
+    """More than 127 extended states (a final of 64+ characters): the back-pointers are int8, the walk back
+    must not wrap (it raised OverflowError in a 32-stream load test)."""
+    text = "i was charged twice for the same purchase and i would like that fixed today please"
+    frames: list[str] = []
+    for i, ch in enumerate(text):
+        frames += ["_", ch, ch] if i % 3 else [ch]
+    frames.append("_")
+    labels = CHARS.encode(text)
+    assert 2 * len(labels) + 1 > 127
+    path = ctc_forced_align(torch.from_numpy(_scripted(frames)), labels)
+    emitted = [int(k) for f, k in enumerate(path) if k >= 0 and (f == 0 or path[f - 1] != k)]
+    assert emitted == list(range(len(labels)))
+    assert [w.word for w in align_words(_scripted(frames), text)] == text.split()
+
+
 def test_align_words_frames_and_confidence() -> None:
     words = align_words(_scripted(list("__hh_e_ll_l_oo__ _yy_o__")), "hello yo")
     assert [(w.word, w.start_frame, w.end_frame) for w in words] == [("hello", 2, 14), ("yo", 18, 22)]

@@ -126,6 +126,7 @@ def test_frame_over_the_transport_limit_is_a_protocol_error(chatty_checkpoint: s
     outcome, metrics = run_case(chatty_checkpoint, caplog, body, "--max-frame-bytes", "4000")
     assert outcome == "error"
     assert metric(metrics, 'xlgate_errors_total{kind="frame_too_large",protocol="websocket"}') == 1
+    assert metric(metrics, 'xlgate_limit_exceeded_total{limit="ws_frame_bytes",protocol="websocket"}') == 1
 
 
 def test_frame_over_the_protocol_limit_closes_1009_without_server_error(
@@ -145,3 +146,4 @@ def test_frame_over_the_protocol_limit_closes_1009_without_server_error(
     outcome, metrics = run_case(chatty_checkpoint, caplog, body, "--max-frame-bytes", "4000")
     assert outcome == "error"
     assert metric(metrics, 'xlgate_errors_total{kind="frame_too_large",protocol="websocket"}') == 1
+    assert metric(metrics, 'xlgate_limit_exceeded_total{limit="ws_frame_bytes",protocol="websocket"}') == 1

@@ -40,6 +40,7 @@ class Running:
     ws_url: str
     metrics_url: str
     stop: asyncio.Event
+    ports: BoundPorts | None = None  # every port the server bound
 
     def http_get(self, path: str) -> tuple[int, str]:
         try:
@@ -68,7 +69,7 @@ async def running_server(settings: ServeSettings) -> AsyncIterator[Running]:
             task.result()  # raises the start-up error
         assert bound, "server did not start in time"
         yield Running(f"ws://127.0.0.1:{bound[0].ws_port}/v1/stream",
-                      f"http://127.0.0.1:{bound[0].metrics_port}", stop)
+                      f"http://127.0.0.1:{bound[0].metrics_port}", stop, bound[0])
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

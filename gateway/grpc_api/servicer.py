@@ -53,6 +53,7 @@ from gateway.grpc_api.convert import (
     speech_event,
     streaming_result,
 )
+from gateway.limits import AddressSessions, peer_host
 from gateway.logging import LogPolicy, session_context
 from gateway.session import Outcome, ResultEvent, SpeechEnded, SpeechStarted, StreamEnded, StreamSettings
 from protocols.errors import GatewayError, OverloadedError
@@ -79,6 +80,7 @@ class GrpcSettings:
     idle_timeout_s: float
     tls_cert_chain: bytes | None = None
     tls_private_key: bytes | None = None
+    max_sessions_per_address: int = 0  # calls one client address may hold at once; 0 = no bound
     # The server's values for what a request leaves out; its hotwords are merged with each request's own.
     defaults: StreamSettings = field(default_factory=StreamSettings)
     # None: no authentication (the default); else every call but health checks needs a valid token.
@@ -109,6 +111,8 @@ class RecognizerServicer:
         self.settings = settings
         self.policy = policy
         self._calls: set[_StreamingCall] = set()
+        self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=engine.metrics,
+                                         protocol=PROTOCOL)
         engine.add_finish_listener(self.finish_all)
 
     def finish_all(self) -> None:
@@ -122,9 +126,26 @@ class RecognizerServicer:
         except OverloadedError as exc:  # DrainingError included: its status is UNAVAILABLE
             raise _CallFailed(_status_of(exc), str(exc), Outcome.REJECTED) from None
 
+    def _refuse_address(self, context: grpc.aio.ServicerContext[Any, Any], address: str) -> None:
+        log.info("call from %s refused: %d calls from that address", address, self.addresses.live(address))
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details("too many calls from your address")
+
     async def StreamingRecognize(self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
                                  context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Serve one streaming call (see the module docstring for how it ends)."""
+        """Serve one streaming call (see the module docstring for how it ends); RESOURCE_EXHAUSTED when
+        the caller's address holds ``max_sessions_per_address`` calls already."""
+        address = peer_host(context.peer())
+        if not self.addresses.acquire(address):
+            self._refuse_address(context, address)
+            return
+        try:
+            await self._streaming_recognize(request_iterator, context)
+        finally:
+            self.addresses.release(address)
+
+    async def _streaming_recognize(self, request_iterator: AsyncIterator[pb.StreamingRecognizeRequest],
+                                   context: grpc.aio.ServicerContext[Any, Any]) -> None:
         session_id = uuid.uuid4().hex[:16]
         with session_context(session_id):
             call = _StreamingCall(self, context, session_id)
@@ -138,7 +159,19 @@ class RecognizerServicer:
 
     async def Recognize(self, request: pb.RecognizeRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.RecognizeResponse:
-        """Recognise a whole recording: feed it as fast as the engine takes it, return every final."""
+        """Recognise a whole recording: feed it as fast as the engine takes it, return every final
+        (RESOURCE_EXHAUSTED when the caller's address holds ``max_sessions_per_address`` calls already)."""
+        address = peer_host(context.peer())
+        if not self.addresses.acquire(address):
+            self._refuse_address(context, address)
+            return pb.RecognizeResponse()
+        try:
+            return await self._recognize(request, context)
+        finally:
+            self.addresses.release(address)
+
+    async def _recognize(self, request: pb.RecognizeRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> pb.RecognizeResponse:
         session_id = uuid.uuid4().hex[:16]
         with session_context(session_id):
             outcome = Outcome.COMPLETED

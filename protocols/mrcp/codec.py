@@ -16,15 +16,17 @@ from protocols.mrcp.errors import (
     InvalidMessageLength,
     MalformedMessage,
     MessageTooLarge,
+    TooManyHeaders,
     TruncatedMessage,
     UnsupportedVersion,
 )
 from protocols.mrcp.events import Headers, MrcpEvent, MrcpMessage, MrcpRequest, MrcpResponse, RequestState
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "MessageReader", "parse_message", "serialize"]
+__all__ = ["DEFAULT_MAX_HEADERS", "DEFAULT_MAX_MESSAGE_BYTES", "MessageReader", "parse_message", "serialize"]
 
 VERSION = b"MRCP/2.0"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # grammars can be large; 1 MiB caps a hostile peer's buffer
+DEFAULT_MAX_HEADERS = 100  # a UniMRCP RECOGNIZE has about 10
 _MAX_LENGTH_DIGITS = 10
 _MAX_REQUEST_ID = 2**32 - 1  # request-id = 1*10DIGIT, an unsigned 32-bit value (RFC 6787 §5.1)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -66,7 +68,7 @@ def _message_length(buffer: bytes | bytearray, max_message_bytes: int) -> int | 
     return length
 
 
-def _parse_headers(block: str) -> Headers:
+def _parse_headers(block: str, max_headers: int) -> Headers:
     headers: list[tuple[str, str]] = []
     for line in block.split("\n"):
         line = line.removesuffix("\r")
@@ -80,6 +82,8 @@ def _parse_headers(block: str) -> Headers:
         name = name.strip()
         if not sep or not _TOKEN.match(name):
             raise MalformedMessage(f"malformed header line {line[:80]!r}")
+        if len(headers) >= max_headers:
+            raise TooManyHeaders(f"more than {max_headers} header lines")
         headers.append((name, value.strip()))
     return tuple(headers)
 
@@ -97,12 +101,25 @@ def _request_state(text: str) -> RequestState:
         raise MalformedMessage(f"unknown request-state {text[:20]!r}") from None
 
 
-def parse_message(data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> MrcpMessage:
+def _start_line_request_id(start: bytes | bytearray | str) -> int | None:
+    """The request-id of a request's start line (``MRCP/2.0 <length> <method> <request-id>``), or None."""
+    text = start.decode("utf-8", "replace") if isinstance(start, bytes | bytearray) else start
+    lines = text.splitlines()
+    tokens = lines[0].split(" ") if lines else []
+    if len(tokens) == 4 and _DIGITS.match(tokens[3]) and int(tokens[3]) <= _MAX_REQUEST_ID:
+        return int(tokens[3])
+    return None
+
+
+def parse_message(
+    data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+) -> MrcpMessage:
     """Parse exactly one complete MRCPv2 message.
 
     Args:
         data: the message's bytes, exactly message-length of them.
         max_message_bytes: the largest message-length accepted.
+        max_headers: the most header lines accepted.
 
     Returns:
         An :class:`MrcpRequest`, :class:`MrcpResponse` or :class:`MrcpEvent`.
@@ -111,6 +128,7 @@ def parse_message(data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
         TruncatedMessage: ``data`` ends before the message does.
         MalformedMessage (and its subclasses): anything else wrong with the framing or syntax.
         BodyLengthMismatch: Content-Length disagrees with the framed body.
+        TooManyHeaders: more than ``max_headers`` header lines (carrying the request-id when readable).
     """
     length = _message_length(data, max_message_bytes)
     if length is None or len(data) < length:
@@ -132,7 +150,10 @@ def parse_message(data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
     body = data[head_end + separator :]
     start_line, _, header_block = head.partition("\n")
     start_line = start_line.removesuffix("\r")
-    headers = _parse_headers(header_block)
+    try:
+        headers = _parse_headers(header_block, max_headers)
+    except TooManyHeaders as exc:
+        raise TooManyHeaders(str(exc), request_id=_start_line_request_id(start_line)) from None
     content_length_text = next((v for k, v in headers if k.lower() == "content-length"), None)
     if content_length_text is not None:
         if not _DIGITS.match(content_length_text):
@@ -211,9 +232,12 @@ class MessageReader:
     the reader is unusable (the stream has lost its framing) and raises that error again.
     """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
         self._buffer = bytearray()
         self._max_message_bytes = max_message_bytes
+        self._max_headers = max_headers
         self._error: MalformedMessage | None = None
 
     @property
@@ -235,6 +259,12 @@ class MessageReader:
             raise self._error
         try:
             length = _message_length(self._buffer, self._max_message_bytes)
+        except MessageTooLarge as exc:
+            # Name the request (when its start line has arrived) so the 504 can be sent before the close.
+            start_end = self._buffer.find(b"\n", 0, 256)
+            request_id = _start_line_request_id(self._buffer[:start_end]) if start_end > 0 else None
+            self._error = MessageTooLarge(str(exc), request_id=request_id)
+            raise self._error from None
         except MalformedMessage as exc:
             self._error = exc
             raise
@@ -243,7 +273,9 @@ class MessageReader:
         data = bytes(self._buffer[:length])
         del self._buffer[:length]
         try:
-            return parse_message(data, max_message_bytes=self._max_message_bytes)
+            return parse_message(
+                data, max_message_bytes=self._max_message_bytes, max_headers=self._max_headers
+            )
         except MalformedMessage as exc:
             self._error = exc
             raise

@@ -5,15 +5,25 @@ bytes out (``data_to_send``). The connection only frames and validates; which ch
 to is the caller's business (several channels share one connection with ``a=connection:existing``, and
 requests of different channels are pipelined on it). A framing error is fatal: the byte stream has lost
 its message boundaries, so the connection reports a fatal :class:`ProtocolViolation` and the transport
-closes it. A request without Channel-Identifier is answered 406 and the stream goes on.
+closes it. A request without Channel-Identifier is answered 406 and the stream goes on. Limits: a message
+over ``max_message_bytes`` is answered 504 (when its start line named the request) and closes the
+connection; one with more than ``max_headers`` header lines is answered 504 and the stream goes on. Both
+are reported as :class:`ProtocolViolation` events whose error names the ``limit``.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from protocols.mrcp.codec import DEFAULT_MAX_MESSAGE_BYTES, MessageReader, serialize
-from protocols.mrcp.errors import MalformedMessage, MandatoryHeaderMissing, MrcpError, MrcpRemoteError
+from protocols.mrcp.codec import DEFAULT_MAX_HEADERS, DEFAULT_MAX_MESSAGE_BYTES, MessageReader, serialize
+from protocols.mrcp.errors import (
+    MalformedMessage,
+    MandatoryHeaderMissing,
+    MessageTooLarge,
+    MrcpError,
+    MrcpRemoteError,
+    TooManyHeaders,
+)
 from protocols.mrcp.events import (
     ConnectionClosed,
     MrcpMessage,
@@ -32,11 +42,14 @@ ConnectionEvent = RequestReceived | ProtocolViolation | ConnectionClosed
 class MrcpServerConnection:
     """The server end of one MRCP TCP connection."""
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
         """Args:
         max_message_bytes: the largest message-length accepted (larger is a fatal error).
+        max_headers: the most header lines a message may have (more is answered 504).
         """
-        self._reader = MessageReader(max_message_bytes=max_message_bytes)
+        self._reader = MessageReader(max_message_bytes=max_message_bytes, max_headers=max_headers)
         self._events: deque[ConnectionEvent] = deque()
         self._out = bytearray()
         self.closed = False
@@ -58,10 +71,14 @@ class MrcpServerConnection:
             try:
                 message = self._reader.next_message()
             except MalformedMessage as exc:
+                if isinstance(exc, MessageTooLarge):
+                    self._refuse(exc.request_id, exc)
                 self._events.append(ProtocolViolation(exc))
                 self.closed = True
                 return
             except MrcpRemoteError as exc:  # a well-framed message with bad content: report, go on
+                if isinstance(exc, TooManyHeaders):
+                    self._refuse(exc.request_id, exc)
                 self._events.append(ProtocolViolation(exc))
                 continue
             if message is None:
@@ -90,6 +107,11 @@ class MrcpServerConnection:
         if error.completion_cause is not None:
             headers.append(("Completion-Cause", error.completion_cause))
         self.send(MrcpResponse(request.request_id, error.status_code, RequestState.COMPLETE, tuple(headers)))
+
+    def _refuse(self, request_id: int | None, error: MrcpError) -> None:
+        """Answer a request we could not read whole with the error's status code (when it named its id)."""
+        if request_id is not None:
+            self.send(MrcpResponse(request_id, error.status_code, RequestState.COMPLETE, ()))
 
     def data_to_send(self) -> bytes:
         """Bytes queued for the peer since the last call."""

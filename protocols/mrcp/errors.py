@@ -17,6 +17,7 @@ __all__ = [
     "ChannelNotFound",
     "GrammarCompilationFailure",
     "GrammarLoadFailure",
+    "GrammarTooLarge",
     "IllegalHeaderValue",
     "InvalidMessageLength",
     "MalformedMessage",
@@ -27,6 +28,8 @@ __all__ = [
     "MrcpError",
     "MrcpLocalError",
     "MrcpRemoteError",
+    "TooManyHeaders",
+    "TooManyPhrases",
     "TruncatedMessage",
     "UnsupportedEntity",
     "UnsupportedVersion",
@@ -77,10 +80,32 @@ class InvalidMessageLength(MalformedMessage):
 
 
 class MessageTooLarge(MalformedMessage):
-    """The message-length exceeds the connection's ``max_message_bytes`` (RFC 6787 §5.4: 504)."""
+    """The message-length exceeds the connection's ``max_message_bytes`` (RFC 6787 §5.4: 504).
+
+    ``request_id`` is the request's id when its start line was readable, so the 504 can be sent before the
+    connection closes.
+    """
 
     code: ClassVar[str] = "mrcp_message_too_large"
     status_code: ClassVar[int] = 504
+    limit: ClassVar[str | None] = "mrcp_message_bytes"
+
+    def __init__(self, message: str, *, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class TooManyHeaders(MrcpRemoteError):
+    """A well-framed message with more header lines than the connection's ``max_headers``: answered 504
+    (the message is too large in headers; RFC 6787 §5.4 has no closer code) and the connection goes on."""
+
+    code: ClassVar[str] = "mrcp_too_many_headers"
+    status_code: ClassVar[int] = 504
+    limit: ClassVar[str | None] = "mrcp_headers"
+
+    def __init__(self, message: str, *, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class UnsupportedVersion(MalformedMessage):
@@ -145,6 +170,21 @@ class GrammarCompilationFailure(MrcpRemoteError):
     code: ClassVar[str] = "mrcp_grammar_compilation_failure"
     status_code: ClassVar[int] = 407
     completion_cause: ClassVar[str | None] = "005 grammar-compilation-failure"
+
+
+class GrammarTooLarge(GrammarCompilationFailure):
+    """An inline grammar body over the server's ``max_grammar_bytes`` (Completion-Cause 005)."""
+
+    code: ClassVar[str] = "mrcp_grammar_too_large"
+    limit: ClassVar[str | None] = "grammar_bytes"
+
+
+class TooManyPhrases(GrammarCompilationFailure):
+    """A grammar that expands to more phrases than the server's ``max_grammar_phrases`` (Completion-Cause
+    005): a hostile ``repeat="0-"`` or a cross product is cut here, before it costs memory."""
+
+    code: ClassVar[str] = "mrcp_too_many_phrases"
+    limit: ClassVar[str | None] = "grammar_phrases"
 
 
 class GrammarLoadFailure(MrcpRemoteError):

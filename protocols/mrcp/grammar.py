@@ -29,7 +29,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from protocols.mrcp.errors import GrammarCompilationFailure, GrammarLoadFailure, UnsupportedEntity, UriFailure
+from protocols.mrcp.errors import (
+    GrammarCompilationFailure,
+    GrammarLoadFailure,
+    GrammarTooLarge,
+    TooManyPhrases,
+    UnsupportedEntity,
+    UriFailure,
+)
 
 __all__ = [
     "DEFAULT_MAX_PHRASES",
@@ -161,12 +168,12 @@ class _Expander:
 
     def _cap(self, paths: list[_Path]) -> list[_Path]:
         if len(paths) > self._max:
-            raise GrammarCompilationFailure(f"grammar expands to more than {self._max} phrases")
+            raise TooManyPhrases(f"grammar expands to more than {self._max} phrases")
         return paths
 
     def _concat(self, left: list[_Path], right: list[_Path]) -> list[_Path]:
         if len(left) * len(right) > self._max:
-            raise GrammarCompilationFailure(f"grammar expands to more than {self._max} phrases")
+            raise TooManyPhrases(f"grammar expands to more than {self._max} phrases")
         return [(a[0] + b[0], a[1] + b[1]) for a in left for b in right]
 
     def rule(self, rule_id: str, depth: int) -> list[_Path]:
@@ -389,19 +396,29 @@ def define_grammar(
     session_grammars: Mapping[str, Grammar],
     allowed_uri_prefixes: tuple[str, ...] = (),
     loader: GrammarLoader | None = None,
+    max_bytes: int | None = None,
+    max_phrases: int = DEFAULT_MAX_PHRASES,
 ) -> Grammar:
     """Compile the body of a DEFINE-GRAMMAR (or an inline RECOGNIZE grammar) as ``session:<content_id>``.
 
     A ``text/uri-list`` body must name exactly one grammar, which becomes known under the new id.
 
+    Args:
+        max_bytes: the largest inline SRGS body compiled (None: no bound beyond the message's).
+        max_phrases: the most phrases an inline SRGS grammar may expand to.
+
     Raises:
         UnsupportedEntity: a content type that is not a grammar we compile.
+        GrammarTooLarge: an SRGS body over ``max_bytes``.
+        TooManyPhrases: an SRGS grammar that expands to more than ``max_phrases``.
         GrammarCompilationFailure, GrammarLoadFailure, UriFailure: as named.
     """
     kind = _content_type(content_type)
     uri = f"session:{content_id}"
     if kind in _SRGS_TYPES:
-        return parse_srgs(body, uri=uri)
+        if max_bytes is not None and len(body) > max_bytes:
+            raise GrammarTooLarge(f"grammar of {len(body)} bytes exceeds {max_bytes}")
+        return parse_srgs(body, uri=uri, max_phrases=max_phrases)
     if kind == _URI_LIST:
         grammars = resolve_uri_list(
             body, session_grammars=session_grammars, allowed_uri_prefixes=allowed_uri_prefixes, loader=loader

@@ -54,6 +54,7 @@ from protocols.mrcp.errors import (
 )
 from protocols.mrcp.events import MrcpEvent, MrcpMessage, MrcpRequest, MrcpResponse, RequestState
 from protocols.mrcp.grammar import (
+    DEFAULT_MAX_PHRASES,
     Grammar,
     GrammarKind,
     GrammarLoader,
@@ -78,6 +79,7 @@ __all__ = [
     "FinalizeRequested",
     "GrammarMatch",
     "Hypothesis",
+    "LimitExceeded",
     "RecognitionEnded",
     "RecognitionStarted",
     "RecognizerChannel",
@@ -159,7 +161,14 @@ class RecognitionEnded:
     keep_stream: bool
 
 
-Action = RecognitionStarted | FinalizeRequested | RecognitionEnded
+@dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """Owner action: a request went over a server limit (``limit`` names it) and was refused; count it."""
+
+    limit: str
+
+
+Action = RecognitionStarted | FinalizeRequested | RecognitionEnded | LimitExceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +182,8 @@ class RecognizerConfig:
     finalize_grace_s: float = 0.5
     max_grammars: int = 64
     max_dtmf_buffer: int = 64
+    max_grammar_bytes: int = 256 * 1024
+    max_grammar_phrases: int = DEFAULT_MAX_PHRASES
 
 
 class RecognizerChannel:
@@ -259,6 +270,8 @@ class RecognizerChannel:
             else:  # INTERPRET, phrase enrollment, other resources' methods, unknown methods
                 self._respond(request, 401)
         except MrcpError as exc:
+            if exc.limit is not None:
+                self._actions.append(LimitExceeded(exc.limit))
             headers: tuple[tuple[str, str], ...] = ()
             if exc.completion_cause is not None:
                 headers = (("Completion-Cause", exc.completion_cause),)
@@ -306,6 +319,8 @@ class RecognizerChannel:
             session_grammars=self.grammars,
             allowed_uri_prefixes=self.config.allowed_uri_prefixes,
             loader=self.config.grammar_loader,
+            max_bytes=self.config.max_grammar_bytes,
+            max_phrases=self.config.max_grammar_phrases,
         )
 
     def _request_grammars(self, request: MrcpRequest) -> tuple[Grammar, ...]:
@@ -335,6 +350,8 @@ class RecognizerChannel:
         try:
             grammars = self._request_grammars(request)
         except MrcpRemoteError as exc:
+            if exc.limit is not None:
+                self._actions.append(LimitExceeded(exc.limit))
             cause = (
                 CompletionCause(exc.completion_cause)
                 if exc.completion_cause

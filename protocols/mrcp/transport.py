@@ -1,4 +1,4 @@
-"""Thin asyncio TCP transport of the MRCPv2 server (RFC 6787 §4.2).
+"""Thin asyncio TCP (and TLS) transport of the MRCPv2 server (RFC 6787 §4.2, §11).
 
 Channels are created by the SIP side (the SDP answer names them) and registered here with
 :meth:`MrcpServer.add_channel`; a request routes to its channel by Channel-Identifier, and the channel is
@@ -6,6 +6,9 @@ bound to the connection its first request came on (events of that channel go the
 event loop's clock: after every input the channel's earliest deadline is (re)armed with ``call_at``.
 When a connection closes, every channel bound to it is closed and ``on_channel_lost`` is called, so the
 session owner can end the SIP dialog. No task is created per connection: asyncio protocols call in.
+With a server ``ssl.SSLContext``, :meth:`MrcpServer.start_tls` opens a second listener for
+``TCP/TLS/MRCPv2`` (RFC 6787 §4.2, §11); its connections serve the same channels. A message refused for
+going over a limit is reported to ``on_limit`` with the limit's name.
 With an allow-list, a connection from an address outside it is closed at once, before a byte is read, and
 reported to ``on_forbidden``.
 """
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import cast
 
 from protocols.allowlist import NetworkAllowList
+from protocols.mrcp.codec import DEFAULT_MAX_HEADERS
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import ChannelNotFound
 from protocols.mrcp.events import ConnectionClosed, ProtocolViolation, RequestReceived
@@ -29,10 +34,11 @@ _log = logging.getLogger(__name__)
 
 
 class _Binding:
-    __slots__ = ("channel", "connection", "timer")
+    __slots__ = ("channel", "connection", "timer", "tls_only")
 
-    def __init__(self, channel: RecognizerChannel) -> None:
+    def __init__(self, channel: RecognizerChannel, *, tls_only: bool) -> None:
         self.channel = channel
+        self.tls_only = tls_only
         self.connection: _MrcpProtocol | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -46,6 +52,8 @@ class MrcpServer:
         on_actions: Callable[[str, list[Action]], None] | None = None,
         on_channel_lost: Callable[[str], None] | None = None,
         max_message_bytes: int = 1 << 20,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        on_limit: Callable[[str], None] | None = None,
         allowed_networks: NetworkAllowList | None = None,
         on_forbidden: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
@@ -53,15 +61,20 @@ class MrcpServer:
         on_actions: called with (channel id, engine actions) whenever a channel produced some.
         on_channel_lost: called with the channel id when its MRCP connection closed.
         max_message_bytes: per-message limit of every connection.
+        max_headers: per-message header-line limit of every connection.
+        on_limit: called with the limit's name when a message is refused for going over one.
         allowed_networks: the peers that may connect; None allows every address.
         on_forbidden: called with the peer (host, port) of each connection the allow-list refused.
         """
         self._bindings: dict[str, _Binding] = {}
         self._connections: set[_MrcpProtocol] = set()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._on_actions = on_actions
         self._on_channel_lost = on_channel_lost
+        self._on_limit = on_limit
         self.max_message_bytes = max_message_bytes
+        self.max_headers = max_headers
         self.allowed_networks = allowed_networks
         self._on_forbidden = on_forbidden
 
@@ -72,26 +85,42 @@ class MrcpServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port (after ``start_tls``), or None."""
+        if self._tls_server is None:
+            return None
+        port: int = self._tls_server.sockets[0].getsockname()[1]
+        return port
+
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (port 0 picks a free one)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _MrcpProtocol(self), host, port)
 
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Listen for MRCP over TLS on ``host:port`` (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        self._tls_server = await loop.create_server(lambda: _MrcpProtocol(self), host, port, ssl=context)
+
     async def aclose(self) -> None:
         """Stop listening, close every connection and cancel every timer."""
-        if self._server is not None:
-            self._server.close()
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        for server in servers:
+            server.close()
         for protocol in list(self._connections):
             protocol.abort()
         for channel_id in list(self._bindings):
             self.remove_channel(channel_id)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in servers:
+            await server.wait_closed()
+        self._server = self._tls_server = None
 
-    def add_channel(self, channel: RecognizerChannel) -> None:
-        """Register a channel negotiated in SDP."""
-        self._bindings[channel.channel_id] = _Binding(channel)
+    def add_channel(self, channel: RecognizerChannel, *, tls_only: bool = False) -> None:
+        """Register a channel negotiated in SDP; ``tls_only`` (negotiated as ``TCP/TLS/MRCPv2``): requests
+        for it on a plain TCP connection are answered as for an unknown channel (405), so the TLS
+        negotiation cannot be sidestepped."""
+        self._bindings[channel.channel_id] = _Binding(channel, tls_only=tls_only)
 
     def remove_channel(self, channel_id: str) -> None:
         """Forget a channel (session over): its recognition stops and its timer is cancelled."""
@@ -157,7 +186,7 @@ class MrcpServer:
         request = event.request
         channel_id = request.channel_id or ""
         binding = self._bindings.get(channel_id)
-        if binding is None:
+        if binding is None or (binding.tls_only and not protocol.tls):
             protocol.connection.send_error(request, ChannelNotFound(f"no channel {channel_id[:80]!r}"))
             return
         binding.connection = protocol
@@ -183,13 +212,17 @@ class MrcpServer:
 class _MrcpProtocol(asyncio.Protocol):
     def __init__(self, server: MrcpServer) -> None:
         self.server = server
-        self.connection = MrcpServerConnection(max_message_bytes=server.max_message_bytes)
+        self.connection = MrcpServerConnection(
+            max_message_bytes=server.max_message_bytes, max_headers=server.max_headers
+        )
         self.channel_ids: set[str] = set()
         self.transport: asyncio.Transport | None = None
+        self.tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         allowed = self.server.allowed_networks
         if allowed is not None:
             peer = transport.get_extra_info("peername")
@@ -223,6 +256,8 @@ class _MrcpProtocol(asyncio.Protocol):
                     _log.exception("MRCP request failed")
             elif isinstance(event, ProtocolViolation):
                 _log.info("MRCP protocol violation: %s", event.error)
+                if event.error.limit is not None and self.server._on_limit is not None:
+                    self.server._on_limit(event.error.limit)
             elif isinstance(event, ConnectionClosed):
                 break
         self.write_pending()

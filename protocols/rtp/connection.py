@@ -7,6 +7,11 @@ events come out of ``next_event``: :class:`AudioReceived` (decoded PCM through t
 packets from elsewhere are ignored until the latched source is silent for ``relatch_after_s``.
 Garbage datagrams are counted and dropped, never raised. ``get_timer`` covers the jitter buffer's loss
 decision and the media timeout; ``handle_timer(now)`` fires them.
+
+Rate limit: the latched source's packets pass a token bucket of ``max_packets_per_s`` (burst: one second
+of them); packets beyond it are dropped and counted in ``rate_limited_packets``, never queued, so a flood
+costs a counter increment per packet and never delays the stream. 20 ms audio is 50 packets a second,
+10 ms audio 100; RFC 4733 events add up to 50 while a key is held.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class RtpReceiverConfig:
     media_timeout_s: float = 30.0
     relatch_after_s: float = 2.0
     jitter_max_wait_s: float = 0.06
+    max_packets_per_s: float = 200.0
 
 
 class RtpReceiver:
@@ -80,6 +86,9 @@ class RtpReceiver:
         self.ignored_packets = 0
         self.rtcp_packets = 0
         self.packets = 0
+        self.rate_limited_packets = 0
+        self._tokens = config.max_packets_per_s
+        self._tokens_at_s = now
         self._events: deque[RtpEvent] = deque()
         self._last_packet_s = now
         self._dtmf_timestamps: deque[int] = deque(maxlen=16)
@@ -122,6 +131,9 @@ class RtpReceiver:
         if not self._latch(packet, source, now):
             self.ignored_packets += 1
             return
+        if not self._admit(now):
+            self.rate_limited_packets += 1
+            return
         self.packets += 1
         self._last_packet_s = now
         self._timed_out = False
@@ -143,6 +155,16 @@ class RtpReceiver:
         """Release everything still held (end of session)."""
         for frame in self.buffer.flush():
             self._events.append(AudioReceived(frame))
+
+    def _admit(self, now: float) -> bool:
+        """Token bucket: refill at ``max_packets_per_s``, capped at one second's worth; take one."""
+        rate = self.config.max_packets_per_s
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at_s) * rate)
+        self._tokens_at_s = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _update_jitter(self, timestamp: int, now: float) -> None:
         # J += (|D| - J) / 16 over the relative transit time (RFC 3550 A.8), kept in seconds.

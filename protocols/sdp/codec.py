@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from protocols.sdp.errors import SdpSyntaxError
+from protocols.sdp.errors import SdpSyntaxError, SdpTooLarge
 
-__all__ = ["MediaDescription", "SessionDescription", "parse_sdp", "serialize_sdp"]
+__all__ = ["MAX_SDP_BYTES", "MediaDescription", "SessionDescription", "parse_sdp", "serialize_sdp"]
 
-_MAX_SDP_BYTES = 65536
+MAX_SDP_BYTES = 16384  # an MRCPv2 offer is about 500 bytes
 _LINE = re.compile(r"^([a-z])=(.*)$")
 
 
@@ -97,14 +97,19 @@ def _media(value: str) -> MediaDescription:
     return MediaDescription(media=parts[0], port=int(port_text), proto=parts[2], formats=tuple(parts[3:]))
 
 
-def parse_sdp(data: bytes) -> SessionDescription:
+def parse_sdp(data: bytes, *, max_bytes: int = MAX_SDP_BYTES) -> SessionDescription:
     """Parse an SDP body.
 
+    Args:
+        data: the body.
+        max_bytes: the largest body accepted.
+
     Raises:
-        SdpSyntaxError: not UTF-8, too large, lines out of order, or a malformed v=, o=, m= or a= line.
+        SdpTooLarge: more than ``max_bytes``.
+        SdpSyntaxError: not UTF-8, lines out of order, or a malformed v=, o=, m= or a= line.
     """
-    if len(data) > _MAX_SDP_BYTES:
-        raise SdpSyntaxError(f"SDP body of {len(data)} bytes exceeds {_MAX_SDP_BYTES}")
+    if len(data) > max_bytes:
+        raise SdpTooLarge(f"SDP body of {len(data)} bytes exceeds {max_bytes}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from protocols.errors import RemoteProtocolError
 
-__all__ = ["NotAcceptable", "SdpError", "SdpSyntaxError"]
+__all__ = ["NotAcceptable", "SdpError", "SdpSyntaxError", "SdpTooLarge"]
 
 
 class SdpError(RemoteProtocolError):
@@ -23,6 +23,15 @@ class SdpSyntaxError(SdpError):
     code: ClassVar[str] = "sdp_syntax_error"
     sip_status: ClassVar[int] = 400
     sip_reason: ClassVar[str] = "Bad Request"
+
+
+class SdpTooLarge(SdpError):
+    """An SDP body over the server's limit: 413 Request Entity Too Large (RFC 3261 §21.4.11)."""
+
+    code: ClassVar[str] = "sdp_too_large"
+    sip_status: ClassVar[int] = 413
+    sip_reason: ClassVar[str] = "Request Entity Too Large"
+    limit: ClassVar[str | None] = "sdp_bytes"
 
 
 class NotAcceptable(SdpError):

@@ -5,7 +5,8 @@ Theory of operation: every offered m-line gets exactly one answer m-line in the 
 dtmfrecog) resource is accepted with ``a=setup:passive`` (the client connects, RFC 4145),
 ``a=connection`` echoing the offer's new/existing, ``a=channel:<id>@<resource>`` and the ``a=cmid``
 mirrored; any other resource (speechsynth, recorder, ...) is declined with port 0 without failing the
-session. The first audio m-line is answered with the first offered codec we decode (PCMU, PCMA,
+session. ``TCP/TLS/MRCPv2`` (RFC 6787 §4.2, §11) is accepted the same way, pointing at the TLS MRCP
+listener, when the server has one (``mrcp_tls_port``); without one it is declined. The first audio m-line is answered with the first offered codec we decode (PCMU, PCMA,
 L16/8000) plus telephone-event when offered, ``recvonly`` towards a ``sendonly`` or ``sendrecv`` offer,
 and the offer's ptime; other media lines are declined. An offer with no acceptable recognizer resource
 or no usable audio raises :class:`NotAcceptable` (SIP 488).
@@ -49,7 +50,9 @@ class AnswerConfig:
 
     Attributes:
         address: the address written into ``c=`` and ``o=`` (the advertise address).
-        mrcp_port: the MRCP TCP port written into accepted application m-lines.
+        mrcp_port: the MRCP TCP port written into accepted ``TCP/MRCPv2`` m-lines.
+        mrcp_tls_port: the MRCP-over-TLS port written into accepted ``TCP/TLS/MRCPv2`` m-lines; None
+            declines them.
         codecs: accepted audio codecs, in the server's preference when the offer's order ties.
         resources: recognizer resources accepted.
         username: the ``o=`` username.
@@ -57,6 +60,7 @@ class AnswerConfig:
 
     address: str
     mrcp_port: int = 1544
+    mrcp_tls_port: int | None = None
     codecs: tuple[AudioCodec, ...] = (AudioCodec.PCMU, AudioCodec.PCMA, AudioCodec.L16)
     resources: tuple[str, ...] = _RECOGNIZER_RESOURCES
     username: str = "xlgate"
@@ -70,6 +74,7 @@ class NegotiatedChannel:
     channel_id: str  # "<id>@<resource>"
     cmid: str | None
     connection: str  # "new" or "existing"
+    tls: bool = False  # offered as TCP/TLS/MRCPv2: the channel may only be used on a TLS connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +208,9 @@ def answer_offer(
     channels: list[NegotiatedChannel] = []
     audio: NegotiatedAudio | None = None
     for media in offer.media:
-        if media.media == "application" and media.proto == "TCP/MRCPv2" and media.port != 0:
+        ports = {"TCP/MRCPv2": config.mrcp_port, "TCP/TLS/MRCPv2": config.mrcp_tls_port}
+        port = ports.get(media.proto) if media.media == "application" and media.port != 0 else None
+        if port is not None:
             resource = (media.attribute("resource") or "").lower()
             setup = (media.attribute("setup") or "active").lower()
             if resource in config.resources and setup in {"active", "actpass"}:
@@ -220,13 +227,14 @@ def answer_offer(
                 answered.append(
                     MediaDescription(
                         "application",
-                        config.mrcp_port,
-                        "TCP/MRCPv2",
+                        port,
+                        media.proto,
                         media.formats,
                         attributes=tuple(attributes),
                     )
                 )
-                channels.append(NegotiatedChannel(resource, channel_id, cmid, connection))
+                tls = media.proto == "TCP/TLS/MRCPv2"
+                channels.append(NegotiatedChannel(resource, channel_id, cmid, connection, tls=tls))
                 continue
             answered.append(_declined(media))
         elif media.media == "audio" and audio is None:
@@ -239,7 +247,9 @@ def answer_offer(
         else:
             answered.append(_declined(media))
     if not channels:
-        raise NotAcceptable("the offer has no speechrecog resource over TCP/MRCPv2 that this server accepts")
+        raise NotAcceptable(
+            "the offer has no speechrecog resource over TCP/MRCPv2 (or TCP/TLS/MRCPv2) that this server accepts"
+        )
     if audio is None:
         raise NotAcceptable("the offer has no audio stream in PCMU, PCMA or L16/8000")
     family = "IP6" if ":" in config.address else "IP4"

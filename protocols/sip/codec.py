@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocols.sip.errors import BadRequest, TruncatedMessage
+from protocols.sip.errors import BadRequest, MessageTooLarge, TooManyHeaders, TruncatedMessage
 
 __all__ = [
+    "DEFAULT_MAX_HEADERS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "SipMessage",
     "SipRequest",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MESSAGE_BYTES = 65536
+DEFAULT_MAX_HEADERS = 100  # a UniMRCP INVITE has 13; proxies add a Via and a Record-Route each
 _COMPACT = {
     "v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
     "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding", "x": "session-expires",
@@ -189,7 +191,11 @@ def name_addr_tag(value: str | None) -> str | None:
 
 
 def parse_message(
-    data: bytes, *, datagram: bool = True, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    data: bytes,
+    *,
+    datagram: bool = True,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_headers: int = DEFAULT_MAX_HEADERS,
 ) -> SipMessage:
     """Parse one complete SIP message.
 
@@ -198,13 +204,16 @@ def parse_message(
         datagram: True for UDP: a missing Content-Length means the rest of the datagram is the body
             (RFC 3261 §18.3); extra bytes after Content-Length are discarded.
         max_message_bytes: the largest message accepted.
+        max_headers: the most header lines accepted (folded continuation lines count with their header).
 
     Raises:
+        MessageTooLarge: more than ``max_message_bytes``.
+        TooManyHeaders: more than ``max_headers`` header lines.
         TruncatedMessage: no complete header block, or fewer body bytes than Content-Length.
         BadRequest: anything else malformed.
     """
     if len(data) > max_message_bytes:
-        raise BadRequest(f"message of {len(data)} bytes exceeds {max_message_bytes}")
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_message_bytes}")
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0:
         raise TruncatedMessage("no empty line ends the header block")
@@ -225,6 +234,8 @@ def parse_message(
         name = name.strip()
         if not sep or not _TOKEN.match(name):
             raise BadRequest(f"malformed header line {line[:80]!r}")
+        if len(headers) >= max_headers:
+            raise TooManyHeaders(f"more than {max_headers} header lines")
         headers.append((name, value.strip()))
     body = data[head_end + 4 :]
     length_text = next((v for k, v in headers if _canonical(k) == "content-length"), None)
@@ -265,12 +276,18 @@ def serialize(message: SipMessage) -> bytes:
 class StreamReader:
     """Cuts a SIP TCP stream into messages by the header block and Content-Length (RFC 3261 §18.3).
 
-    CRLF keep-alives between messages (RFC 5626 §3.5.1) are skipped.
+    CRLF keep-alives between messages (RFC 5626 §3.5.1) are skipped. After an error the stream has lost
+    its framing; :attr:`rejected_head` then holds the offending message's header block when it was
+    complete (so the error can still be answered on the connection before it closes), else ``b""``.
     """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
         self._buffer = bytearray()
         self._max = max_message_bytes
+        self._max_headers = max_headers
+        self.rejected_head = b""
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
@@ -280,6 +297,7 @@ class StreamReader:
         """The next complete message, or None until more bytes arrive.
 
         Raises:
+            MessageTooLarge, TooManyHeaders: over a limit (the connection should be closed).
             BadRequest: the stream is not SIP (the connection should be closed).
         """
         while self._buffer[:2] == b"\r\n":
@@ -287,22 +305,28 @@ class StreamReader:
         head_end = self._buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(self._buffer) > self._max:
-                raise BadRequest(f"header block longer than {self._max} bytes")
+                raise MessageTooLarge(f"header block longer than {self._max} bytes")
             return None
-        match = re.search(
-            rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*\r?$",
-            bytes(self._buffer[: head_end + 2]),
-        )
+        head = bytes(self._buffer[: head_end + 4])
+        match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*\r?$", head[:-2])
         if match is None:
+            self.rejected_head = head
             raise BadRequest("Content-Length is required on stream transports (RFC 3261 §20.14)")
         total = head_end + 4 + int(match.group(1))
         if total > self._max:
-            raise BadRequest(f"message of {total} bytes exceeds {self._max}")
+            self.rejected_head = head
+            raise MessageTooLarge(f"message of {total} bytes exceeds {self._max}")
         if len(self._buffer) < total:
             return None
         data = bytes(self._buffer[:total])
         del self._buffer[:total]
-        return parse_message(data, datagram=False, max_message_bytes=self._max)
+        try:
+            return parse_message(
+                data, datagram=False, max_message_bytes=self._max, max_headers=self._max_headers
+            )
+        except BadRequest:
+            self.rejected_head = head
+            raise
 
     @property
     def buffered_bytes(self) -> int:

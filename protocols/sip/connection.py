@@ -26,14 +26,19 @@ the core answers what it can on its own and reports the rest as events (``next_e
 * Non-INVITE server transactions keep their response for Timer J = 64*T1 over UDP to answer
   retransmissions (§17.2.2). Our BYE/UPDATE are resent by Timer E until a final response, at most
   Timer F = 64*T1 (§17.1.2).
-* ``connection_lost(connection_id)`` ends the dialogs bound to that TCP connection; ``hangup`` ends one
-  from our side; while ``accepting`` is False (drain, capacity) new INVITEs get 503 with Retry-After.
+* ``connection_lost(connection_id)`` ends the dialogs bound to that TCP or TLS connection; ``hangup`` ends
+  one from our side; while ``accepting`` is False (drain, capacity) new INVITEs get 503 with Retry-After.
+* Limits (``max_message_bytes``, ``max_headers``): a datagram over them is answered 513 Message Too Large
+  or 400 Too Many Headers when its header block is readable (silence otherwise); a stream transport hands
+  the header block of the offending message to ``refuse_stream`` before closing the connection. Each
+  refusal is reported as :class:`LimitExceeded` so the owner can count it.
+* SIP over TLS (RFC 3261 §26.2): a TLS flow is a reliable stream like TCP; the Contact of a dialog that came
+  over TLS names ``tls_port`` with ``;transport=tls``, and our requests in it carry ``SIP/2.0/TLS`` Vias.
 * Source allow-list (``allowed_networks``): a request from an address outside it is answered
-  403 Forbidden statelessly (no transaction, dialog or event but :class:`RequestRefused`), before
-  anything else is looked at; an ACK, a response or unparseable bytes from outside get nothing. The
-  403 goes to the packet's source (never to a Via's address) and only echoes the request's own Via,
-  From, To, Call-ID and CSeq: about the size of the request, so no amplification.
-  Refused requests are reported as :class:`RequestRefused`.
+  403 Forbidden statelessly (no transaction or dialog), before anything else is looked at; an ACK, a
+  response or unparseable bytes from outside get nothing. The 403 goes to the packet's source (never to a
+  Via's address) and only echoes the request's own Via, From, To, Call-ID and CSeq: about the size of the
+  request, so no amplification. Refused requests are reported as :class:`RequestRefused`.
 * Digest authentication (``digest``, :mod:`protocols.sip.digest`): an initial INVITE without valid
   credentials is answered 401 with a SHA-256 and an MD5 challenge (a stale nonce: ``stale=true``),
   before any other check, and reported as :class:`RequestRefused`; the client's retry with
@@ -47,6 +52,7 @@ All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest 
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +61,8 @@ from dataclasses import dataclass, field
 from protocols.allowlist import NetworkAllowList
 from protocols.sip import digest
 from protocols.sip.codec import (
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_MESSAGE_BYTES,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -67,6 +75,7 @@ from protocols.sip.errors import BadRequest, SipError, SipLocalError
 from protocols.sip.events import (
     Flow,
     InviteReceived,
+    LimitExceeded,
     Outgoing,
     ReinviteReceived,
     RequestRefused,
@@ -83,6 +92,7 @@ T1_S = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
 T2_S = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE requests and INVITE responses
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 _MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+_CONTENT_LENGTH_LINE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[^\r\n]*\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,9 @@ class SipServerConfig:
         min_se_s: the smallest Session-Expires we accept (RFC 4028 §5: at least 90 s).
         retry_after_s: Retry-After of 503 answers while not accepting.
         t1_s, t2_s: RFC 3261 timers (tests shorten them).
+        tls_port: our SIP-over-TLS port (Contact and Via of dialogs that came over TLS); 0 = none.
+        max_message_bytes: the largest message accepted (513 beyond).
+        max_headers: the most header lines a message may have (400 beyond).
         allowed_networks: the peers allowed to send requests; None allows every address.
         digest: digest authentication of initial INVITEs; None: none.
     """
@@ -109,6 +122,9 @@ class SipServerConfig:
     retry_after_s: int = 5
     t1_s: float = T1_S
     t2_s: float = T2_S
+    tls_port: int = 0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
     allowed_networks: NetworkAllowList | None = None
     digest: digest.DigestPolicy | None = None
 
@@ -234,12 +250,28 @@ class SipServerCore:
         if not data.strip(b"\r\n"):
             return  # keep-alive
         try:
-            message = parse_message(data, datagram=True)
+            message = parse_message(
+                data,
+                datagram=True,
+                max_message_bytes=self.config.max_message_bytes,
+                max_headers=self.config.max_headers,
+            )
         except SipError as exc:
-            if self.config.allows(flow.remote[0]):
-                self._answer_garbage(data, flow, exc)
+            if not self.config.allows(flow.remote[0]):
+                return  # garbage from outside the allow-list gets no answer
+            if exc.limit is not None:
+                self._events.append(LimitExceeded(exc.limit, flow))
+            self._answer_garbage(data[: self.config.max_message_bytes], flow, exc)
             return
         self.receive_message(message, flow, now)
+
+    def refuse_stream(self, head: bytes, flow: Flow, error: SipError) -> None:
+        """A stream transport's message could not be framed or parsed (``error``): answer it when its
+        header block ``head`` is readable (the transport then closes the connection), and report a limit."""
+        if error.limit is not None:
+            self._events.append(LimitExceeded(error.limit, flow))
+        if head:
+            self._answer_garbage(head, flow, error)
 
     def receive_message(self, message: SipMessage, flow: Flow, now: float) -> None:
         """One parsed message from ``flow``."""
@@ -292,7 +324,7 @@ class SipServerCore:
     def connection_lost(self, connection_id: int, now: float) -> None:
         """A TCP connection closed: its dialogs end (their signalling path is gone)."""
         for dialog in list(self._dialogs.values()):
-            if dialog.flow.connection_id == connection_id and dialog.flow.transport is SipTransport.TCP:
+            if dialog.flow.connection_id == connection_id and dialog.flow.transport.reliable:
                 self._terminate(dialog, TerminationReason.TRANSPORT_LOST, send_bye=False, now=now)
         for key, ctx in list(self._client_txs.items()):
             if ctx.flow.connection_id == connection_id:
@@ -660,6 +692,8 @@ class SipServerCore:
         )
 
     def _contact(self, flow: Flow) -> str:
+        if flow.transport is SipTransport.TLS:
+            return f"<sip:{self.config.advertise_host}:{self.config.tls_port};transport=tls>"
         transport = ";transport=tcp" if flow.transport is SipTransport.TCP else ""
         return f"<sip:{self.config.advertise_host}:{self.config.port}{transport}>"
 
@@ -708,7 +742,7 @@ class SipServerCore:
         return serialize(SipResponse(status, reason, tuple(headers), body))
 
     def _destination(self, request: SipRequest, flow: Flow) -> Flow:
-        if flow.transport is SipTransport.TCP:
+        if flow.transport.reliable:
             return flow
         vias = request.values("Via")
         if not vias:
@@ -786,10 +820,14 @@ class SipServerCore:
             self._reply_stateless(message, flow, 403, "Forbidden")
 
     def _answer_garbage(self, data: bytes, flow: Flow, error: SipError) -> None:
-        """400 to a datagram that is not SIP but names enough to be answered; else silence."""
+        """The error's answer to a message that names enough to be answered (Via etc.); else silence."""
         try:
             head = data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-            message = parse_message(head, datagram=True)
+            # Only the header block is answered: its Content-Length (whose body may be cut off or
+            # refused) goes. The head is bounded by max_message_bytes already; reading all its headers
+            # costs no more.
+            head = _CONTENT_LENGTH_LINE.sub(b"", head)
+            message = parse_message(head, datagram=True, max_message_bytes=len(head), max_headers=len(head))
         except SipError:
             return
         if isinstance(message, SipRequest) and message.method.upper() != "ACK":
@@ -824,13 +862,14 @@ class SipServerCore:
             contact[contact.find("<") + 1 : contact.find(">")] if "<" in contact else contact.split(";")[0]
         )
         transport = dialog.flow.transport.value
+        port = self.config.tls_port if dialog.flow.transport is SipTransport.TLS else self.config.port
         local = invite.header("To") or ""
         if name_addr_tag(local) is None:
             local = f"{local};tag={dialog.local_tag}"
         headers: list[tuple[str, str]] = [
             (
                 "Via",
-                f"SIP/2.0/{transport} {self.config.advertise_host}:{self.config.port};branch={branch};rport",
+                f"SIP/2.0/{transport} {self.config.advertise_host}:{port};branch={branch};rport",
             ),
             ("Max-Forwards", "70"),
             ("From", local),

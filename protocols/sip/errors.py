@@ -8,8 +8,10 @@ from protocols.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "BadRequest",
+    "MessageTooLarge",
     "SipError",
     "SipLocalError",
+    "TooManyHeaders",
     "TruncatedMessage",
 ]
 
@@ -36,6 +38,23 @@ class TruncatedMessage(BadRequest):
     """The message ends before its header block or before Content-Length body bytes."""
 
     code: ClassVar[str] = "sip_truncated_message"
+
+
+class MessageTooLarge(SipError):
+    """A message over the server's ``max_message_bytes``: 513 Message Too Large (RFC 3261 §21.5.11)."""
+
+    code: ClassVar[str] = "sip_message_too_large"
+    status: ClassVar[int] = 513
+    reason: ClassVar[str] = "Message Too Large"
+    limit: ClassVar[str | None] = "sip_message_bytes"
+
+
+class TooManyHeaders(BadRequest):
+    """More header lines than the server's ``max_headers``: 400 (RFC 3261 has no more specific code)."""
+
+    code: ClassVar[str] = "sip_too_many_headers"
+    reason: ClassVar[str] = "Too Many Headers"
+    limit: ClassVar[str | None] = "sip_headers"
 
 
 class SipLocalError(LocalProtocolError):

@@ -14,6 +14,7 @@ from protocols.sip.codec import SipRequest
 __all__ = [
     "Flow",
     "InviteReceived",
+    "LimitExceeded",
     "Outgoing",
     "ReinviteReceived",
     "RequestRefused",
@@ -30,11 +31,12 @@ class SipTransport(enum.StrEnum):
 
     UDP = "UDP"
     TCP = "TCP"
+    TLS = "TLS"  # SIP over TLS on TCP (RFC 3261 §26.2)
 
     @property
     def reliable(self) -> bool:
         """True for stream transports (no retransmissions, RFC 3261 §17)."""
-        return self is SipTransport.TCP
+        return self is not SipTransport.UDP
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,7 @@ class Flow:
 
     transport: SipTransport
     remote: tuple[str, int]
-    connection_id: int | None = None  # TCP only
+    connection_id: int | None = None  # TCP and TLS only
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,14 @@ class SessionTerminated:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """A peer went over a configured limit (``limit`` names it); the message was refused."""
+
+    limit: str
+    flow: Flow
+
+
+@dataclass(frozen=True, slots=True)
 class RequestRefused:
     """A request was refused before it reached a dialog; the core kept no state for it. Reported so that
     the owner can count it.
@@ -115,4 +125,6 @@ class RequestRefused:
     reason: str
 
 
-SipEvent = InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated | RequestRefused
+SipEvent = (
+    LimitExceeded | RequestRefused | InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
+)

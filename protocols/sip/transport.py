@@ -1,4 +1,5 @@
-"""Thin asyncio transport of the SIP server: UDP and TCP on one port, around :class:`SipServerCore`.
+"""Thin asyncio transport of the SIP server: UDP and TCP on one port (and SIP over TLS on another, when
+given a server ``ssl.SSLContext``), around :class:`SipServerCore`.
 
 The transport owns sockets, the clock (the event loop's) and one timer handle; every decision is the
 core's. Session decisions are delegated to a :class:`SessionHandler`: ``on_invite`` returns the SDP
@@ -6,10 +7,12 @@ answer or raises (an ``SdpError`` answers with its SIP status, an ``OverloadedEr
 Retry-After, a ``SipError`` with its status; anything else is logged and answered 500 without
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
 Source allow-list (the core's ``allowed_networks``): a UDP request from outside it is answered 403 by the
-core; a TCP connection from outside is closed at once, before it is read (as MRCP's are). Both, and INVITEs
+core; a TCP or TLS connection from outside is closed at once, before it is read (as MRCP's are). Both, and INVITEs
 refused by digest authentication, are reported to ``on_refused`` with the core's reason.
 ``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
 arrives while the owner is still allocating waits for it), so the owner releases each session once.
+A message over the core's limits is answered by the core (513 / 400) and reported to ``on_limit``; on a
+stream transport the connection is then closed, since its framing is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -29,6 +33,7 @@ from protocols.sip.errors import SipError, SipLocalError
 from protocols.sip.events import (
     Flow,
     InviteReceived,
+    LimitExceeded,
     ReinviteReceived,
     RequestRefused,
     SessionConfirmed,
@@ -63,7 +68,7 @@ class SessionHandler(Protocol):
 
 
 class SipServer:
-    """SIP over UDP and TCP on one port."""
+    """SIP over UDP and TCP on one port, and over TLS on ``tls_port`` when started with a context."""
 
     def __init__(
         self,
@@ -72,11 +77,14 @@ class SipServer:
         *,
         max_tasks: int = 1024,
         on_refused: Callable[[Flow, str], None] | None = None,
+        on_limit: Callable[[LimitExceeded], None] | None = None,
     ) -> None:
         """Args:
-        config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated).
+        config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated, and
+            ``tls_port`` likewise when TLS is started).
         handler: session owner.
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
+        on_limit: told of every message refused for going over a limit (the owner counts them).
         on_refused: called with the flow and reason of each request or TCP connection refused.
         """
         self.config = config
@@ -90,6 +98,8 @@ class SipServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inviting: dict[str, asyncio.Task[None]] = {}  # dialog id -> its on_invite call
         self._max_tasks = max_tasks
+        self._on_limit = on_limit
+        self._tls_server: asyncio.Server | None = None
         self._on_refused = on_refused
 
     @property
@@ -97,8 +107,14 @@ class SipServer:
         """The bound port."""
         return self.config.port
 
-    async def start(self, host: str) -> None:
-        """Bind UDP and TCP on ``host:config.port``."""
+    @property
+    def tls_port(self) -> int | None:
+        """The bound SIP-over-TLS port, or None without TLS."""
+        return self.config.tls_port if self._tls_server is not None else None
+
+    async def start(self, host: str, *, tls: ssl.SSLContext | None = None) -> None:
+        """Bind UDP and TCP on ``host:config.port``, and TLS on ``host:config.tls_port`` when ``tls`` is
+        given (RFC 3261 §26.2: SIP over TLS on TCP; 0 binds any free port)."""
         loop = asyncio.get_running_loop()
         for attempt in range(20):
             transport, _ = await loop.create_datagram_endpoint(
@@ -115,6 +131,16 @@ class SipServer:
             self._udp = transport
             break
         self.config = dataclasses.replace(self.config, port=port)
+        if tls is not None:
+            try:
+                self._tls_server = await loop.create_server(
+                    lambda: _SipStream(self, SipTransport.TLS), host, self.config.tls_port, ssl=tls
+                )
+            except BaseException:
+                await self.aclose()
+                raise
+            tls_port: int = self._tls_server.sockets[0].getsockname()[1]
+            self.config = dataclasses.replace(self.config, tls_port=tls_port)
         self.core = SipServerCore(self.config)
 
     @property
@@ -147,10 +173,12 @@ class SipServer:
             self._udp = None
         for stream in list(self._tcp.values()):
             stream.abort()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            await self._tcp_server.wait_closed()
-            self._tcp_server = None
+        for server in (self._tcp_server, self._tls_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._tcp_server = None
+        self._tls_server = None
 
     @property
     def task_count(self) -> int:
@@ -183,7 +211,10 @@ class SipServer:
                 if stream is not None:
                     stream.write(outgoing.data)
         while (event := core.next_event()) is not None:
-            if isinstance(event, RequestRefused):
+            if isinstance(event, LimitExceeded):
+                if self._on_limit is not None:
+                    self._on_limit(event)
+            elif isinstance(event, RequestRefused):
                 # A flood from outside must not flood the log: the owner counts every refusal anyway.
                 level = logging.DEBUG if event.reason in ("address", "missing") else logging.INFO
                 _log.log(
@@ -291,9 +322,12 @@ class _SipDatagram(asyncio.DatagramProtocol):
 
 
 class _SipStream(asyncio.Protocol):
-    def __init__(self, server: SipServer) -> None:
+    def __init__(self, server: SipServer, kind: SipTransport = SipTransport.TCP) -> None:
         self.server = server
-        self.reader = StreamReader()
+        self.kind = kind
+        self.reader = StreamReader(
+            max_message_bytes=server.config.max_message_bytes, max_headers=server.config.max_headers
+        )
         self.connection_id = next(server._ids)
         self.transport: asyncio.Transport | None = None
         self.remote: tuple[str, int] = ("", 0)
@@ -304,10 +338,12 @@ class _SipStream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
         if not self.server.config.allows(self.remote[0]):
-            _log.debug("SIP TCP connection from %s refused: address not allowed", self.remote[0])
+            _log.debug(
+                "SIP %s connection from %s refused: address not allowed", self.kind.value, self.remote[0]
+            )
             self.transport.abort()
             if self.server._on_refused is not None:
-                self.server._on_refused(Flow(SipTransport.TCP, self.remote, self.connection_id), "address")
+                self.server._on_refused(Flow(self.kind, self.remote, self.connection_id), "address")
             return
         self.server._tcp[self.connection_id] = self
 
@@ -316,13 +352,16 @@ class _SipStream(asyncio.Protocol):
         if core is None:
             return
         self.reader.feed(data)
-        flow = Flow(SipTransport.TCP, self.remote, self.connection_id)
+        flow = Flow(self.kind, self.remote, self.connection_id)
         while True:
             try:
                 message = self.reader.next_message()
             except SipError as exc:
-                _log.info("closing SIP TCP connection from %s: %s", self.remote, exc)
-                self.abort()
+                _log.info("closing SIP %s connection from %s: %s", self.kind.value, self.remote, exc)
+                core.refuse_stream(self.reader.rejected_head, flow, exc)
+                self.server._pump()  # the answer goes out before the close
+                if self.transport is not None:
+                    self.transport.close()
                 return
             if message is None:
                 break

@@ -171,6 +171,7 @@ class FrameTooLarge(WebSocketRemoteError):
 
     code: ClassVar[str] = "frame_too_large"
     close_code: ClassVar[int | None] = CLOSE_MESSAGE_TOO_BIG
+    limit: ClassVar[str | None] = "ws_frame_bytes"
 
 
 class MessageTooLarge(WebSocketRemoteError):
@@ -178,3 +179,4 @@ class MessageTooLarge(WebSocketRemoteError):
 
     code: ClassVar[str] = "message_too_large"
     close_code: ClassVar[int | None] = CLOSE_MESSAGE_TOO_BIG
+    limit: ClassVar[str | None] = "ws_frame_bytes"
