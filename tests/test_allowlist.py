@@ -6,12 +6,16 @@ raw MRCP connection and xlgate's own MRCP client, refused from 127.0.0.1 when on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
+import ssl
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gateway.config import ServeSettings
 from gateway.mrcp_client import CallRefused, MrcpClient, recognize_file
 from protocols.allowlist import AllowListError, NetworkAllowList
 from protocols.sip.connection import SipServerConfig, SipServerCore
@@ -172,7 +176,7 @@ async def closed_at_once(port: int, send: bytes) -> bytes:
         writer.close()
 
 
-def serve_settings(model: str, networks: str) -> tuple[object, int, int]:
+def serve_settings(model: str, networks: str) -> tuple[ServeSettings, int, int]:
     sip_port, mrcp_port = free_port(), free_port()
     low = random.randrange(30000, 60000, 2)
     settings = settings_for(
@@ -193,7 +197,7 @@ def test_serve_refuses_sip_and_mrcp_from_outside_the_list(chatty_checkpoint: str
     settings, sip_port, mrcp_port = serve_settings(chatty_checkpoint, "10.0.0.0/8, 192.0.2.0/24")
 
     async def main() -> None:
-        async with running_server(settings) as srv:  # type: ignore[arg-type]
+        async with running_server(settings) as srv:
             reply = await udp_exchange(sip_port, sip_request("OPTIONS", port=sip_port))
             # Each refusal is counted before its answer leaves (the 403, or the closing of the connection).
             assert reply.startswith(b"SIP/2.0 403 Forbidden\r\n")
@@ -218,7 +222,7 @@ def test_serve_allows_sip_and_mrcp_from_the_list(chatty_checkpoint: str) -> None
     settings, sip_port, _ = serve_settings(chatty_checkpoint, "127.0.0.0/8")
 
     async def main() -> None:
-        async with running_server(settings) as srv:  # type: ignore[arg-type]
+        async with running_server(settings) as srv:
             reply = await udp_exchange(sip_port, sip_request("OPTIONS", port=sip_port))
             assert reply.startswith(b"SIP/2.0 200 OK\r\n")
             pcm = (np.random.default_rng(0).standard_normal(8000) * 3000).astype(np.int16)
@@ -228,5 +232,46 @@ def test_serve_allows_sip_and_mrcp_from_the_list(chatty_checkpoint: str) -> None
             _, body = srv.http_get("/metrics")
             assert 'xlgate_streams_started_total{protocol="mrcp"} 1.0' in body
             assert counter(srv, "sip") == 0 and counter(srv, "mrcp") == 0
+
+    asyncio.run(main())
+
+
+def test_serve_closes_tls_connections_from_outside_the_list(chatty_checkpoint: str, tmp_path: Path) -> None:
+    """SIP over TLS and MRCP over TLS: a peer outside the list gets its TLS handshake, then the connection
+    closes before a byte of SIP or MRCP is read; each is counted."""
+    from tests.test_tls_mrcp import certificate
+
+    cert, key = certificate(tmp_path, "server")
+    sips_port, mrcp_tls_port = free_port(), free_port()
+    settings, _, _ = serve_settings(chatty_checkpoint, "10.0.0.0/8")
+    settings = dataclasses.replace(
+        settings,
+        tls_cert=cert,
+        tls_key=key,
+        sips_port=sips_port,
+        mrcp_tls_port=mrcp_tls_port,
+    )
+    client_context = ssl.create_default_context(cafile=str(cert))
+
+    async def closed_after_handshake(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+        )
+        try:
+            writer.write(sip_request("OPTIONS", port=port))
+            async with asyncio.timeout(5):
+                try:
+                    return await reader.read()
+                except (ConnectionResetError, ssl.SSLError):
+                    return b""
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        async with running_server(settings) as srv:
+            assert await closed_after_handshake(sips_port) == b""
+            assert counter(srv, "sip") == 1
+            assert await closed_after_handshake(mrcp_tls_port) == b""
+            assert counter(srv, "mrcp") == 1
 
     asyncio.run(main())
