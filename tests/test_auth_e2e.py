@@ -36,7 +36,7 @@ from gateway.client import _file_frames, stream_audio
 from gateway.grpc_api import asr_pb2 as pb
 from gateway.grpc_api.client import stream_grpc
 from streaming_model.data.voices import synthesize
-from tests.grpcharness import GrpcRunning, config, grpc_settings_for, requests, running_grpc
+from tests.grpcharness import GrpcRunning, config, grpc_settings_for, running_grpc
 from tests.test_bundled_model import VOICE
 from tests.wsharness import collect, free_port, running_server, send_audio, settings_for
 
@@ -153,12 +153,25 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
         assert jiwer.cer(PHRASE, " ".join(texts)) <= 0.3, texts
         assert started(g, "websocket") == 2
 
+    def gated(first: Any, call: list[Any]) -> Any:
+        """A request stream that writes ``first`` only once the server has taken the call (its initial
+        metadata), as xlgate's clients do: a write racing the server's refusal makes grpcio's aio client
+        report INTERNAL instead of the server's status (grpc/grpc#36066)."""
+
+        async def stream() -> Any:
+            await call[0].initial_metadata()
+            if not call[0].done():
+                yield first
+
+        return stream()
+
     async def grpc_cases(g: GrpcRunning) -> None:
         for name, case in bad.items():
             metadata = (("authorization", case[1]["Authorization"]),) if case else None
-            call = g.stub.StreamingRecognize(requests(config(), ()), metadata=metadata, timeout=10)
+            holder: list[Any] = []
+            holder.append(g.stub.StreamingRecognize(gated(config(), holder), metadata=metadata, timeout=10))
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in call:
+                async for _ in holder[0]:
                     pass
             assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED, name
             assert STATIC not in (refused.value.details() or "")
@@ -173,13 +186,12 @@ def test_websocket_and_grpc_refuse_bad_credentials_and_serve_good_ones(
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
-        async def ask() -> Any:
-            yield reflection_pb2.ServerReflectionRequest(list_services="")
-
+        holder = []
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        reflection = reflection_pb2_grpc.ServerReflectionStub(g.channel)
+        holder.append(reflection.ServerReflectionInfo(gated(ask, holder), timeout=10))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            async for _ in reflection_pb2_grpc.ServerReflectionStub(g.channel).ServerReflectionInfo(
-                ask(), timeout=10
-            ):
+            async for _ in holder[0]:
                 pass
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
 

@@ -58,6 +58,12 @@ async def stream_grpc(target: str, frames: AsyncIterator[tuple[bytes, int, int]]
     async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
         yield pb.StreamingRecognizeRequest(
             streaming_config=pb.StreamingRecognitionConfig(config=config, interim_results=interim))
+        # Audio only once the gateway has taken the call (it sends its initial metadata at once): a call it
+        # refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its status, not with a write racing
+        # that status, which grpcio's aio client reports as INTERNAL (grpc/grpc#36066).
+        await call.initial_metadata()
+        if call.done():
+            return
         yield pb.StreamingRecognizeRequest(audio_content=first[0])
         async for data, _, _ in frames:
             yield pb.StreamingRecognizeRequest(audio_content=data)
