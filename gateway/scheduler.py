@@ -195,11 +195,20 @@ class Scheduler:
         self._in_flight = plan
         return plan
 
-    def complete(self, plan: StepPlan) -> None:
-        """The step of ``plan`` has finished (or failed): slots freed during it become free."""
+    def complete(self, plan: StepPlan, *, failed: bool = False) -> None:
+        """The step of ``plan`` has finished (or failed): slots freed during it become free.
+
+        ``failed``: the step raised, so the runner may not have applied the plan's slot changes; they are
+        told again in the next plan (freed slots, and the new streams still live: their slots are reset
+        again, which is harmless for a stream that has not been stepped yet)."""
         if self._in_flight is None or self._in_flight.step_id != plan.step_id:
             raise SchedulerError(f"step {plan.step_id} is not the step in flight")
         self._in_flight = None
+        if failed:
+            owner = {queue.slot: stream_id for stream_id, queue in self._queues.items()}
+            self._freed[:0] = plan.freed_slots
+            again = {owner[new.slot]: new for new in plan.new_streams if new.slot in owner}
+            self._new = {**again, **self._new}
         self._freed.extend(self._freed_after_step)
         self._free_slots.extend(self._freed_after_step)
         self._freed_after_step.clear()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,7 +65,8 @@ class _HealthAndMetrics(BaseHTTPRequestHandler):
         if path == "/metrics":
             body, ctype, status = generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST, 200
         elif path == "/healthz":
-            body, ctype, status = b"ok\n", "text/plain", 200
+            ok = self.server.is_healthy()
+            body, ctype, status = (b"ok\n" if ok else b"model unavailable\n"), "text/plain", 200 if ok else 503
         elif path == "/readyz":
             ok = self.server.is_ready()
             body, ctype, status = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
@@ -83,11 +85,13 @@ class _HealthAndMetrics(BaseHTTPRequestHandler):
 class MetricsServer:
     """The metrics/health HTTP endpoint on its own thread (owned here, joined on :meth:`close`)."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, is_ready: Any) -> None:
+    def __init__(self, host: str, port: int, metrics: Metrics, is_ready: Callable[[], bool],
+                 is_healthy: Callable[[], bool] = lambda: True) -> None:
         self.httpd = ThreadingHTTPServer((host, port), _HealthAndMetrics)
         self.httpd.daemon_threads = True
         self.httpd.metrics = metrics  # type: ignore[attr-defined]
         self.httpd.is_ready = is_ready  # type: ignore[attr-defined]
+        self.httpd.is_healthy = is_healthy  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="xlgate-metrics", daemon=True)
         self._thread.start()
@@ -152,7 +156,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     metrics = Metrics()
     engine = Engine(runner, metrics=metrics, max_streams=settings.max_streams,
                     max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
-                    max_pending_chunks=settings.max_pending_chunks)
+                    max_pending_chunks=settings.max_pending_chunks, step_timeout_s=settings.model_step_timeout_s)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
         defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address,
@@ -164,8 +168,11 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
+    # Read from the metrics thread at each scrape: all_tasks() copes with the set changing meanwhile.
+    metrics.event_loop_tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
     metrics_host = settings.metrics_host or settings.host
-    metrics_server = (MetricsServer(metrics_host, settings.metrics_port, metrics, lambda: engine.ready)
+    metrics_server = (MetricsServer(metrics_host, settings.metrics_port, metrics, lambda: engine.ready,
+                                    lambda: engine.healthy)
                       if settings.metrics_port else None)
     # websockets logs each handshake's request line and headers at DEBUG: never a token.
     handshake_log, credential_filter = logging.getLogger("websockets.server"), CredentialFilter()
@@ -182,6 +189,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 mrcp: MrcpGateway | None = None
                 try:
                     mrcp = await _start_mrcp(settings, engine)
+                    if mrcp is not None:
+                        metrics.rtp_ports_in_use.set_function(_ports_in_use(mrcp))
                     log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
@@ -225,6 +234,13 @@ def _log_access(settings: ServeSettings, authenticator: TokenAuthenticator | Non
                  f"on (realm {settings.sip_digest_realm!r})" if settings.sip_digest_users_file else "off")
 
 
+def _ports_in_use(mrcp: MrcpGateway) -> Callable[[], float]:
+    def in_use() -> float:
+        return float(mrcp.ports.in_use)
+
+    return in_use
+
+
 async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | None:
     """The MRCPv2 server (SIP, MRCP, RTP) on the same engine, unless ``sip_port`` is 0."""
     if not settings.sip_port:
@@ -242,6 +258,8 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
         sip_max_message_bytes=settings.sip_max_message_bytes, sip_max_headers=settings.sip_max_headers,
         max_sdp_bytes=settings.max_sdp_bytes, mrcp_max_message_bytes=settings.mrcp_max_message_bytes,
         mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s,
+        waveform_dir=Path(settings.mrcp_waveform_dir) if settings.mrcp_waveform_dir else None,
+        waveform_max_files=settings.mrcp_waveform_max_files, waveform_max_bytes=settings.mrcp_waveform_max_bytes,
         allowed_networks=(NetworkAllowList.parse(settings.mrcp_allowed_networks)
                           if settings.mrcp_allowed_networks.strip() else None),
         digest=build_sip_digest(settings)))
@@ -282,12 +300,14 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
         return runner
     from gateway.models import load_model
 
-    return ThreadRunner(ModelRunner(load_model(settings.model, settings.device, warn=False),
-                                    max_streams=settings.max_streams, device=settings.device,
-                                    num_threads=threads, quantize=settings.quantize,
-                                    lm=LanguageModel.load(settings.lm), rel_attention=settings.rel_attention,
-                                    final_pass=settings.final_pass,
-                                    final_pass_max_wait_s=settings.final_pass_max_wait_s))
+    def build() -> ModelRunner:
+        return ModelRunner(load_model(settings.model, settings.device, warn=False),
+                           max_streams=settings.max_streams, device=settings.device, num_threads=threads,
+                           quantize=settings.quantize, lm=LanguageModel.load(settings.lm),
+                           rel_attention=settings.rel_attention, final_pass=settings.final_pass,
+                           final_pass_max_wait_s=settings.final_pass_max_wait_s)
+
+    return ThreadRunner(build(), rebuild=build)
 
 
 async def _drain(engine: Engine, drain_timeout_s: float) -> None:

@@ -71,6 +71,8 @@ log = logging.getLogger("xlgate.ws")
 
 STREAM_PATH = "/v1/stream"
 PROTOCOL = "websocket"
+# the body of a refused handshake's 503, by the reason counted in xlgate_streams_rejected_total
+_REFUSALS = {"draining": "draining", "capacity": "at capacity", "model_unavailable": "restarting its model"}
 IDLE_RESCHEDULE_S = 1.0
 
 
@@ -113,6 +115,8 @@ class WebSocketHandler:
         refusal when full or draining (in that order: an unauthenticated peer learns nothing of the load)."""
         path, _, query = request.path.partition("?")
         if path == "/healthz":
+            if not self.engine.healthy:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable\n")
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             ok = self.engine.ready
@@ -125,10 +129,10 @@ class WebSocketHandler:
             if refusal is not None:
                 return refusal
         if not self.engine.has_capacity(1):
-            reason = "draining" if self.engine.draining else "capacity"
+            reason = self.engine.refusal_reason if not self.engine.ready else "capacity"
             self.engine.metrics.streams_rejected.labels(PROTOCOL, reason).inc()
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                          f"xlgate is {'draining' if reason == 'draining' else 'at capacity'}\n")
+                                          f"xlgate is {_REFUSALS[reason]}\n")
             response.headers["Retry-After"] = str(int(OverloadedError.retry_after_s))
             return response
         address = _host(connection.remote_address)
@@ -230,6 +234,7 @@ class _Session:
         self.outcome = Outcome.COMPLETED
         self._timeout: asyncio.Timeout | None = None
         self._draining = False
+        self._failed = False
 
     async def send(self, text: str) -> None:
         await self.ws.send(text)
@@ -302,6 +307,8 @@ class _Session:
                     for event in events:
                         await self._on_event(event, tg)
         except TimeoutError:
+            if self._failed:
+                return  # the engine failed a stream: the session ends with that error (_engine_failed)
             if self._draining:
                 self.outcome = Outcome.DRAINED
                 self.conn.go_away()
@@ -393,6 +400,8 @@ class _Session:
         try:
             async for event in stream.events():
                 if isinstance(event, StreamEnded):
+                    if event.outcome is Outcome.ERROR and self.outcome not in (Outcome.ERROR, Outcome.CLIENT_CLOSED):
+                        self._engine_failed(stream)
                     return
                 async with self.send_lock:
                     if isinstance(event, ResultEvent):
@@ -409,6 +418,17 @@ class _Session:
                         log.debug("final: %s", self.h.policy.transcript(event.hypothesis.text))
         except ConnectionClosed as exc:
             self._connection_lost(exc)
+
+    def _engine_failed(self, stream: Stream) -> None:
+        """The engine ended ``stream`` with an error (its model step failed, the model was lost, or we fell
+        too far behind reading its results): the session ends now with an error, even when the client has
+        already sent ``stop`` (it must not take the missing finals for a clean end)."""
+        log.warning("stream %d ended by the engine with an error", stream.stream_id)
+        self.outcome = Outcome.ERROR
+        self.conn.fail(StreamClosedError(f"stream {stream.stream_id} failed"))
+        self._failed = True
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(asyncio.get_running_loop().time())
 
     @staticmethod
     def _result(event: ResultEvent, stream: Stream, config: StreamConfig) -> ResultMessage:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m loadtest {run,single,find-max,make-audio}``."""
+"""Command line: ``python -m loadtest {run,single,find-max,compare,make-audio}``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.audio import ENCODINGS, load_utterances
+from loadtest.compare import PROTOCOLS, compare, format_table, parse_protocols, summary_rows
 from loadtest.findmax import Criteria, find_max
 from loadtest.makeaudio import make_audio
 from loadtest.probes import machine_info
@@ -19,7 +20,7 @@ from loadtest.runner import RunOptions, RunResult, load_baseline, run_baseline, 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="ws://127.0.0.1:8080/v1/stream", help="server WebSocket URL, or grpc://HOST:PORT for the gRPC API")
+    p.add_argument("--url", default="ws://127.0.0.1:8080/v1/stream", help="server WebSocket URL, grpc://HOST:PORT for the gRPC API, or sip:HOST:PORT for MRCP")
     p.add_argument("--audio-dir", type=Path, required=True, help="folder of 8 kHz mono 16-bit WAV files")
     p.add_argument("--refs", type=Path, help="reference transcripts, id<TAB>text (id = stem or relative path)")
     p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le")
@@ -58,7 +59,7 @@ def _token(path: Path | None) -> str | None:
 
 def _baseline(a: argparse.Namespace, opts: RunOptions, utts: Any) -> tuple[dict[str, str] | None, Any]:
     """Single-stream hypotheses: from --baseline, or a fresh single-stream pass when refs are given."""
-    if a.baseline is not None:
+    if getattr(a, "baseline", None) is not None:
         return load_baseline(a.baseline), None
     if opts.refs is None or a.no_baseline:
         return None, None
@@ -144,6 +145,58 @@ def _cmd_find_max(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(a: argparse.Namespace) -> int:
+    protocols = parse_protocols(a.protocols)
+    urls = {"websocket": a.url, "grpc": a.grpc_url, "mrcp": a.sip_url}
+    base = _options(a, streams=max(a.start, 1), duration_s=a.duration_s)
+    opts_by_protocol = {p: replace(base, url=urls[p]) for p in protocols}
+    for opts in opts_by_protocol.values():
+        opts.validate()
+    utts = load_utterances(base.audio_dir, sample_rate_hz=base.sample_rate_hz, encoding=base.encoding,
+                           max_files=base.max_files)
+    baselines: dict[str, Any] = {}
+    baseline_wer: dict[str, Any] = {}
+    for protocol, opts in opts_by_protocol.items():
+        if base.refs is not None and not a.no_baseline:
+            print(f"{protocol} ", end="", flush=True)
+        baselines[protocol], baseline_wer[protocol] = _baseline(a, opts, utts)
+    with_wer = base.refs is not None and not a.no_baseline
+    criteria = Criteria(p99_ms=a.p99_ms, max_wer_delta=a.max_wer_delta if with_wer else None)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def show(protocol: str, t: dict[str, Any]) -> None:
+        p = t["latency_ms"]["partial"]
+        print(f"round {t['round']:>2} {protocol:10} streams={t['streams']:>4} {'PASS' if t['passed'] else 'FAIL'} "
+              f"p50={p['p50_ms']} p99={p['p99_ms']} ms partials={p['count']} errors={t['errors']['total']} "
+              f"rejections={t['rejections']['total']} server_cores={t['cpu']['server']['cores_used']}"
+              + ("" if t["passed"] else f"  ({'; '.join(t['reasons'])})"), flush=True)
+
+    results = compare(opts_by_protocol, criteria, utterances=utts, baselines=baselines, start=a.start,
+                      max_streams=a.max_streams, max_trials=a.max_trials, tolerance=a.tolerance,
+                      cooldown_s=a.cooldown_s, on_trial=show)
+    rows = summary_rows(results)
+    out: dict[str, Any] = {
+        "schema": "xlgate.loadtest.compare/1",
+        "started_at": started_at,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "criteria": {"p99_ms": a.p99_ms, "errors": 0, "rejections": 0, "overruns": 0,
+                     "max_wer_delta": criteria.max_wer_delta},
+        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"},
+                   "urls": {p: urls[p] for p in protocols}},
+        "machine": machine_info(),
+        "summary": rows,
+        "protocols": {p: {"max_streams": r["max_streams"], "baseline_wer": baseline_wer[p],
+                          "best": None if r["best"] is None else {k: r["best"].report[k] for k in (
+                              "latency_ms", "client_send_lag_ms", "counts", "errors", "rejections", "overruns",
+                              "cpu", "server_steps", "wer")},
+                          "trials": r["trials"]} for p, r in results.items()},
+    }
+    write_json(out, a.out)
+    print(format_table(rows, p99_ms=a.p99_ms))
+    print(f"wrote {a.out}")
+    return 0
+
+
 def _cmd_make_audio(a: argparse.Namespace) -> int:
     for file_id, text, duration_s in make_audio(a.out):
         print(f"{file_id}  {duration_s:4.1f} s  {text}")
@@ -180,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--baseline", type=Path, help="report of an earlier 'single' run to compare WER with")
     fm.add_argument("--no-baseline", action="store_true", help="skip the single-stream WER pass")
 
+    cmp = sub.add_parser("compare", help="largest N per protocol (websocket, grpc, mrcp), interleaved trials")
+    _common(cmp)
+    cmp.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated: websocket,grpc,mrcp")
+    cmp.add_argument("--grpc-url", default="grpc://127.0.0.1:50051", help="the same server's gRPC address")
+    cmp.add_argument("--sip-url", default="sip:127.0.0.1:5060", help="the same server's SIP address (MRCP)")
+    cmp.add_argument("--p99-ms", type=float, default=150.0)
+    cmp.add_argument("--duration-s", type=float, default=30.0)
+    cmp.add_argument("--start", type=int, default=1)
+    cmp.add_argument("--max-streams", type=int, default=1024)
+    cmp.add_argument("--max-trials", type=int, default=16, help="per protocol")
+    cmp.add_argument("--tolerance", type=float, default=0.05, help="stop when the bracket is within this")
+    cmp.add_argument("--cooldown-s", type=float, default=2.0)
+    cmp.add_argument("--max-wer-delta", type=float, default=0.01,
+                     help="fail a trial whose WER exceeds its protocol's single-stream WER by more (needs --refs)")
+    cmp.add_argument("--no-baseline", action="store_true", help="skip the single-stream WER passes")
+
     mk = sub.add_parser("make-audio", help="espeak-ng contact-center sentences + refs.tsv")
     mk.add_argument("--out", type=Path, required=True)
     return parser
@@ -195,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(a, single=True)
         if a.command == "find-max":
             return _cmd_find_max(a)
+        if a.command == "compare":
+            return _cmd_compare(a)
         return _cmd_make_audio(a)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)

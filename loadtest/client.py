@@ -1,4 +1,4 @@
-"""The streams of one client process: real-time paced WebSocket (or gRPC) sessions and what they measure.
+"""The streams of one client process: real-time paced WebSocket (or gRPC, or MRCP) sessions and what they measure.
 
 Theory of operation: every stream owns a list of utterances (files). Each utterance is one session:
 connect, ``start``, wait for ``ready``, send 20 ms frames on an absolute schedule taken from one
@@ -65,6 +65,8 @@ class Tally:
     final_latency_s: list[float] = field(default_factory=list)
     stop_latency_s: list[float] = field(default_factory=list)
     send_lag_s: list[float] = field(default_factory=list)
+    start_of_input_latency_s: list[float] = field(default_factory=list)  # MRCP only (loadtest.mrcp)
+    complete_latency_s: list[float] = field(default_factory=list)  # MRCP only (loadtest.mrcp)
     errors: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
     counts: Counter[str] = field(default_factory=Counter)
@@ -80,6 +82,8 @@ class Tally:
         self.final_latency_s.extend(other.final_latency_s)
         self.stop_latency_s.extend(other.stop_latency_s)
         self.send_lag_s.extend(other.send_lag_s)
+        self.start_of_input_latency_s.extend(other.start_of_input_latency_s)
+        self.complete_latency_s.extend(other.complete_latency_s)
         self.errors.update(other.errors)
         self.rejections.update(other.rejections)
         self.counts.update(other.counts)
@@ -228,7 +232,8 @@ def _retry_after_s(exc: InvalidStatus) -> float:
 
 async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | None, tally: Tally,
                       grpc_channel: Any = None) -> float:
-    """Send one utterance as one session (a gRPC call when ``grpc_channel`` is given, for ``grpc://`` URLs).
+    """Send one utterance as one session (a gRPC call when ``grpc_channel`` is given, for ``grpc://`` URLs;
+    an MRCP call for ``sip:HOST:PORT`` URLs).
 
     Returns:
         How long the stream should back off before its next session (0 after a normal session).
@@ -237,6 +242,10 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
         from loadtest.grpc_client import run_grpc_session
 
         return await run_grpc_session(utt, channel=grpc_channel, cfg=cfg, deadline=deadline, tally=tally)
+    if cfg.url.startswith("sip:"):
+        from loadtest.mrcp import run_mrcp_session
+
+        return await run_mrcp_session(utt, uri=cfg.url, cfg=cfg, deadline=deadline, tally=tally)
     try:
         ws = await connect(
             cfg.url,

@@ -71,7 +71,13 @@ class RunOptions:
             raise ValueError(f"duration_s must be in (0, 86400], got {self.duration_s}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        check_url(self.url, schemes=("ws", "wss", "grpc"), allow_remote=self.allow_remote)
+        if self.url.startswith("sip:"):
+            from gateway.mrcp_client import parse_sip_uri
+
+            host, _ = parse_sip_uri(self.url)
+            check_url(f"sip://{host}", schemes=("sip",), allow_remote=self.allow_remote)
+        else:
+            check_url(self.url, schemes=("ws", "wss", "grpc"), allow_remote=self.allow_remote)
         if self.metrics_url is not None:
             check_url(self.metrics_url, schemes=("http", "https"), allow_remote=self.allow_remote)
 
@@ -258,6 +264,10 @@ def run_load(opts: RunOptions, *, baseline_hyps: Mapping[str, str] | None = None
             "partial": summarize_ms(tally.partial_latency_s),
             "final": summarize_ms(tally.final_latency_s),
             "stop_to_end": summarize_ms(tally.stop_latency_s),
+            # MRCP calls only (empty otherwise): START-OF-INPUT after the speech onset was sent, and
+            # RECOGNITION-COMPLETE after the last speech was sent minus the Speech-Complete-Timeout asked for.
+            "start_of_input": summarize_ms(tally.start_of_input_latency_s),
+            "recognition_complete": summarize_ms(tally.complete_latency_s),
         },
         "client_send_lag_ms": summarize_ms(tally.send_lag_s),
         "overruns": {"count": tally.counts["overruns"], "examples": tally.overrun_examples},

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import OPTION_SPECS
+from gateway.config import OPTION_SPECS, parse_port_range
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,11 @@ def the_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
+    """Name -> value; a variable taken from the pod's own fields reads ``fieldRef:<path>``."""
     names = [e["name"] for e in container["env"]]
     assert len(names) == len(set(names)), f"duplicate environment variables: {names}"
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] if "value" in e else f"fieldRef:{e['valueFrom']['fieldRef']['fieldPath']}"
+            for e in container["env"]}
 
 
 VALUE_SETS = {
@@ -215,6 +217,42 @@ def test_tls_secret_is_mounted_and_configured() -> None:
     assert "XLGATE_TLS_CERT" not in env_of(the_container(render()))
 
 
+def test_mrcp_settings_reach_the_gateway() -> None:
+    """With the MRCPv2 server on, the pod listens where its ports and Services say, takes RTP ports from the
+    chart's range, and advertises its own IP in SDP (downward API); off, it listens for no SIP at all."""
+    docs = render(*VALUE_SETS["every-protocol-autoscaled"])
+    container = the_container(docs)
+    env = env_of(container)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    ports = {(p["name"], p["protocol"]): p["containerPort"] for p in container["ports"]}
+    assert ports[("sip-udp", "UDP")] == ports[("sip-tcp", "TCP")] == int(env["XLGATE_SIP_PORT"]) == 5060
+    assert ports[("mrcp", "TCP")] == int(env["XLGATE_MRCP_PORT"]) == 1544
+    assert env["XLGATE_RTP_PORTS"] == values["rtp"]["ports"] and parse_port_range(env["XLGATE_RTP_PORTS"])
+    assert env["XLGATE_ADVERTISE_ADDRESS"] == "fieldRef:status.podIP"
+    services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(docs, "Service")}
+    assert {(p["port"], p["protocol"]) for p in services["sip"]["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    assert [(p["port"], p["targetPort"]) for p in services["mrcp"]["spec"]["ports"]] == [(1544, "mrcp")]
+
+    moved = env_of(the_container(render("--set", "sip.enabled=true,mrcp.enabled=true,sip.port=5080,"
+                                        "mrcp.port=1600,rtp.ports=41000-41199,advertiseAddress=203.0.113.7")))
+    assert (moved["XLGATE_SIP_PORT"], moved["XLGATE_MRCP_PORT"], moved["XLGATE_RTP_PORTS"],
+            moved["XLGATE_ADVERTISE_ADDRESS"]) == ("5080", "1600", "41000-41199", "203.0.113.7")
+
+    off = env_of(the_container(render()))
+    assert off["XLGATE_SIP_PORT"] == "0"  # xlgate's default is 5060: off unless the chart exposes it
+    assert not {"XLGATE_MRCP_PORT", "XLGATE_RTP_PORTS", "XLGATE_ADVERTISE_ADDRESS"} & off.keys()
+
+
+@pytest.mark.parametrize("args", [("--set", "sip.enabled=true"), ("--set", "mrcp.enabled=true")])
+def test_sip_and_mrcp_are_enabled_together(args: tuple[str, str]) -> None:
+    done = helm("template", "rel", str(CHART), *args)
+    assert done.returncode != 0 and "go together" in done.stderr
+
+
+@pytest.mark.parametrize("key", ["sip_port", "mrcp_port", "rtp_ports", "advertise_address"])
+def test_mrcp_network_settings_belong_to_the_chart(key: str) -> None:
+    done = helm("template", "rel", str(CHART), "--set", f"config.{key}=1")
+    assert done.returncode != 0 and "set by the chart" in done.stderr
 def test_auth_secret_is_mounted_and_configured() -> None:
     docs = render("--set", "auth.secretName=xlgate-auth,auth.tokensKey=tokens,auth.jwtKeyKey=jwt.pem,"
                   "config.auth_jwt_algorithms=RS256,config.auth_jwt_audience=xlgate")

@@ -241,7 +241,7 @@ def test_the_second_pass_runs_below_the_model_step_priority(bundled: LoadedModel
     assert runner.finals is not None
     try:
         worker_nice = runner.finals._executor.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
-        assert worker_nice == os.getpriority(os.PRIO_PROCESS, 0) + SECOND_PASS_NICE
+        assert worker_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + SECOND_PASS_NICE)  # Linux caps at 19
         niced = 0
         for task in glob.glob(f"/proc/{os.getpid()}/task/*/stat"):
             fields = open(task).read().rsplit(")", 1)[1].split()

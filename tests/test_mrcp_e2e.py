@@ -13,8 +13,11 @@ import contextlib
 import logging
 import random
 import re
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from xml.etree import ElementTree
 
 import jiwer
@@ -59,14 +62,15 @@ def _chatty() -> LoadedModel:
 
 
 @contextlib.asynccontextmanager
-async def served(loaded: LoadedModel, *, max_streams: int = 2, media_timeout_s: float = 30.0) -> AsyncIterator[Served]:
+async def served(loaded: LoadedModel, *, max_streams: int = 2, media_timeout_s: float = 30.0,
+                 waveform_dir: Path | None = None) -> AsyncIterator[Served]:
     """An engine and an MRCP gateway on free ports; on exit, checks that everything was released."""
     runner = ThreadRunner(ModelRunner(loaded, max_streams=max_streams))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_streams, max_batch_size=max_streams,
                     max_wait_s=0.002, max_pending_chunks=8)
     low = random.randrange(30000, 60000, 2)
     gateway = MrcpGateway(engine, MrcpSettings(sip_port=0, mrcp_port=0, rtp_port_low=low, rtp_port_high=low + 99,
-                                               media_timeout_s=media_timeout_s))
+                                               media_timeout_s=media_timeout_s, waveform_dir=waveform_dir))
     engine_task = asyncio.create_task(engine.run())
     await gateway.start()
     try:
@@ -103,7 +107,7 @@ def no_errors(caplog: pytest.LogCaptureFixture, engine: Engine) -> None:
 
 
 def run(loaded: Callable[[], LoadedModel], body: Callable[[Served], Awaitable[None]], caplog: pytest.LogCaptureFixture,
-        *, event_loop: str = "asyncio", **options: float) -> None:
+        *, event_loop: str = "asyncio", **options: float | Path) -> None:
     caplog.set_level(logging.INFO, logger="xlgate")
 
     async def main() -> None:
@@ -303,15 +307,53 @@ def test_start_input_timers_false_waits_for_start_input_timers(caplog: pytest.Lo
 
 
 def test_partial_results_vendor_parameter(caplog: pytest.LogCaptureFixture) -> None:
+    """INTERMEDIATE-RESULT events, each naming the request's audio it covers (``xlgate.audio-end-ms``, the
+    load generator's latency reference): growing, and never past the audio sent so far."""
+
     async def body(srv: Served) -> None:
         client = MrcpClient(srv.uri)
         await client.connect()
         await recognize(client, TRANSCRIBE, ("Vendor-Specific-Parameters", "xlgate.partial-results=true"),
                         ("Speech-Complete-Timeout", "300"), ("Speech-Incomplete-Timeout", "300"), ANY_CONFIDENCE)
-        await client.send_audio(noise(1.5))
-        names, done = await complete(client, timeout_s=10)
-        assert names[0] == "START-OF-INPUT" and "INTERMEDIATE-RESULT" in names
+        loop = asyncio.get_running_loop()
+        sender = asyncio.create_task(client.send_audio(noise(1.5)))
+        started = loop.time()
+        names: list[str] = []
+        ends_ms: list[tuple[float, float]] = []
+        while (event := await client.next_event(10)) is not None and event.event_name != "RECOGNITION-COMPLETE":
+            names.append(event.event_name)
+            if event.event_name == "INTERMEDIATE-RESULT":
+                match = re.fullmatch(r"xlgate\.audio-end-ms=(\d+)", event.header("Vendor-Specific-Parameters") or "")
+                assert match, event.headers
+                ends_ms.append((float(match[1]), (loop.time() - started) * 1000))
+        await sender
+        assert event is not None and event.header("Completion-Cause") == "000 success"
+        assert names[0] == "START-OF-INPUT" and ends_ms
+        assert [e for e, _ in ends_ms] == sorted(e for e, _ in ends_ms)
+        # Sent so far, plus one 20 ms packet of pacing slack.
+        assert all(0 < end_ms <= elapsed_ms + 20 for end_ms, elapsed_ms in ends_ms), ends_ms
+        await client.bye()
+
+    run(_chatty, body, caplog)
+
+
+def _waveform_uri(header: str | None) -> tuple[Path, int, int]:
+    """``<file:///...>;size=N;duration=MS`` (RFC 6787 §9.4.26) -> (path, size, duration_ms)."""
+    match = re.fullmatch(r"<(file:///[^>]+)>;size=(\d+);duration=(\d+)", header or "")
+    assert match, header
+    return Path(unquote(urlsplit(match[1]).path)), int(match[2]), int(match[3])
+
+
+def test_save_waveform_without_a_folder_is_accepted_and_names_no_uri(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri)
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Save-Waveform", "true"), ("Speech-Complete-Timeout", "300"),
+                        ("Speech-Incomplete-Timeout", "300"), ANY_CONFIDENCE)
+        await client.send_audio(noise(1.0))
+        _, done = await complete(client, timeout_s=10)
         assert done.header("Completion-Cause") == "000 success"
+        assert done.header("Waveform-URI") is None
         await client.bye()
 
     run(_chatty, body, caplog)
@@ -507,6 +549,41 @@ def test_dictation_result_in_nlsml(bundled: LoadedModel, caplog: pytest.LogCaptu
         await client.bye()
 
     run(lambda: bundled, body, caplog)
+
+
+def test_save_waveform_saves_the_audio_sent_and_names_it(bundled: LoadedModel, caplog: pytest.LogCaptureFixture,
+                                                          tmp_path: Path) -> None:
+    """Real speech over L16 (lossless, so the file must hold exactly the samples sent), the bundled model: the
+    WAV named by Waveform-URI exists, holds the audio of the request, and the header's size and duration are
+    the file's. A second request without Save-Waveform names none."""
+    folder = tmp_path / "waveforms"
+    pcm = speech("i want to pay my bill", 4)
+
+    async def body(srv: Served) -> None:
+        client = MrcpClient(srv.uri, codec="L16")
+        await client.connect()
+        await recognize(client, TRANSCRIBE, ("Save-Waveform", "true"))
+        await client.send_audio(pcm)
+        _, done = await complete(client)
+        assert done.header("Completion-Cause") == "000 success", done
+        path, size_bytes, duration_ms = _waveform_uri(done.header("Waveform-URI"))
+        assert path.parent == folder.resolve() and path.is_file()
+        assert size_bytes == path.stat().st_size
+        with wave.open(str(path), "rb") as w:
+            assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 8000)
+            saved = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        sent = np.concatenate([pcm, np.zeros(-len(pcm) % 160, np.int16)])  # the client pads the last packet
+        np.testing.assert_array_equal(saved, sent)
+        assert duration_ms == round(len(saved) / 8)
+        assert oct(folder.stat().st_mode & 0o777) == "0o700" and oct(path.stat().st_mode & 0o777) == "0o600"
+
+        await recognize(client, TRANSCRIBE, ("No-Input-Timeout", "300"))
+        _, again = await complete(client, timeout_s=10)
+        assert again.header("Waveform-URI") is None
+        assert [p.name for p in folder.iterdir()] == [path.name]
+        await client.bye()
+
+    run(lambda: bundled, body, caplog, waveform_dir=folder)
 
 
 @pytest.mark.parametrize(("said", "expected"), [

@@ -37,11 +37,13 @@ def test_serve_starts_mrcp_and_stream_mrcp_gets_a_result(chatty_checkpoint: str,
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--model", chatty_checkpoint, "--ws-port", "0",
              "--metrics-port", str(metrics_port), "--sip-port", str(sip_port), "--mrcp-port", "0",
-             "--rtp-ports", f"{low}-{low + 99}", "--runner", "process"],
+             "--rtp-ports", f"{low}-{low + 99}", "--runner", "process",
+             "--mrcp-waveform-dir", str(tmp_path / "waveforms")],
             env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_for("xlgate /readyz", lambda: http_status(f"http://127.0.0.1:{metrics_port}/readyz") == 200,
                  proc=proc, log=log)
+        assert (tmp_path / "waveforms").stat().st_mode & 0o777 == 0o700  # the saved-audio folder, private
         wav = tmp_path / "noise.wav"
         sf.write(wav, np.random.default_rng(0).standard_normal(8000) * 0.1, 8000, subtype="PCM_16")
         result = subprocess.run(

@@ -147,3 +147,32 @@ def test_a_stream_removed_before_any_plan_is_never_announced() -> None:
     s.submit(item(2, 1.0))
     plan = s.schedule(1.0)
     assert plan is not None and plan.freed_slots == () and [n.slot for n in plan.new_streams] == [0]
+
+
+def test_a_failed_step_announces_its_slot_changes_again() -> None:
+    """The runner may not have applied a failed plan's slot changes: its freed slots and its new streams
+    that are still live come again in the next plan (a removed one does not)."""
+    s = Scheduler(max_slots=4, max_batch_size=1, max_wait_s=0.0, max_pending_per_stream=2)
+    for sid in (0, 1):
+        s.add_stream(sid, info=f"settings {sid}")
+    s.submit(item(0, 1.0))
+    first = s.schedule(1.0)
+    assert first is not None and [n.slot for n in first.new_streams] == [0, 1]
+    s.complete(first)
+    s.remove_stream(0)  # its slot is freed: told in the next plan
+    s.add_stream(2, info="settings 2")
+    s.submit(item(1, 2.0))
+    failed = s.schedule(2.0)
+    assert failed is not None and failed.freed_slots == (0,)
+    assert [(n.slot, n.info) for n in failed.new_streams] == [(0, "settings 2")]  # stream 2 took slot 0
+    s.complete(failed, failed=True)
+    s.remove_stream(1)  # the engine fails the failed step's stream
+    s.submit(item(2, 3.0))
+    again = s.schedule(3.0)
+    assert again is not None and [i.stream_id for i in again.items] == [2]
+    assert again.freed_slots[0] == 0 and 1 in again.freed_slots
+    assert [(n.slot, n.info) for n in again.new_streams] == [(0, "settings 2")]
+    s.complete(again)
+    s.submit(item(2, 4.0))
+    later = s.schedule(4.0)
+    assert later is not None and later.new_streams == () and later.freed_slots == ()

@@ -379,6 +379,8 @@ class _StreamingCall:
                                            strict=True):
                         await stream.feed(pcm)
         except TimeoutError:
+            if self.failure is not None:
+                return  # the engine failed a stream (_engine_failed)
             if self._draining:
                 self.outcome = Outcome.DRAINED
                 self.failure = _CallFailed(grpc.StatusCode.UNAVAILABLE,
@@ -403,11 +405,24 @@ class _StreamingCall:
         finally:
             self._timeout = None
 
+    def _engine_failed(self, stream: Stream) -> None:
+        """The engine ended ``stream`` with an error (its model step failed or the model was lost): the call
+        ends now with ABORTED, even when the client has already half-closed (it must not take the missing
+        finals for a clean end)."""
+        log.warning("stream %d ended by the engine with an error", stream.stream_id)
+        self.outcome = Outcome.ERROR
+        self.failure = _CallFailed(grpc.StatusCode.ABORTED, "recognition of this stream was stopped by the server",
+                                   Outcome.ERROR)
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(asyncio.get_running_loop().time())
+
     async def _forward(self, stream: Stream, options: ResultOptions) -> None:
         """Send one stream's events as they come, until it ends."""
         clock = self.s.engine.clock
         async for event in stream.events():
             if isinstance(event, StreamEnded):
+                if event.outcome is Outcome.ERROR and self.failure is None:
+                    self._engine_failed(stream)
                 return
             async with self.write_lock:
                 if isinstance(event, ResultEvent):

@@ -15,6 +15,7 @@ from protocols.mrcp.errors import IllegalHeaderValue
 from protocols.mrcp.events import Headers
 
 __all__ = [
+    "VENDOR_AUDIO_END_MS",
     "VENDOR_CONTINUOUS",
     "VENDOR_PARTIAL_RESULTS",
     "RecognizerParams",
@@ -24,6 +25,8 @@ __all__ = [
 
 VENDOR_PARTIAL_RESULTS = "xlgate.partial-results"  # true: INTERMEDIATE-RESULT events while speaking
 VENDOR_CONTINUOUS = "xlgate.continuous"  # true: keep the audio and model memory across RECOGNIZE requests
+# In INTERMEDIATE-RESULT events (server to client): the request's audio the partial covers, milliseconds.
+VENDOR_AUDIO_END_MS = "xlgate.audio-end-ms"
 _MAX_TIMEOUT_MS = 3_600_000
 
 

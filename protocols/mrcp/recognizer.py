@@ -71,7 +71,7 @@ from protocols.mrcp.nlsml import (
     build_no_input,
     build_no_match,
 )
-from protocols.mrcp.params import RecognizerParams, apply_headers, params_to_headers
+from protocols.mrcp.params import VENDOR_AUDIO_END_MS, RecognizerParams, apply_headers, params_to_headers
 
 __all__ = [
     "Action",
@@ -129,11 +129,16 @@ class GrammarMatch:
 
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
-    """Recognition evidence: the free transcript, its confidence, and the scored grammar phrases."""
+    """Recognition evidence: the free transcript, its confidence, and the scored grammar phrases.
+
+    ``audio_end_s``: how far into the request's audio the hypothesis reaches (the engine's audio clock,
+    from the first audio of the request); an INTERMEDIATE-RESULT names it so a client can measure latency.
+    """
 
     transcript: str
     confidence: float
     matches: tuple[GrammarMatch, ...] = ()
+    audio_end_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +222,8 @@ class RecognizerChannel:
         self._final: Hypothesis | None = None
         self._digits = ""
         self._waveform: str | None = None
+        self._complete_for: Hypothesis | None = None  # the hypothesis ``_complete_cached`` was worked out for
+        self._complete_cached = False
 
     # ----------------------------------------------------------------------------------------- outputs
     def messages_to_send(self) -> list[MrcpMessage]:
@@ -440,12 +447,18 @@ class RecognizerChannel:
         if self._request_params.partial_results:
             interpretations = self._interpretations(hypothesis, threshold=0.0)
             if interpretations:
+                extra: tuple[tuple[str, str], ...] = ()
+                if hypothesis.audio_end_s is not None:
+                    # An extension event may carry extension parameters (RFC 6787 §6.2.16).
+                    audio_end_ms = round(hypothesis.audio_end_s * 1000)
+                    extra = (("Vendor-Specific-Parameters", f"{VENDOR_AUDIO_END_MS}={audio_end_ms}"),)
                 self._event(
                     self._request_id,
                     "INTERMEDIATE-RESULT",
                     None,
                     body=build_nlsml(interpretations),
                     state=RequestState.IN_PROGRESS,
+                    extra=extra,
                 )
 
     def final_hypothesis(
@@ -534,6 +547,18 @@ class RecognizerChannel:
             else:
                 self._finish_or_finalize(due, maxtime=False)
 
+    def end_of_input(self, now: float) -> None:
+        """No more audio will come (the server is shutting down): a request that heard speech completes on
+        the engine's next final (or, at the latest, ``finalize_grace_s`` from now, with the best
+        hypothesis); one that heard none completes now with ``002 no-input-timeout``. The caller then
+        finalises the engine's stream."""
+        if self.state is not RecognizerState.RECOGNIZING:
+            return
+        if not self._input_started or not self._speech_input:
+            self._complete(CompletionCause.NO_INPUT_TIMEOUT, build_no_input())
+            return
+        self._finalize_deadline = now + self.config.finalize_grace_s
+
     def close(self) -> None:
         """The session ended (BYE, TCP loss): stop any recognition without sending anything."""
         if self.state is RecognizerState.RECOGNIZING:
@@ -558,6 +583,8 @@ class RecognizerChannel:
         self._final = None
         self._digits = ""
         self._waveform = None
+        self._complete_for = None
+        self._complete_cached = False
 
     def _takes_speech(self) -> bool:
         return any(not g.is_dtmf for g in self._active)
@@ -580,9 +607,13 @@ class RecognizerChannel:
         if not self._speech_input or self._last_voice_s is None or self._finalize_deadline is not None:
             return None
         best = self._final or self._partial
-        complete = best is not None and bool(
-            self._interpretations(best, threshold=self._request_params.confidence_threshold)
-        )
+        # Asked after every RTP frame: whether the hypothesis matches is only worked out when it changes.
+        if best is not self._complete_for:
+            self._complete_for = best
+            self._complete_cached = best is not None and bool(
+                self._interpretations(best, threshold=self._request_params.confidence_threshold)
+            )
+        complete = self._complete_cached
         params = self._request_params
         timeout = params.speech_complete_timeout_s if complete else params.speech_incomplete_timeout_s
         return self._last_voice_s + timeout

@@ -34,13 +34,14 @@ _log = logging.getLogger(__name__)
 
 
 class _Binding:
-    __slots__ = ("channel", "connection", "timer", "tls_only")
+    __slots__ = ("channel", "connection", "timer", "timer_deadline", "tls_only")
 
     def __init__(self, channel: RecognizerChannel, *, tls_only: bool) -> None:
         self.channel = channel
         self.tls_only = tls_only
         self.connection: _MrcpProtocol | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_deadline: float | None = None  # what ``timer`` was armed for (uvloop rounds ``when()``)
 
 
 class MrcpServer:
@@ -166,13 +167,18 @@ class MrcpServer:
             self._on_actions(binding.channel.channel_id, actions)
 
     def _arm(self, binding: _Binding) -> None:
+        deadline = binding.channel.get_timer()
+        # Every RTP frame flushes its channel (50 a second per call): keep a timer that is already right
+        # rather than cancel and re-create it (the event loop's heap would fill with cancelled handles).
+        if binding.timer is not None and deadline is not None and binding.timer_deadline == deadline:
+            return
         if binding.timer is not None:
             binding.timer.cancel()
             binding.timer = None
-        deadline = binding.channel.get_timer()
         if deadline is not None:
             loop = asyncio.get_running_loop()
             binding.timer = loop.call_at(deadline, self._fire, binding.channel.channel_id)
+            binding.timer_deadline = deadline
 
     def _fire(self, channel_id: str) -> None:
         binding = self._bindings.get(channel_id)
