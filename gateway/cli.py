@@ -42,6 +42,10 @@ def _version() -> str:
 def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         settings = resolve_serve_settings(args, os.environ)
+        from gateway.auth import build_authenticator, build_sip_digest
+
+        build_authenticator(settings)  # token files and the JWT key are read and checked before start-up
+        build_sip_digest(settings)
     except ConfigError as exc:
         parser.error(str(exc))
     configure_logging(level=settings.log_level, fmt=settings.log_format)

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotword", action="append", default=[], metavar="PHRASE[:BOOST]",
                         help="boost a phrase (repeatable)")
     parser.add_argument("--json", action="store_true", help="print every server message as JSON")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token for a gateway with authentication on (WebSocket: sent in "
+                                       "the Authorization header; gRPC: as authorization metadata)")
+    token.add_argument("--token-file", metavar="PATH",
+                       help="read the bearer token from PATH (keeps it out of the process list)")
     parser.add_argument("--mrcp", metavar="sip[s]:HOST:PORT",
                         help="send FILE over MRCPv2 (SIP + RTP + MRCP) instead of the WebSocket; prints the NLSML")
     parser.add_argument("--ca-file", metavar="PEM",
@@ -45,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the system's)")
     parser.add_argument("--grammar", default="builtin:speech/transcribe",
                         help="with --mrcp: the grammar URI of the RECOGNIZE (default builtin:speech/transcribe)")
+    parser.add_argument("--sip-credentials-file", metavar="PATH",
+                        help="with --mrcp: a 'username:password' line answering the server's SIP digest challenge")
     parser.set_defaults(func=cmd_stream)
 
 
@@ -121,12 +128,14 @@ def _show(msg: dict[str, Any], tty: bool) -> None:
 
 
 async def stream_audio(url: str, frames: AsyncIterator[tuple[bytes, int, int]], *, interim: bool,
-                       hotwords: list[dict[str, Any]], as_json: bool) -> int:
+                       hotwords: list[dict[str, Any]], as_json: bool, token: str | None = None) -> int:
     tty = sys.stdout.isatty() and not as_json
     first = await anext(frames)
     _, rate, channels = first
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        async with connect(url, compression=None, max_size=2**20, open_timeout=10) as ws:
+        async with connect(url, compression=None, max_size=2**20, open_timeout=10,
+                           additional_headers=headers) as ws:
             start: dict[str, Any] = {"type": "start", "sample_rate_hz": rate, "encoding": "pcm_s16le",
                                      "channels": channels, "interim_results": interim}
             if hotwords:
@@ -160,24 +169,59 @@ async def stream_audio(url: str, frames: AsyncIterator[tuple[bytes, int, int]], 
                     pass
             return status
     except InvalidStatus as exc:
-        print(f"xlgate stream: the gateway refused the connection: HTTP {exc.response.status_code}",
-              file=sys.stderr)
+        body = exc.response.body.decode(errors="replace").strip()[:200] if exc.response.body else ""
+        print(f"xlgate stream: the gateway refused the connection: HTTP {exc.response.status_code}"
+              + (f": {body}" if body else ""), file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"xlgate stream: cannot connect to {url}: {exc}", file=sys.stderr)
         return 1
 
 
+def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """The bearer token of ``--token`` or ``--token-file`` (its first line), or None."""
+    if args.token_file is None:
+        return str(args.token) if args.token else None
+    try:
+        with open(args.token_file, encoding="utf-8") as handle:
+            token = handle.readline().strip()
+    except OSError as exc:
+        parser.error(f"--token-file: cannot read {args.token_file}: {exc.strerror}")
+    if not token:
+        parser.error(f"--token-file: {args.token_file} holds no token on its first line")
+    return token
+
+
+def _sip_credentials(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str] | None:
+    """(username, password) from ``--sip-credentials-file``'s first line, or None."""
+    if args.sip_credentials_file is None:
+        return None
+    try:
+        with open(args.sip_credentials_file, encoding="utf-8") as handle:
+            username, colon, password = handle.readline().strip().partition(":")
+    except OSError as exc:
+        parser.error(f"--sip-credentials-file: cannot read {args.sip_credentials_file}: {exc.strerror}")
+    if not (username and colon and password):
+        parser.error(f"--sip-credentials-file: expected 'username:password' on the first line of "
+                     f"{args.sip_credentials_file}")
+    return username, password
+
+
 def cmd_stream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.mic == bool(args.file):
         parser.error("give exactly one of FILE or --mic")
+    args.token = _token(args, parser)
     if args.mrcp:
+        if args.token:
+            parser.error("--token is for the WebSocket and gRPC APIs; MRCP peers are allowed by address")
         if args.mic:
             parser.error("--mrcp streams a FILE, not the microphone")
         from gateway.mrcp_client import cmd_stream_mrcp
 
         return cmd_stream_mrcp(args.mrcp, args.file, grammar=args.grammar, speed=args.speed,
-                               ca_file=args.ca_file)
+                               ca_file=args.ca_file, credentials=_sip_credentials(args, parser))
+    if args.sip_credentials_file:
+        parser.error("--sip-credentials-file goes with --mrcp")
     if args.file:
         from protocols.audio.errors import AudioFileError
 
@@ -198,5 +242,5 @@ def _streamer(args: argparse.Namespace) -> Callable[..., Coroutine[Any, Any, int
     if args.grpc:
         from gateway.grpc_api.client import stream_grpc
 
-        return functools.partial(stream_grpc, args.grpc)
-    return functools.partial(stream_audio, args.ws)
+        return functools.partial(stream_grpc, args.grpc, token=args.token)
+    return functools.partial(stream_audio, args.ws, token=args.token)

@@ -51,6 +51,7 @@ from gateway.session import (
     StreamSettings,
     merge_hotwords,
 )
+from protocols.allowlist import AllowListError, NetworkAllowList
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -267,6 +268,47 @@ def _check_advertise(value: str) -> str | None:
     return None if value == "" or _check_host(value) is None else "empty or a host name or IP address"
 
 
+def _check_realm(value: str) -> str | None:
+    if value and value.isprintable() and '"' not in value and "\\" not in value:
+        return None
+    return "non-empty printable text without quotes or backslashes"
+
+
+def _check_networks(value: str) -> str | None:
+    if value.strip() == "":
+        return None
+    try:
+        NetworkAllowList.parse(value)
+    except AllowListError as exc:
+        return f"empty or a comma-separated list of CIDR networks ({exc})"
+    return None
+
+
+# JWT signature algorithms by key family (RFC 7518 §3.1, RFC 8037); "none" is never accepted. One family
+# per configuration: a list mixing HMAC with a public-key family is how key-confusion attacks start.
+JWT_ALGORITHM_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "hmac": ("HS256", "HS384", "HS512"),
+    "rsa": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "ec": ("ES256", "ES384", "ES512"),
+    "okp": ("EdDSA",),
+})
+
+
+def parse_jwt_algorithms(value: str) -> tuple[tuple[str, ...], str] | None:
+    """``"RS256, PS256"`` as (algorithms, family), or None when a name is unknown or families mix."""
+    names = tuple(dict.fromkeys(item.strip() for item in value.split(",") if item.strip()))
+    families = {family for name in names for family, members in JWT_ALGORITHM_FAMILIES.items() if name in members}
+    known = all(any(name in members for members in JWT_ALGORITHM_FAMILIES.values()) for name in names)
+    if not names or not known or len(families) != 1:
+        return None
+    return names, families.pop()
+
+
+def _check_jwt_algorithms(value: str) -> str | None:
+    if value.strip() == "" or parse_jwt_algorithms(value) is not None:
+        return None
+    return ("empty or a comma-separated list of JWT algorithms of one family: HS256/384/512, "
+            "RS256/384/512 and PS256/384/512, ES256/384/512, or EdDSA")
 def _check_folder(value: str) -> str | None:
     if value == "" or ("\x00" not in value and not Path(value).is_file()):
         return None
@@ -285,6 +327,7 @@ _DECODING: Final = "Decoding"
 _LOGGING: Final = "Logging"
 _TLS: Final = "TLS"
 _LIMITS: Final = "Limits"
+_AUTH: Final = "Authentication and access"
 
 _ENDPOINTING: Final = EndpointingSettings()  # the session API declares the stream defaults once
 _DECODING_DEFAULTS: Final = DecodingSettings()
@@ -311,6 +354,10 @@ class ServeSettings:
     metrics_port: int = field(metadata=_option(
         Kind.INT, 9464, "Prometheus /metrics port (0 = no metrics listener).",
         _NETWORK, min_value=0, max_value=MAX_PORT))
+    metrics_host: str = field(metadata=_option(
+        Kind.STR, "", "Address the /metrics, /healthz and /readyz listener binds to, e.g. a management "
+        "interface (empty = host).", _NETWORK, check=_check_advertise,
+        check_text="empty or a host name or IP address"))
     grpc_port: int = field(metadata=_option(
         Kind.INT, 50051, "gRPC port of the Recognizer service, health and reflection (0 = gRPC disabled).",
         _NETWORK, min_value=0, max_value=MAX_PORT))
@@ -487,6 +534,42 @@ class ServeSettings:
     rtp_max_packets_per_s: int = field(metadata=_option(
         Kind.INT, 200, "RTP packets per second one call may send (burst: one second's worth); more are "
         "dropped and counted (20 ms audio is 50 a second).", _LIMITS, min_value=50, max_value=100_000))
+    # Secrets: kept out of the settings' repr, so a logged ServeSettings shows no token.
+    auth_tokens: str = field(repr=False, metadata=_option(
+        Kind.STR, "", "Static API tokens the WebSocket and gRPC APIs accept, comma-separated (at least 16 "
+        "characters each; prefer the environment variable or auth_tokens_file: a flag shows in ps).", _AUTH,
+        check_text="comma-separated tokens"))
+    auth_tokens_file: Path | None = field(metadata=_option(
+        Kind.PATH, None, "File of static API tokens, one per line ('#' comments); added to auth_tokens.", _AUTH,
+        check_text="an existing file"))
+    auth_jwt_key: Path | None = field(metadata=_option(
+        Kind.PATH, None, "Key JWTs are verified with: the HMAC secret (HS*) or a PEM public key or "
+        "certificate (RS*, PS*, ES*, EdDSA); set together with auth_jwt_algorithms.", _AUTH,
+        check_text="an existing file"))
+    auth_jwt_algorithms: str = field(metadata=_option(
+        Kind.STR, "", "JWT algorithms accepted, comma-separated, one family (the token's own alg header "
+        "never chooses).", _AUTH, check=_check_jwt_algorithms, check_text="e.g. RS256 or HS256,HS512"))
+    auth_jwt_audience: str = field(metadata=_option(
+        Kind.STR, "", "Audience a JWT's aud claim must name (empty = tokens must carry no aud).", _AUTH))
+    auth_jwt_issuer: str = field(metadata=_option(
+        Kind.STR, "", "Issuer a JWT's iss claim must equal (empty = not checked).", _AUTH))
+    auth_jwt_leeway_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 0, "Clock skew allowed when checking a JWT's exp, nbf and iat.", _AUTH,
+        min_value=0, max_value=300_000))
+    auth_query_token: bool = field(metadata=_option(
+        Kind.BOOL, True, "Accept the token in the WebSocket URL's access_token query parameter too (for "
+        "browsers, which cannot set headers; URLs can end up in proxy logs).", _AUTH))
+    sip_digest_users_file: Path | None = field(metadata=_option(
+        Kind.PATH, None, "SIP digest authentication of INVITEs (MD5 and SHA-256): a file of 'username:password' "
+        "lines ('#' comments); unset = no digest authentication.", _AUTH, check_text="an existing file"))
+    sip_digest_realm: str = field(metadata=_option(
+        Kind.STR, "xlgate", "Realm of the SIP digest challenges.", _AUTH, check=_check_realm,
+        check_text="printable text without quotes"))
+    mrcp_allowed_networks: str = field(metadata=_option(
+        Kind.STR, "", "Peers allowed on SIP and MRCP, as CIDR networks, comma-separated (empty = any "
+        "address): UDP requests from elsewhere get 403 Forbidden, TCP and TLS connections are closed at once.",
+        _AUTH,
+        check=_check_networks, check_text="empty or CIDR networks, e.g. 10.0.0.0/8, 192.0.2.7"))
 
     def stream_defaults(self) -> StreamSettings:
         """The server's values for whatever a protocol's start message leaves out."""
@@ -808,6 +891,22 @@ def _cross_check(chosen: Mapping[str, tuple[object, _Source]]) -> None:
             expected=f"{missing} to be set as well (TLS needs both tls_cert and tls_key, or neither)",
             actual=f"{present} alone",
         )
+
+    jwt_key, jwt_key_source = chosen["auth_jwt_key"]
+    algorithms, algorithms_source = chosen["auth_jwt_algorithms"]
+    if (jwt_key is None) != (algorithms == ""):
+        present, missing = ("auth_jwt_algorithms", "auth_jwt_key") if jwt_key is None else (
+            "auth_jwt_key", "auth_jwt_algorithms")
+        raise ConfigError(
+            source=(algorithms_source if jwt_key is None else jwt_key_source).label,
+            expected=f"{missing} to be set as well (JWT verification needs a key and its algorithms, or neither)",
+            actual=f"{present} alone",
+        )
+    for name in ("auth_jwt_audience", "auth_jwt_issuer"):
+        value, source = chosen[name]
+        if value != "" and jwt_key is None:
+            raise ConfigError(source=source.label, expected="auth_jwt_key and auth_jwt_algorithms to be set "
+                              f"({name} only applies to JWTs)", actual=f"{name} alone")
 
     seen: dict[int, str] = {}
     names = ["ws_port", "metrics_port", "grpc_port", "sip_port", "mrcp_port"]

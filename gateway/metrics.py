@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from gateway.auth import AuthFailure
 from gateway.final_pass import FinalSource
 from gateway.session import Outcome
 
@@ -30,6 +31,12 @@ LIMITS = {
     "rtp_packet_rate": ("mrcp",),
     "sessions_per_address": ("websocket", "grpc", "mrcp"),
 }
+# Refusals for want of credentials: token reasons on the APIs, the address allow-list on SIP and MRCP.
+_TOKEN_FAILURES = tuple(f.value for f in AuthFailure if f is not AuthFailure.ADDRESS)
+AUTH_FAILURES = {"websocket": _TOKEN_FAILURES, "grpc": _TOKEN_FAILURES,
+                 # A digest challenge to a first INVITE is the protocol, not a failure: no "missing" for SIP.
+                 "sip": tuple(f.value for f in AuthFailure if f is not AuthFailure.MISSING),
+                 "mrcp": (AuthFailure.ADDRESS.value,)}
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.REJECTED)  # a rejected session has no stream
 
 
@@ -83,6 +90,11 @@ class Metrics:
             "xlgate_limit_exceeded_total",
             "Messages, sessions or packets refused because a peer went over a configured limit.",
             ["protocol", "limit"], registry=r)
+        self.auth_failures = Counter(
+            "xlgate_auth_failures_total",
+            "Requests refused before any audio for want of valid credentials (WebSocket, gRPC) or because "
+            "the peer's address is not allowed (SIP, MRCP), or a SIP INVITE's digest credentials are not valid.",
+            ["protocol", "reason"], registry=r)
         self.ready = Gauge("xlgate_ready", "1 when the gateway accepts new streams.", registry=r)
         self.warmup_seconds = Gauge(
             "xlgate_warmup_seconds", "How long the model's warm-up took at start-up (0: none ran).", registry=r)
@@ -108,6 +120,9 @@ class Metrics:
         ProcessCollector(registry=r)
         for cause in ("crashed", "stalled"):
             self.model_restarts.labels(cause)
+        for protocol, reasons in AUTH_FAILURES.items():
+            for reason in reasons:
+                self.auth_failures.labels(protocol, reason)
         for p in PROTOCOLS:
             self.live_streams.labels(p)
             self.streams_started.labels(p)

@@ -27,6 +27,11 @@ the SIP server's :class:`protocols.sip.transport.SessionHandler`:
   (:mod:`gateway.waveforms`, a complete WAV after every frame) and the channel is told its URI, size and
   duration after every frame, so RECOGNITION-COMPLETE carries ``Waveform-URI`` whenever it comes. Without
   the folder nothing is saved and no Waveform-URI is sent.
+* Source allow-list (``allowed_networks``): SIP requests from elsewhere are answered 403 (UDP) or their
+  TCP connection closed, MRCP connections from elsewhere are closed at once; each is counted in
+  ``xlgate_auth_failures_total{protocol="sip"|"mrcp", reason="address"}``. With ``digest``, an INVITE
+  without valid credentials is challenged (401) by the SIP core; all but the first, credential-less leg
+  of a call are counted with their reason.
 * The end of a call, whatever comes first (BYE, CANCEL, TCP loss of SIP or MRCP, RTP media timeout,
   drain): the SIP core reports ``SessionTerminated`` and :meth:`MrcpGateway.on_terminated` releases the
   channel, the engine stream (and with it its state-store slot), the RTP port and every task of the call.
@@ -66,6 +71,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway.auth import AuthFailure
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.limits import AddressSessions
 from gateway.metrics import Metrics
@@ -81,6 +87,7 @@ from gateway.session import (
     merge_hotwords,
 )
 from gateway.waveforms import WaveformRecording, WaveformStore
+from protocols.allowlist import NetworkAllowList
 from protocols.errors import OverloadedError
 from protocols.mrcp.codec import DEFAULT_MAX_HEADERS as MRCP_DEFAULT_MAX_HEADERS
 from protocols.mrcp.grammar import Grammar, GrammarKind
@@ -107,6 +114,7 @@ from protocols.sdp.offer_answer import AnswerConfig, Negotiation, answer_offer
 from protocols.sip.codec import DEFAULT_MAX_HEADERS as SIP_DEFAULT_MAX_HEADERS
 from protocols.sip.codec import DEFAULT_MAX_MESSAGE_BYTES as SIP_DEFAULT_MAX_MESSAGE_BYTES
 from protocols.sip.connection import SipServerConfig
+from protocols.sip.digest import DigestPolicy
 from protocols.sip.events import InviteReceived, ReinviteReceived, TerminationReason
 from protocols.sip.events import LimitExceeded as SipLimitExceeded
 from protocols.sip.transport import SipServer
@@ -147,6 +155,8 @@ class MrcpSettings:
             RECOGNITION-COMPLETE's Waveform-URI); None: never saved (Save-Waveform is accepted, and no
             Waveform-URI is sent, as RFC 6787 §9.4.26 allows).
         waveform_max_files, waveform_max_bytes: the folder's budget (oldest recordings deleted first).
+        allowed_networks: the peers allowed on SIP and MRCP; None allows every address.
+        digest: SIP digest authentication of INVITEs; None: none.
     """
 
     host: str = "127.0.0.1"
@@ -172,6 +182,8 @@ class MrcpSettings:
     waveform_dir: Path | None = None
     waveform_max_files: int = 1000
     waveform_max_bytes: int = 1 << 30
+    allowed_networks: NetworkAllowList | None = None
+    digest: DigestPolicy | None = None
 
     @property
     def advertised(self) -> str:
@@ -300,13 +312,17 @@ class MrcpGateway:
         self.ports = PortAllocator(settings.rtp_port_low, settings.rtp_port_high)
         self.mrcp = MrcpServer(on_actions=self._on_actions, on_channel_lost=self._on_channel_lost,
                                max_message_bytes=settings.mrcp_max_message_bytes,
-                               max_headers=settings.mrcp_max_headers, on_limit=self._count_limit)
+                               max_headers=settings.mrcp_max_headers, on_limit=self._count_limit,
+                               allowed_networks=settings.allowed_networks,
+                               on_forbidden=lambda _: self._count_refused("mrcp", AuthFailure.ADDRESS.value))
         sip_config = SipServerConfig(advertise_host=settings.advertised, port=settings.sip_port,
                                      tls_port=settings.sips_port, max_message_bytes=settings.sip_max_message_bytes,
-                                     max_headers=settings.sip_max_headers)
+                                     max_headers=settings.sip_max_headers,
+                                     allowed_networks=settings.allowed_networks, digest=settings.digest)
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
-        self.sip = SipServer(sip_config, self, on_limit=self._count_sip_limit)
+        self.sip = SipServer(sip_config, self, on_limit=self._count_sip_limit,
+                             on_refused=lambda _, reason: self._count_refused("sip", reason))
         self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=self.metrics,
                                          protocol=PROTOCOL)
         self.waveforms = (None if settings.waveform_dir is None else WaveformStore(
@@ -366,6 +382,10 @@ class MrcpGateway:
     def task_count(self) -> int:
         """Tasks of the calls plus the SIP server's handler calls (tests count them back to zero)."""
         return len(self._tasks) + self.sip.task_count
+
+    def _count_refused(self, protocol: str, reason: str) -> None:
+        if reason != AuthFailure.MISSING.value:  # a digest challenge to a first INVITE is the protocol
+            self.metrics.auth_failures.labels(protocol, AuthFailure(reason).value).inc()
 
     # -- SIP session handler -------------------------------------------------------------------------------
     async def on_invite(self, event: InviteReceived) -> bytes:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import re
 import socket
 import ssl
 import struct
@@ -38,6 +39,7 @@ from protocols.rtp.codec import RtpPacket, serialize_rtp
 from protocols.sdp.codec import parse_sdp
 from protocols.sip.codec import SipRequest, SipResponse, StreamReader, parse_message
 from protocols.sip.codec import serialize as serialize_sip
+from protocols.sip.digest import ALGORITHMS, response_digest
 
 __all__ = ["CallRefused", "MrcpClient", "cmd_stream_mrcp", "parse_sip_uri", "recognize_file"]
 
@@ -109,14 +111,17 @@ class MrcpClient:
     """One MRCP call (see the module docstring)."""
 
     def __init__(
-        self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+        self, uri: str, *, codec: str = "PCMU", local_host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None, credentials: tuple[str, str] | None = None,
     ) -> None:
         """Args:
         uri: the server's ``sip:HOST:PORT``, or ``sips:HOST:PORT`` for SIP and MRCP over TLS.
         codec: the only audio codec offered: PCMU, PCMA or L16.
         local_host: the address our SIP and RTP sockets bind to.
         ssl_context: with ``sips:``, how the server's certificate is verified (system CAs when None).
+        credentials: (username, password) answering a digest challenge to the INVITE (401).
         """
+        self.credentials = credentials
         self.server = parse_sip_uri(uri)
         self.tls = uri.startswith("sips:")
         self._ssl = (ssl_context or ssl.create_default_context()) if self.tls else None
@@ -268,8 +273,17 @@ class MrcpClient:
         rtp_port: int = self._rtp.get_extra_info("sockname")[1]
         headers = self._headers("INVITE", self.cseq)
         headers.append(("Content-Type", "application/sdp"))
-        invite = SipRequest("INVITE", f"sip:{self.server[0]}:{self.server[1]}", tuple(headers), self._offer(rtp_port))
+        offer = self._offer(rtp_port)
+        invite = SipRequest("INVITE", f"sip:{self.server[0]}:{self.server[1]}", tuple(headers), offer)
         response = await self._final_response(invite)
+        if response.status == 401 and self.credentials is not None:
+            self._ack_failure(invite, response)
+            self.cseq += 1
+            headers = self._headers("INVITE", self.cseq)
+            headers += [("Content-Type", "application/sdp"),
+                        ("Authorization", self._authorization(invite.uri, response))]
+            invite = SipRequest("INVITE", invite.uri, tuple(headers), offer)
+            response = await self._final_response(invite)
         if response.status >= 300:
             raise CallRefused(response.status, response.reason, response.header("Retry-After"))
         self.invite_response = response
@@ -284,6 +298,34 @@ class MrcpClient:
             server_hostname=self.server[0] if self._ssl is not None else None,
         )
         self._read_task = loop.create_task(self._read_mrcp())
+
+    def _ack_failure(self, invite: SipRequest, response: SipResponse) -> None:
+        """ACK a non-2xx final answer to ``invite``: same branch, its To (RFC 3261 §17.1.1.3)."""
+        headers = [(name, invite.header(name) or "") for name in ("Via", "Max-Forwards", "From", "Call-ID")]
+        headers += [("To", response.header("To") or self.to_header), ("CSeq", f"{self.cseq} ACK")]
+        self._send_sip(SipRequest("ACK", invite.uri, tuple(headers)))
+
+    def _authorization(self, uri: str, challenge_response: SipResponse) -> str:
+        """The ``Authorization`` answering the strongest challenge offered (SHA-256 before MD5)."""
+        assert self.credentials is not None
+        username, password = self.credentials
+        offered: dict[str, dict[str, str]] = {}
+        for key, value in challenge_response.headers:
+            if key.lower() == "www-authenticate" and value.lower().startswith("digest "):
+                pairs = re.findall(r'(\w+)=(?:"([^"]*)"|([^\s,]+))', value[7:])
+                params = {name.lower(): quoted or bare for name, quoted, bare in pairs}
+                offered.setdefault(params.get("algorithm", "MD5").upper(), params)
+        algorithm = next((name for name in ALGORITHMS if name in offered), None)
+        if algorithm is None:
+            raise CallRefused(challenge_response.status, "no digest challenge this client can answer", None)
+        params = offered[algorithm]
+        cnonce, nc, qop = uuid.uuid4().hex[:16], "00000001", "auth"
+        response = response_digest(algorithm=algorithm, username=username, realm=params["realm"],
+                                   password=password, method="INVITE", uri=uri, nonce=params["nonce"],
+                                   qop=qop, nc=nc, cnonce=cnonce)
+        return (f'Digest username="{username}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+                f'uri="{uri}", response="{response}", algorithm={algorithm}, qop={qop}, nc={nc}, '
+                f'cnonce="{cnonce}"')
 
     @staticmethod
     def _parse_answer(body: bytes, proto: str = "TCP/MRCPv2") -> _Answer:
@@ -456,10 +498,12 @@ class MrcpClient:
 
 
 async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str = "builtin:speech/transcribe",
-                         realtime: float = 1.0, ssl_context: ssl.SSLContext | None = None) -> MrcpEvent | None:
+                         realtime: float = 1.0, ssl_context: ssl.SSLContext | None = None,
+                         credentials: tuple[str, str] | None = None) -> MrcpEvent | None:
     """One call: RECOGNIZE with ``grammar``, stream ``pcm``, return RECOGNITION-COMPLETE (None if none).
-    A ``sips:`` URI runs SIP and MRCP over TLS, verified with ``ssl_context`` (system CAs when None)."""
-    client = MrcpClient(uri, ssl_context=ssl_context)
+    A ``sips:`` URI runs SIP and MRCP over TLS, verified with ``ssl_context`` (system CAs when None);
+    ``credentials`` (username, password) answer a SIP digest challenge."""
+    client = MrcpClient(uri, ssl_context=ssl_context, credentials=credentials)
     await client.connect()
     try:
         response = await client.request("RECOGNIZE", ("Content-Type", "text/uri-list"),
@@ -481,9 +525,11 @@ async def recognize_file(uri: str, pcm: npt.NDArray[np.int16], *, grammar: str =
         await client.bye()
 
 
-def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float, ca_file: str | None = None) -> int:
+def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float, ca_file: str | None = None,
+                    credentials: tuple[str, str] | None = None) -> int:
     """``xlgate stream --mrcp``: one RECOGNIZE of ``path``; prints Completion-Cause and the NLSML body.
-    With a ``sips:`` URI the server is verified against ``ca_file`` (system CAs when None)."""
+    With a ``sips:`` URI the server is verified against ``ca_file`` (system CAs when None); ``credentials``
+    (username, password) answer a SIP digest challenge."""
     import sys
 
     from gateway.audio_files import read_audio_file
@@ -504,7 +550,8 @@ def cmd_stream_mrcp(uri: str, path: str, *, grammar: str, speed: float, ca_file:
     pcm = np.concatenate([pcm, np.zeros(8000, dtype=np.int16)])  # trailing silence ends the utterance
     try:
         context = ssl.create_default_context(cafile=ca_file) if uri.startswith("sips:") else None
-        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed, ssl_context=context))
+        event = run_async(recognize_file(uri, pcm, grammar=grammar, realtime=speed, ssl_context=context,
+                                         credentials=credentials))
     except TimeoutError:
         print(f"xlgate stream: error: no answer from {uri} in time", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import serve
 
+from gateway.auth import CredentialFilter, TokenAuthenticator, build_authenticator, build_sip_digest
 from gateway.config import RunnerKind, ServeSettings, parse_port_range
 from gateway.engine import Engine
 from gateway.grpc_api.servicer import GrpcServer, GrpcSettings
@@ -46,6 +47,7 @@ from gateway.runner import (
     freeze_heap,
 )
 from gateway.ws_transport import WebSocketHandler, WebSocketSettings
+from protocols.allowlist import NetworkAllowList
 from protocols.mrcp.recognizer import RecognizerConfig
 
 log = logging.getLogger("xlgate.server")
@@ -157,6 +159,8 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     elif runner.info.dev_wer is not None and runner.info.dev_wer > WEAK_MODEL_WER:
         log.warning("the model is weak: %.0f%% WER on its dev set (docs/model.md); transcripts will be rough",
                     100 * runner.info.dev_wer)
+    authenticator = build_authenticator(settings)
+    _log_access(settings, authenticator)
     metrics = Metrics()
     if warmup is not None:
         metrics.warmup_seconds.set(warmup.seconds)
@@ -166,9 +170,10 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     max_pending_chunks=settings.max_pending_chunks, step_timeout_s=settings.model_step_timeout_s)
     handler = WebSocketHandler(engine, WebSocketSettings(
         max_frame_bytes=settings.max_frame_bytes, idle_timeout_s=settings.idle_timeout_s,
-        defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address),
+        defaults=settings.stream_defaults(), max_sessions_per_address=settings.max_sessions_per_address,
+        authenticator=authenticator),
         LogPolicy(log_transcripts=settings.log_transcripts))
-    grpc_server = _grpc_server(settings, engine)
+    grpc_server = _grpc_server(settings, engine, authenticator)
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,9 +183,13 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
     metrics.event_loop_tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
     # Ready once every listener is up and the start-up work is done, not merely once the metrics port is.
     serving = threading.Event()
-    metrics_server = (MetricsServer(settings.host, settings.metrics_port, metrics,
+    metrics_host = settings.metrics_host or settings.host
+    metrics_server = (MetricsServer(metrics_host, settings.metrics_port, metrics,
                                     lambda: serving.is_set() and engine.ready, lambda: engine.healthy)
                       if settings.metrics_port else None)
+    # websockets logs each handshake's request line and headers at DEBUG: never a token.
+    handshake_log, credential_filter = logging.getLogger("websockets.server"), CredentialFilter()
+    handshake_log.addFilter(credential_filter)
     try:
         async with asyncio.TaskGroup() as tg:
             engine_task = tg.create_task(engine.run(), name="engine")
@@ -198,7 +207,7 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                     log.info("serving ws%s://%s:%d/v1/stream; gRPC on %s; metrics on %s",
                              "s" if settings.tls_cert else "", settings.host, ws_port,
                              f"{settings.host}:{grpc_port}" if grpc_port else "off",
-                             f"http://{settings.host}:{metrics_server.port}/metrics" if metrics_server else "off")
+                             f"http://{metrics_host}:{metrics_server.port}/metrics" if metrics_server else "off")
                     if settings.warmup:
                         freeze_heap()
                     serving.set()
@@ -225,6 +234,20 @@ async def _serve(settings: ServeSettings, runner: AsyncRunner, *,
                 loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+        handshake_log.removeFilter(credential_filter)
+
+
+def _log_access(settings: ServeSettings, authenticator: TokenAuthenticator | None) -> None:
+    """Say at start-up, plainly, who may use the gateway."""
+    if authenticator is None:
+        log.warning("authentication: OFF: anyone who reaches the WebSocket and gRPC ports can stream "
+                    "(set auth_tokens, auth_tokens_file or auth_jwt_key; docs/security.md)")
+    else:
+        log.info("authentication: ON for WebSocket and gRPC: %s", authenticator.describe())
+    if settings.sip_port:
+        log.info("SIP/MRCP peers allowed: %s; SIP digest authentication: %s",
+                 settings.mrcp_allowed_networks.strip() or "any address",
+                 f"on (realm {settings.sip_digest_realm!r})" if settings.sip_digest_users_file else "off")
 
 
 def _ports_in_use(mrcp: MrcpGateway) -> Callable[[], float]:
@@ -252,7 +275,10 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
         max_sdp_bytes=settings.max_sdp_bytes, mrcp_max_message_bytes=settings.mrcp_max_message_bytes,
         mrcp_max_headers=settings.mrcp_max_headers, rtp_max_packets_per_s=settings.rtp_max_packets_per_s,
         waveform_dir=Path(settings.mrcp_waveform_dir) if settings.mrcp_waveform_dir else None,
-        waveform_max_files=settings.mrcp_waveform_max_files, waveform_max_bytes=settings.mrcp_waveform_max_bytes))
+        waveform_max_files=settings.mrcp_waveform_max_files, waveform_max_bytes=settings.mrcp_waveform_max_bytes,
+        allowed_networks=(NetworkAllowList.parse(settings.mrcp_allowed_networks)
+                          if settings.mrcp_allowed_networks.strip() else None),
+        digest=build_sip_digest(settings)))
     try:
         await gateway.start()
     except BaseException:
@@ -261,7 +287,8 @@ async def _start_mrcp(settings: ServeSettings, engine: Engine) -> MrcpGateway | 
     return gateway
 
 
-def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
+def _grpc_server(settings: ServeSettings, engine: Engine,
+                 authenticator: TokenAuthenticator | None) -> GrpcServer | None:
     """The gRPC listener (gateway/grpc_api), unless ``grpc_port`` is 0; TLS with wss's cert and key."""
     if not settings.grpc_port:
         return None
@@ -271,6 +298,7 @@ def _grpc_server(settings: ServeSettings, engine: Engine) -> GrpcServer | None:
         idle_timeout_s=settings.idle_timeout_s, defaults=settings.stream_defaults(),
         tls_cert_chain=settings.tls_cert.read_bytes() if tls and settings.tls_cert else None,
         tls_private_key=settings.tls_key.read_bytes() if tls and settings.tls_key else None,
+        authenticator=authenticator,
         max_sessions_per_address=settings.max_sessions_per_address,
     ), LogPolicy(log_transcripts=settings.log_transcripts))
 

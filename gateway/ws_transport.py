@@ -4,7 +4,8 @@ One :class:`WebSocketHandler` call serves one client. It reads messages, feeds t
 :class:`protocols.websocket.connection.Connection`, acts on the events through the engine's session API,
 and writes what the Connection serialises. Each audio channel's results are forwarded by a task owned by
 the connection's TaskGroup; every send goes through one lock so the Connection's ordering rules hold on
-the wire.
+the wire. With an authenticator, the opening handshake of ``/v1/stream`` is refused with 401 unless it
+carries a valid bearer token (header, or ``access_token`` in the query): no session exists before that.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from gateway.auth import QUERY_PARAMETER, AuthError, TokenAuthenticator
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.limits import AddressSessions
 from gateway.logging import LogPolicy, session_context
@@ -79,6 +82,8 @@ class WebSocketSettings:
     idle_timeout_s: float
     # The server's values for what a start leaves out; its hotwords are merged with each stream's own.
     defaults: StreamSettings = field(default_factory=StreamSettings)
+    # None: no authentication (the default); else every stream handshake must carry a valid token.
+    authenticator: TokenAuthenticator | None = None
     max_sessions_per_address: int = 0  # connections one client address may hold at once; 0 = no bound
 
 
@@ -106,8 +111,9 @@ class WebSocketHandler:
 
     # -- HTTP side of the handshake ---------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Route the opening request: health probes, unknown paths, and refusal when full or draining."""
-        path = request.path.split("?", 1)[0]
+        """Route the opening request: health probes, unknown paths, refusal without valid credentials, and
+        refusal when full or draining (in that order: an unauthenticated peer learns nothing of the load)."""
+        path, _, query = request.path.partition("?")
         if path == "/healthz":
             if not self.engine.healthy:
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable\n")
@@ -118,6 +124,10 @@ class WebSocketHandler:
                                       "ready\n" if ok else "not ready\n")
         if path != STREAM_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint; use {STREAM_PATH}\n")
+        if self.settings.authenticator is not None:
+            refusal = self._authenticate(connection, request, query)
+            if refusal is not None:
+                return refusal
         if not self.engine.has_capacity(1):
             reason = self.engine.refusal_reason if not self.engine.ready else "capacity"
             self.engine.metrics.streams_rejected.labels(PROTOCOL, reason).inc()
@@ -133,6 +143,22 @@ class WebSocketHandler:
             response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many sessions from your address\n")
             response.headers["Retry-After"] = str(int(OverloadedError.retry_after_s))
             return response
+        return None
+
+    def _authenticate(self, connection: ServerConnection, request: Request, query: str) -> Response | None:
+        """None when the handshake carries a valid token; else the 401, counted and logged (no token)."""
+        assert self.settings.authenticator is not None
+        try:
+            principal = self.settings.authenticator.authenticate(
+                authorization=request.headers.get_all("Authorization"),
+                query_tokens=parse_qs(query, keep_blank_values=True).get(QUERY_PARAMETER, []))
+        except AuthError as exc:
+            self.engine.metrics.auth_failures.labels(PROTOCOL, exc.reason.value).inc()
+            log.info("handshake from %s refused: %s credentials", _host(connection.remote_address), exc.reason.value)
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc}\n")
+            response.headers["WWW-Authenticate"] = exc.www_authenticate
+            return response
+        log.debug("handshake from %s authenticated: %s", _host(connection.remote_address), principal)
         return None
 
     # -- one client -------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback server")
     p.add_argument("--max-files", type=int, default=1000)
     p.add_argument("--stop-timeout-s", type=float, default=10.0, help="wait for 'end' after 'stop'")
+    p.add_argument("--token-file", type=Path,
+                   help="file whose first line is the bearer token of a gateway with authentication on")
     p.add_argument("--out", type=Path, required=True, help="JSON report path")
     p.add_argument("--plot", type=Path, help="PNG latency CDF path")
 
@@ -41,8 +43,18 @@ def _options(a: argparse.Namespace, *, streams: int, duration_s: float | None) -
         url=a.url, audio_dir=a.audio_dir, streams=streams, processes=a.processes, duration_s=duration_s,
         encoding=a.encoding, sample_rate_hz=a.sample_rate_hz, interim_results=not a.no_interim,
         refs=a.refs, metrics_url=a.metrics_url, server_pid=a.server_pid, allow_remote=a.allow_remote,
-        max_files=a.max_files, stop_timeout_s=a.stop_timeout_s,
+        max_files=a.max_files, stop_timeout_s=a.stop_timeout_s, token=_token(a.token_file),
     )
+
+
+def _token(path: Path | None) -> str | None:
+    """The first line of ``--token-file``; a token is never taken from the command line (``ps`` shows it)."""
+    if path is None:
+        return None
+    token = path.read_text(encoding="utf-8").partition("\n")[0].strip()
+    if not token:
+        raise SystemExit(f"--token-file: {path} holds no token on its first line")
+    return token
 
 
 def _baseline(a: argparse.Namespace, opts: RunOptions, utts: Any) -> tuple[dict[str, str] | None, Any]:

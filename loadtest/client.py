@@ -54,6 +54,7 @@ class ClientConfig:
     ready_timeout_s: float = 5.0
     stop_timeout_s: float = 10.0
     close_timeout_s: float = 2.0
+    token: str | None = field(default=None, repr=False)  # bearer token: Authorization header / metadata
 
 
 @dataclass(slots=True)
@@ -277,6 +278,7 @@ async def run_session(utt: Utterance, *, cfg: ClientConfig, deadline: float | No
             max_queue=256,
             write_limit=1 << 16,
             user_agent_header="xlgate-loadtest",
+            additional_headers={"Authorization": f"Bearer {cfg.token}"} if cfg.token else None,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

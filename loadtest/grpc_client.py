@@ -47,6 +47,12 @@ async def run_grpc_session(utt: Utterance, *, channel: grpc.aio.Channel, cfg: Cl
     async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
         yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
             config=config, interim_results=cfg.interim_results))
+        # Audio only once xlgate has taken the call (it sends its initial metadata at once): a call it
+        # refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its status, not with a write racing
+        # that status, which grpcio's aio client reports as INTERNAL (grpc/grpc#36066).
+        await call.initial_metadata()
+        if call.done():
+            return
         t_start = time.monotonic()
         for i, frame in enumerate(utt.frames):
             due = t_start + i * cfg.frame_s
@@ -64,7 +70,8 @@ async def run_grpc_session(utt: Utterance, *, channel: grpc.aio.Channel, cfg: Cl
         sess.stop_at = time.monotonic()
 
     stub = asr_pb2_grpc.RecognizerStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.StreamingRecognize(requests())
+    metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
+    call = stub.StreamingRecognize(requests(), metadata=metadata)
     started = False
     received = 0
     try:

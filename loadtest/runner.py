@@ -15,7 +15,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class RunOptions:
     allow_remote: bool = False
     max_files: int = 1000
     stop_timeout_s: float = 10.0
+    # A bearer token for a gateway with authentication on (docs/security.md); never written to the report.
+    token: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         """Raises:
@@ -90,7 +92,7 @@ class RunOptions:
         """The per-stream settings derived from these options."""
         return ClientConfig(url=self.url, sample_rate_hz=self.sample_rate_hz, encoding=self.encoding,
                             interim_results=self.interim_results, duration_s=self.duration_s,
-                            stop_timeout_s=self.stop_timeout_s)
+                            stop_timeout_s=self.stop_timeout_s, token=self.token)
 
 
 @dataclass(slots=True)
@@ -238,7 +240,8 @@ def run_load(opts: RunOptions, *, baseline_hyps: Mapping[str, str] | None = None
         "started_at": started_at,
         "wall_s": round(wall_s, 3),
         "config": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "token"},
+            "authenticated": opts.token is not None,
             "processes_used": num_processes,
             "mode": "single" if single_pass else ("duration" if opts.duration_s else "one_pass"),
             "files": len(utts),

@@ -70,6 +70,7 @@ def test_defaults() -> None:
         host="127.0.0.1",
         ws_port=8080,
         metrics_port=9464,
+        metrics_host="",
         grpc_port=50051,
         grpc_max_message_bytes=4194304,
         sip_port=5060,
@@ -121,6 +122,17 @@ def test_defaults() -> None:
         max_grammar_bytes=262144,
         max_grammar_phrases=2000,
         rtp_max_packets_per_s=200,
+        auth_tokens="",
+        auth_tokens_file=None,
+        auth_jwt_key=None,
+        auth_jwt_algorithms="",
+        auth_jwt_audience="",
+        auth_jwt_issuer="",
+        auth_jwt_leeway_s=0.0,
+        auth_query_token=True,
+        sip_digest_users_file=None,
+        sip_digest_realm="xlgate",
+        mrcp_allowed_networks="",
     )
 
 
@@ -203,10 +215,30 @@ PRECEDENCE_VALUES: dict[str, tuple[object, object, object]] = {
     "max_grammar_bytes": (2048, 4096, 8192),
     "max_grammar_phrases": (10, 20, 30),
     "rtp_max_packets_per_s": (60, 70, 80),
+    "metrics_host": ("0.0.0.0", "10.0.0.5", "::1"),
+    "auth_tokens": ("file-token-0123456789", "env-token-0123456789", "flag-token-0123456789"),
+    "auth_tokens_file": ("a.txt", "b.txt", "c.txt"),
+    "auth_jwt_key": ("a.pem", "b.pem", "c.pem"),
+    "auth_jwt_algorithms": ("HS256", "RS256,PS256", "ES256"),
+    "auth_jwt_audience": ("aud-a", "aud-b", "aud-c"),
+    "auth_jwt_issuer": ("iss-a", "iss-b", "iss-c"),
+    "auth_jwt_leeway_ms": (1000, 2000, 3000),
+    "auth_query_token": (False, True, False),
+    "sip_digest_users_file": ("a.txt", "b.txt", "c.txt"),
+    "sip_digest_realm": ("realm-a", "realm b", "realm.c"),
+    "mrcp_allowed_networks": ("10.0.0.0/8", "10.0.0.0/8, 192.0.2.7", "::1/128"),
 }
 
-# Options that cannot be set alone: the partner goes into the file at every level.
-COMPANIONS = {"tls_cert": ("tls_key", "key.pem"), "tls_key": ("tls_cert", "cert.pem")}
+# Options that cannot be set alone: their partners go into the file at every level; without the option
+# itself (the default level), the partners alone are the error named.
+_JWT = (("auth_jwt_key", "key.pem"), ("auth_jwt_algorithms", "HS256"))
+COMPANIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "tls_cert": (("tls_key", "key.pem"),), "tls_key": (("tls_cert", "cert.pem"),),
+    "auth_jwt_key": (("auth_jwt_algorithms", "HS256"),), "auth_jwt_algorithms": (("auth_jwt_key", "key.pem"),),
+    "auth_jwt_audience": _JWT, "auth_jwt_issuer": _JWT,
+}
+ALONE_ERROR = {"tls_cert": "TLS needs both", "tls_key": "TLS needs both",
+               "auth_jwt_key": "JWT verification needs a key", "auth_jwt_algorithms": "JWT verification needs a key"}
 
 
 def test_precedence_table_covers_every_cli_option() -> None:
@@ -250,9 +282,8 @@ def test_precedence_per_option(spec: OptionSpec, level: str, tmp_path: Path) -> 
     depth = levels.index(level)
 
     lines = ["[serve]"]
-    if spec.name in COMPANIONS:
-        partner, filename = COMPANIONS[spec.name]
-        lines.append(f"{partner} = {toml_literal(filename)}")
+    for partner, partner_value in COMPANIONS.get(spec.name, ()):
+        lines.append(f"{partner} = {toml_literal(partner_value)}")
     if depth >= 1:  # relative on purpose: file paths resolve against the file's directory
         lines.append(f"{spec.file_key} = {toml_literal(file_value)}")
     argv = ["--config", str(write_config(tmp_path, "\n".join(lines) + "\n"))]
@@ -265,8 +296,8 @@ def test_precedence_per_option(spec: OptionSpec, level: str, tmp_path: Path) -> 
         else:
             argv += [spec.flag, _boundary_text(spec, flag_value, tmp_path)]
 
-    if spec.name in COMPANIONS and depth == 0:
-        with pytest.raises(ConfigError, match="TLS needs both"):
+    if spec.name in ALONE_ERROR and depth == 0:
+        with pytest.raises(ConfigError, match=ALONE_ERROR[spec.name]):
             resolve(argv, environ)
         return
     settings = resolve(argv, environ)
@@ -280,7 +311,8 @@ def test_precedence_per_option(spec: OptionSpec, level: str, tmp_path: Path) -> 
     assert actual == expected
     # Nothing else moved.
     for other in OPTION_SPECS:
-        if other.name not in (spec.name, "hotwords") and other.name not in COMPANIONS.get(spec.name, ()):
+        partners = {partner for partner, _ in COMPANIONS.get(spec.name, ())}
+        if other.name not in (spec.name, "hotwords") and other.name not in partners:
             assert getattr(settings, other.field_name) == getattr(resolve(), other.field_name), other.name
 
 

@@ -68,7 +68,9 @@ VALUE_SETS = {
     "default": (),
     "gpu": ("-f", str(CHART / "values-gpu.yaml")),
     "every-protocol-autoscaled": ("--set", "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,"
-                                  "autoscaling.enabled=true,tls.secretName=xlgate-tls"),
+                                  "autoscaling.enabled=true,tls.secretName=xlgate-tls,auth.secretName=xlgate-auth,"
+                                  "auth.tokensKey=tokens,auth.jwtKeyKey=jwt.pem,auth.sipUsersKey=sip-users,"
+                                  "config.auth_jwt_algorithms=RS256"),
     "gpu-every-protocol": ("-f", str(CHART / "values-gpu.yaml"), "--set",
                            "grpc.enabled=true,sip.enabled=true,mrcp.enabled=true,autoscaling.enabled=true"),
 }
@@ -251,3 +253,28 @@ def test_sip_and_mrcp_are_enabled_together(args: tuple[str, str]) -> None:
 def test_mrcp_network_settings_belong_to_the_chart(key: str) -> None:
     done = helm("template", "rel", str(CHART), "--set", f"config.{key}=1")
     assert done.returncode != 0 and "set by the chart" in done.stderr
+def test_auth_secret_is_mounted_and_configured() -> None:
+    docs = render("--set", "auth.secretName=xlgate-auth,auth.tokensKey=tokens,auth.jwtKeyKey=jwt.pem,"
+                  "config.auth_jwt_algorithms=RS256,config.auth_jwt_audience=xlgate")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["XLGATE_AUTH_TOKENS_FILE"] == "/etc/xlgate/auth/tokens"
+    assert env["XLGATE_AUTH_JWT_KEY"] == "/etc/xlgate/auth/jwt.pem"
+    assert (env["XLGATE_AUTH_JWT_ALGORITHMS"], env["XLGATE_AUTH_JWT_AUDIENCE"]) == ("RS256", "xlgate")
+    assert "XLGATE_SIP_DIGEST_USERS_FILE" not in env
+    assert {"name": "auth", "secret": {"secretName": "xlgate-auth", "defaultMode": 0o400}} in pod["volumes"]
+    assert {"name": "auth", "mountPath": "/etc/xlgate/auth", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert not any(k.startswith("XLGATE_AUTH") for k in env_of(the_container(render())))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ("config.auth_tokens=abcdefghijklmnopqrstuvwxyz", "is a secret or a secret's path"),
+    ("config.auth_jwt_key=/x.pem", "is a secret or a secret's path"),
+    ("auth.secretName=xlgate-auth", "needs auth.tokensKey"),
+    ("auth.tokensKey=tokens", "set it"),
+    ("auth.secretName=xlgate-auth,auth.jwtKeyKey=jwt.pem", "needs config.auth_jwt_algorithms"),
+])
+def test_auth_values_that_cannot_work_are_refused(values: str, message: str) -> None:
+    done = helm("template", "rel", str(CHART), "--set", values)
+    assert done.returncode != 0 and message in done.stderr, done.stderr

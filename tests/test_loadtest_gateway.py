@@ -4,8 +4,10 @@ measured and the server's step histograms are read back into the report."""
 from __future__ import annotations
 
 import asyncio
+import json
 import wave
 from pathlib import Path
+from typing import Any
 
 from loadtest.probes import ServerStepProbe
 from loadtest.runner import RunOptions, run_load
@@ -77,3 +79,35 @@ def test_run_drives_grpc_streams(chatty_checkpoint: str, tmp_path: Path) -> None
     assert report["counts"]["partials"] > 0 and report["counts"]["finals"] >= 3  # type: ignore[index]
     assert report["counts"].get("overruns", 0) == 0  # type: ignore[attr-defined]
     assert 'xlgate_streams_ended_total{outcome="completed",protocol="grpc"} 3.0' in metrics
+
+
+def test_run_against_a_protected_gateway_sends_the_token(chatty_checkpoint: str, tmp_path: Path) -> None:
+    """With --token-file the load generator authenticates on WebSocket and gRPC; without it every session is
+    refused (HTTP 401 / UNAUTHENTICATED, counted as errors), and the token never reaches the report."""
+    from loadtest.__main__ import _token
+    from tests.wsharness import free_port
+
+    token = "loadtest-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token + "\n")
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    _write_wav(audio / "utt0.wav", noise_pcm(1.0).tobytes())
+    settings = settings_for(chatty_checkpoint, "--grpc-port", str(free_port()), "--auth-tokens", token)
+
+    async def main() -> list[dict[str, Any]]:
+        reports = []
+        async with running_server(settings) as srv:
+            for url in (srv.ws_url, f"grpc://127.0.0.1:{settings.grpc_port}"):
+                for secret in (_token(tmp_path / "token"), None):
+                    opts = RunOptions(url=url, audio_dir=audio, streams=1, processes=1, token=secret)
+                    reports.append((await asyncio.to_thread(run_load, opts)).report)
+        return reports
+
+    ws_ok, ws_refused, grpc_ok, grpc_refused = asyncio.run(main())
+    for ok in (ws_ok, grpc_ok):
+        assert ok["errors"]["total"] == 0 and ok["counts"]["sessions_completed"] == 1, ok["errors"]
+        assert ok["config"]["authenticated"] is True and "token" not in ok["config"]
+        assert token not in json.dumps(ok)
+    assert ws_refused["errors"]["by_code"] == {"client.http_401": 1}, ws_refused["errors"]
+    assert grpc_refused["errors"]["by_code"] == {"client.grpc_unauthenticated": 1}, grpc_refused["errors"]
+    assert grpc_refused["config"]["authenticated"] is False

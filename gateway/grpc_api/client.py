@@ -40,8 +40,11 @@ def _display(response: pb.StreamingRecognizeResponse) -> dict[str, Any] | None:
 
 
 async def stream_grpc(target: str, frames: AsyncIterator[tuple[bytes, int, int]], *, interim: bool,
-                      hotwords: list[dict[str, Any]], as_json: bool) -> int:
-    """Stream ``frames`` (PCM16 payload, rate, channels) to ``target``; print results. Returns the exit code."""
+                      hotwords: list[dict[str, Any]], as_json: bool, token: str | None = None) -> int:
+    """Stream ``frames`` (PCM16 payload, rate, channels) to ``target``; print results. Returns the exit code.
+
+    ``token`` goes as ``authorization: Bearer <token>`` metadata (for a gateway with authentication on).
+    """
     from gateway.client import _show
 
     tty = sys.stdout.isatty() and not as_json
@@ -55,6 +58,12 @@ async def stream_grpc(target: str, frames: AsyncIterator[tuple[bytes, int, int]]
     async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
         yield pb.StreamingRecognizeRequest(
             streaming_config=pb.StreamingRecognitionConfig(config=config, interim_results=interim))
+        # Audio only once the gateway has taken the call (it sends its initial metadata at once): a call it
+        # refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its status, not with a write racing
+        # that status, which grpcio's aio client reports as INTERNAL (grpc/grpc#36066).
+        await call.initial_metadata()
+        if call.done():
+            return
         yield pb.StreamingRecognizeRequest(audio_content=first[0])
         async for data, _, _ in frames:
             yield pb.StreamingRecognizeRequest(audio_content=data)
@@ -62,7 +71,8 @@ async def stream_grpc(target: str, frames: AsyncIterator[tuple[bytes, int, int]]
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = asr_pb2_grpc.RecognizerStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.StreamingRecognize(requests())
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        call = stub.StreamingRecognize(requests(), metadata=metadata)
         try:
             async for response in call:
                 if as_json:

@@ -15,7 +15,9 @@ How a call ends, and its status:
 - the engine is full: RESOURCE_EXHAUSTED; draining: UNAVAILABLE (outcome ``rejected``);
 - no message for the idle timeout: the finals are sent, then DEADLINE_EXCEEDED (outcome ``idle_timeout``);
 - the server shuts down: the finals are sent, then UNAVAILABLE (outcome ``drained``);
-- a failure of ours: logged with its traceback, INTERNAL with a generic message (outcome ``error``).
+- a failure of ours: logged with its traceback, INTERNAL with a generic message (outcome ``error``);
+- with authentication on, a call without valid credentials: UNAUTHENTICATED from
+  :mod:`gateway.grpc_api.auth`'s interceptor, before this servicer runs (no outcome: no stream existed).
 
 Statuses are set with ``context.set_code`` and the handler returns, rather than ``context.abort``
 raising out of a TaskGroup (where it would come out as an ExceptionGroup).
@@ -34,9 +36,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.auth import TokenAuthenticator
 from gateway.engine import Engine, Stream, StreamClosedError
 from gateway.grpc_api import asr_pb2 as pb
 from gateway.grpc_api import asr_pb2_grpc
+from gateway.grpc_api.auth import AuthInterceptor
 from gateway.grpc_api.convert import (
     AudioFormat,
     InvalidRequestError,
@@ -79,6 +83,8 @@ class GrpcSettings:
     max_sessions_per_address: int = 0  # calls one client address may hold at once; 0 = no bound
     # The server's values for what a request leaves out; its hotwords are merged with each request's own.
     defaults: StreamSettings = field(default_factory=StreamSettings)
+    # None: no authentication (the default); else every call but health checks needs a valid token.
+    authenticator: TokenAuthenticator | None = None
 
 
 class _CallFailed(Exception):
@@ -463,7 +469,9 @@ class GrpcServer:
         Raises:
             OSError: the address could not be bound.
         """
-        server = grpc.aio.server(options=self._options())
+        interceptors = ([AuthInterceptor(self.settings.authenticator, self.servicer.engine.metrics)]
+                        if self.settings.authenticator is not None else [])
+        server = grpc.aio.server(options=self._options(), interceptors=interceptors)
         asr_pb2_grpc.add_RecognizerServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

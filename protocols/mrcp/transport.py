@@ -9,6 +9,8 @@ session owner can end the SIP dialog. No task is created per connection: asyncio
 With a server ``ssl.SSLContext``, :meth:`MrcpServer.start_tls` opens a second listener for
 ``TCP/TLS/MRCPv2`` (RFC 6787 §4.2, §11); its connections serve the same channels. A message refused for
 going over a limit is reported to ``on_limit`` with the limit's name.
+With an allow-list, a connection from an address outside it is closed at once, before a byte is read, and
+reported to ``on_forbidden``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from protocols.allowlist import NetworkAllowList
 from protocols.mrcp.codec import DEFAULT_MAX_HEADERS
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import ChannelNotFound
@@ -52,6 +55,8 @@ class MrcpServer:
         max_message_bytes: int = 1 << 20,
         max_headers: int = DEFAULT_MAX_HEADERS,
         on_limit: Callable[[str], None] | None = None,
+        allowed_networks: NetworkAllowList | None = None,
+        on_forbidden: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
         """Args:
         on_actions: called with (channel id, engine actions) whenever a channel produced some.
@@ -59,6 +64,8 @@ class MrcpServer:
         max_message_bytes: per-message limit of every connection.
         max_headers: per-message header-line limit of every connection.
         on_limit: called with the limit's name when a message is refused for going over one.
+        allowed_networks: the peers that may connect; None allows every address.
+        on_forbidden: called with the peer (host, port) of each connection the allow-list refused.
         """
         self._bindings: dict[str, _Binding] = {}
         self._connections: set[_MrcpProtocol] = set()
@@ -69,6 +76,8 @@ class MrcpServer:
         self._on_limit = on_limit
         self.max_message_bytes = max_message_bytes
         self.max_headers = max_headers
+        self.allowed_networks = allowed_networks
+        self._on_forbidden = on_forbidden
 
     @property
     def port(self) -> int:
@@ -220,6 +229,16 @@ class _MrcpProtocol(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
         self.tls = transport.get_extra_info("ssl_object") is not None
+        allowed = self.server.allowed_networks
+        if allowed is not None:
+            peer = transport.get_extra_info("peername")
+            host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+            if not allowed.allows(host):
+                _log.debug("MRCP connection from %s refused: address not allowed", host)
+                self.transport.abort()
+                if self.server._on_forbidden is not None:
+                    self.server._on_forbidden((host, port))
+                return
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:

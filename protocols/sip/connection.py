@@ -34,6 +34,16 @@ the core answers what it can on its own and reports the rest as events (``next_e
   refusal is reported as :class:`LimitExceeded` so the owner can count it.
 * SIP over TLS (RFC 3261 §26.2): a TLS flow is a reliable stream like TCP; the Contact of a dialog that came
   over TLS names ``tls_port`` with ``;transport=tls``, and our requests in it carry ``SIP/2.0/TLS`` Vias.
+* Source allow-list (``allowed_networks``): a request from an address outside it is answered
+  403 Forbidden statelessly (no transaction or dialog), before anything else is looked at; an ACK, a
+  response or unparseable bytes from outside get nothing. The 403 goes to the packet's source (never to a
+  Via's address) and only echoes the request's own Via, From, To, Call-ID and CSeq: about the size of the
+  request, so no amplification. Refused requests are reported as :class:`RequestRefused`.
+* Digest authentication (``digest``, :mod:`protocols.sip.digest`): an initial INVITE without valid
+  credentials is answered 401 with a SHA-256 and an MD5 challenge (a stale nonce: ``stale=true``),
+  before any other check, and reported as :class:`RequestRefused`; the client's retry with
+  ``Authorization`` goes on as usual. Requests inside a dialog, CANCEL, ACK and OPTIONS are not
+  challenged (RFC 3261 §22.1: CANCEL and ACK cannot be; in-dialog requests name the dialog's tags).
 
 All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest deadline and
 ``handle_timer(now)`` fires what is due. Output is ``data_to_send()``: :class:`Outgoing` values.
@@ -48,6 +58,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from protocols.allowlist import NetworkAllowList
+from protocols.sip import digest
 from protocols.sip.codec import (
     DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -66,6 +78,7 @@ from protocols.sip.events import (
     LimitExceeded,
     Outgoing,
     ReinviteReceived,
+    RequestRefused,
     SessionConfirmed,
     SessionTerminated,
     SipEvent,
@@ -97,6 +110,8 @@ class SipServerConfig:
         tls_port: our SIP-over-TLS port (Contact and Via of dialogs that came over TLS); 0 = none.
         max_message_bytes: the largest message accepted (513 beyond).
         max_headers: the most header lines a message may have (400 beyond).
+        allowed_networks: the peers allowed to send requests; None allows every address.
+        digest: digest authentication of initial INVITEs; None: none.
     """
 
     advertise_host: str
@@ -110,6 +125,12 @@ class SipServerConfig:
     tls_port: int = 0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_headers: int = DEFAULT_MAX_HEADERS
+    allowed_networks: NetworkAllowList | None = None
+    digest: digest.DigestPolicy | None = None
+
+    def allows(self, host: str) -> bool:
+        """Whether a peer at ``host`` may talk to this server."""
+        return self.allowed_networks is None or self.allowed_networks.allows(host)
 
 
 class _DialogState(enum.Enum):
@@ -236,6 +257,8 @@ class SipServerCore:
                 max_headers=self.config.max_headers,
             )
         except SipError as exc:
+            if not self.config.allows(flow.remote[0]):
+                return  # garbage from outside the allow-list gets no answer
             if exc.limit is not None:
                 self._events.append(LimitExceeded(exc.limit, flow))
             self._answer_garbage(data[: self.config.max_message_bytes], flow, exc)
@@ -252,6 +275,9 @@ class SipServerCore:
 
     def receive_message(self, message: SipMessage, flow: Flow, now: float) -> None:
         """One parsed message from ``flow``."""
+        if not self.config.allows(flow.remote[0]):
+            self._forbid(message, flow)
+            return
         if isinstance(message, SipResponse):
             self._receive_response(message, now)
             return
@@ -433,6 +459,8 @@ class SipServerCore:
         to_tag = name_addr_tag(request.header("To"))
         if to_tag:
             self._receive_reinvite(request, flow, branch, now)
+            return
+        if self.config.digest is not None and not self._authenticated(request, flow, branch, now):
             return
         unsupported = [tag for tag in request.values("Require") if tag.lower() != "timer"]
         if unsupported:
@@ -749,12 +777,47 @@ class SipServerCore:
                 data, destination, now + hold
             )
 
+    def _authenticated(self, request: SipRequest, flow: Flow, branch: str, now: float) -> bool:
+        """Whether an initial INVITE carries valid digest credentials; if not, it is answered 401."""
+        policy = self.config.digest
+        assert policy is not None
+        stale = False
+        # Not ``values()``: a Digest header's parameters are comma-separated within one value.
+        credentials = [value for key, value in request.headers if key.lower() == "authorization"]
+        if not credentials:
+            reason = "missing"
+        else:
+            try:
+                if len(credentials) > 1:
+                    raise digest.DigestFailure("malformed", "more than one Authorization header")
+                parsed = digest.parse_credentials(credentials[0])
+                digest.verify(policy, parsed, method="INVITE", request_uri=request.uri, now=now)
+                return True
+            except digest.DigestFailure as exc:
+                reason = exc.reason
+                stale = reason == "expired"
+        self._events.append(RequestRefused(flow, "INVITE", reason))
+        extra = tuple(("WWW-Authenticate", value) for value in digest.challenges(policy, now, stale=stale))
+        self._answer(
+            request, flow, branch, 401, "Unauthorized", extra=extra, add_tag=True, now=now, invite=True
+        )
+        return False
+
     def _reply_stateless(self, request: SipRequest, flow: Flow, status: int, reason: str) -> None:
         try:
             data = self._response(request, flow, status, reason, self._new_tag(), ())
         except SipError:
             return  # not even a Via to answer to
         self._out.append(Outgoing(flow, data))
+
+    def _forbid(self, message: SipMessage, flow: Flow) -> None:
+        """A message from outside the allow-list: 403 to a request (RFC 3261 §21.4.4), nothing else."""
+        if not isinstance(message, SipRequest):
+            return
+        method = message.method.upper()
+        self._events.append(RequestRefused(flow, method, "address"))
+        if method != "ACK":
+            self._reply_stateless(message, flow, 403, "Forbidden")
 
     def _answer_garbage(self, data: bytes, flow: Flow, error: SipError) -> None:
         """The error's answer to a message that names enough to be answered (Via etc.); else silence."""

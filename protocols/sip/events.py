@@ -17,6 +17,7 @@ __all__ = [
     "LimitExceeded",
     "Outgoing",
     "ReinviteReceived",
+    "RequestRefused",
     "SessionConfirmed",
     "SessionTerminated",
     "SipEvent",
@@ -109,4 +110,21 @@ class LimitExceeded:
     flow: Flow
 
 
-SipEvent = LimitExceeded | InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
+@dataclass(frozen=True, slots=True)
+class RequestRefused:
+    """A request was refused before it reached a dialog; the core kept no state for it. Reported so that
+    the owner can count it.
+
+    ``reason``: ``address`` (outside the allow-list: 403, or nothing for an ACK), or, for an INVITE under
+    digest authentication (401 with a challenge), ``missing`` (no credentials: the normal first leg of
+    every authenticated call), ``malformed``, ``invalid`` or ``expired`` (a stale nonce).
+    """
+
+    flow: Flow
+    method: str
+    reason: str
+
+
+SipEvent = (
+    LimitExceeded | RequestRefused | InviteReceived | ReinviteReceived | SessionConfirmed | SessionTerminated
+)

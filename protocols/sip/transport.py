@@ -6,6 +6,9 @@ core's. Session decisions are delegated to a :class:`SessionHandler`: ``on_invit
 answer or raises (an ``SdpError`` answers with its SIP status, an ``OverloadedError`` with 503 and
 Retry-After, a ``SipError`` with its status; anything else is logged and answered 500 without
 internals). Handler calls run as tasks the server owns; ``aclose`` cancels and awaits every one of them.
+Source allow-list (the core's ``allowed_networks``): a UDP request from outside it is answered 403 by the
+core; a TCP or TLS connection from outside is closed at once, before it is read (as MRCP's are). Both, and INVITEs
+refused by digest authentication, are reported to ``on_refused`` with the core's reason.
 ``on_terminated`` of a dialog never runs before its ``on_invite`` has returned (a CANCEL or BYE that
 arrives while the owner is still allocating waits for it), so the owner releases each session once.
 A message over the core's limits is answered by the core (513 / 400) and reported to ``on_limit``; on a
@@ -32,6 +35,7 @@ from protocols.sip.events import (
     InviteReceived,
     LimitExceeded,
     ReinviteReceived,
+    RequestRefused,
     SessionConfirmed,
     SessionTerminated,
     SipTransport,
@@ -72,6 +76,7 @@ class SipServer:
         handler: SessionHandler,
         *,
         max_tasks: int = 1024,
+        on_refused: Callable[[Flow, str], None] | None = None,
         on_limit: Callable[[LimitExceeded], None] | None = None,
     ) -> None:
         """Args:
@@ -80,6 +85,7 @@ class SipServer:
         handler: session owner.
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
         on_limit: told of every message refused for going over a limit (the owner counts them).
+        on_refused: called with the flow and reason of each request or TCP connection refused.
         """
         self.config = config
         self.handler = handler
@@ -94,6 +100,7 @@ class SipServer:
         self._max_tasks = max_tasks
         self._on_limit = on_limit
         self._tls_server: asyncio.Server | None = None
+        self._on_refused = on_refused
 
     @property
     def port(self) -> int:
@@ -207,6 +214,14 @@ class SipServer:
             if isinstance(event, LimitExceeded):
                 if self._on_limit is not None:
                     self._on_limit(event)
+            elif isinstance(event, RequestRefused):
+                # A flood from outside must not flood the log: the owner counts every refusal anyway.
+                level = logging.DEBUG if event.reason in ("address", "missing") else logging.INFO
+                _log.log(
+                    level, "SIP %s from %s refused: %s", event.method[:16], event.flow.remote[0], event.reason
+                )
+                if self._on_refused is not None:
+                    self._on_refused(event.flow, event.reason)
             else:
                 self._spawn(event)
         if self._timer is not None:
@@ -322,6 +337,14 @@ class _SipStream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
+        if not self.server.config.allows(self.remote[0]):
+            _log.debug(
+                "SIP %s connection from %s refused: address not allowed", self.kind.value, self.remote[0]
+            )
+            self.transport.abort()
+            if self.server._on_refused is not None:
+                self.server._on_refused(Flow(self.kind, self.remote, self.connection_id), "address")
+            return
         self.server._tcp[self.connection_id] = self
 
     def data_received(self, data: bytes) -> None:
