@@ -415,10 +415,11 @@ class ServeSettings:
         "elsewhere; 'triton' or 'reference' force one ('triton' on CPU needs TRITON_INTERPRET=1: tests only).",
         _MODEL, choices=_values(RelAttention), closed_set=RelAttention))
     final_pass: FinalPass = field(metadata=_option(
-        Kind.STR, FinalPass.NONE.value,
-        "Text of finals: the streaming CTC decoder's ('none') or a second pass of Whisper tiny.en's decoder "
-        "over the utterance ('whisper': better words, aligned to the CTC posteriors for timings and "
-        "confidences; ~0.2-0.3 s of CPU per final on a worker thread, so finals come later).",
+        Kind.STR, FinalPass.WHISPER.value,
+        "Text of finals: a second pass of Whisper tiny.en's decoder over each utterance ('whisper', the "
+        "default: far better words on real voices, aligned to the CTC posteriors for timings and "
+        "confidences; ~0.1-0.3 s of CPU per final on a lower-priority worker, shed to the CTC text under "
+        "load, see final_pass_max_wait_ms) or the streaming CTC decoder's own ('none': no extra CPU).",
         _MODEL, choices=_values(FinalPass), closed_set=FinalPass))
     final_pass_max_wait_s: float = field(metadata=_option(
         Kind.DURATION_MS, 150,

@@ -54,6 +54,22 @@ __all__ = ["FinalJob", "FinalSource", "LateFinal", "SecondPassFinals"]
 
 # CPU priority of the second pass's threads (Linux niceness, 0 .. 19): below the model step's.
 SECOND_PASS_NICE = 10
+# Whisper's text must be backed by the CTC's: at least MIN_CTC_LETTERS CTC letters, and at most
+# max(CTC letters + LETTER_SLACK, MAX_LETTER_RATIO x CTC letters) Whisper letters. Over hold music the CTC
+# hears a letter or three and Whisper writes "thank you", "i'm so sorry" or "i'm gonna go back to the end of
+# the video"; over dev-set speech the Whisper text had at most ~2x the CTC's letters.
+MIN_CTC_LETTERS = 2
+LETTER_SLACK = 2
+MAX_LETTER_RATIO = 2.5
+
+
+def backed_by_ctc(whisper_text: str, ctc_text: str) -> bool:
+    """Whether a second-pass text is long as far as the CTC's text of the same utterance allows (letters
+    only: spaces and apostrophes do not count)."""
+    ctc_letters = sum(c.isalpha() for c in ctc_text)
+    whisper_letters = sum(c.isalpha() for c in whisper_text)
+    allowed = max(ctc_letters + LETTER_SLACK, MAX_LETTER_RATIO * ctc_letters)
+    return ctc_letters >= MIN_CTC_LETTERS and whisper_letters <= allowed
 
 
 class FinalSource(StrEnum):
@@ -64,6 +80,7 @@ class FinalSource(StrEnum):
     SHED_WAIT = "shed_wait"  # CTC text: it waited past max_wait_s for the worker
     TOO_LONG = "too_long"  # CTC text: the utterance outgrew Whisper's 30 s window
     NO_WORDS = "no_words"  # CTC text: the second pass found no words
+    UNBACKED = "unbacked"  # CTC text: Whisper's text is far longer than what the CTC heard (a hallucination)
     FAILED = "failed"  # CTC text: the second pass raised (logged)
 
 
@@ -192,13 +209,16 @@ class SecondPassFinals:
 
     def _transcribe(self, job: FinalJob, submitted_s: float) -> tuple[Hypothesis, FinalSource]:
         """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when it waited too
-        long or Whisper finds no words). The final keeps the CTC final's phrase scores (closed-set
-        grammars are scored on the CTC posteriors, whatever the text)."""
+        long, Whisper finds no words, or its text is not backed by the CTC's: :func:`backed_by_ctc`). The
+        final keeps the CTC final's phrase scores (closed-set grammars are scored on the CTC posteriors,
+        whatever the text)."""
         if time.monotonic() - submitted_s > self.max_wait_s:
             return job.ctc_final, FinalSource.SHED_WAIT
         text = self.second_pass.transcribe(job.mels, hotwords=job.hotwords).text
         if not text.strip():
             return job.ctc_final, FinalSource.NO_WORDS
+        if not backed_by_ctc(text, job.ctc_final.text):
+            return job.ctc_final, FinalSource.UNBACKED
         aligned = align_words(job.log_probs, text, tokenizer=self.tokenizer, reduction="min")
         words = tuple(Word(a.word, job.start_s + a.start_frame * self.frame_s,
                            job.start_s + a.end_frame * self.frame_s, self.calibration.word(a.confidence))

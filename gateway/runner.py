@@ -274,7 +274,7 @@ class ModelRunner:
             tokenizer = loaded.tokenizer
             if not isinstance(tokenizer, CharTokenizer):
                 raise ValueError(f"final_pass whisper aligns characters; the model's tokenizer is "
-                                 f"{type(tokenizer).__name__}")
+                                 f"{type(tokenizer).__name__} (serve it with final_pass none)")
             self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
                                            max_pending=final_pass_max_pending,
                                            max_wait_s=final_pass_max_wait_s, tokenizer=tokenizer)
@@ -289,7 +289,7 @@ class ModelRunner:
             raise ValueError(f"final_pass whisper needs windows Whisper's log-mels can be computed from: "
                              f"{whisper.sample_rate_hz} Hz, hop {whisper.hop_samples}, context "
                              f"{whisper.context_samples}; the model has {features.sample_rate_hz} Hz, hop "
-                             f"{features.hop_samples}, context {features.context_samples}")
+                             f"{features.hop_samples}, context {features.context_samples} (serve it with final_pass none)")
         return Fbank(whisper).to(self.device)
 
     @property

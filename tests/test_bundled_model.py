@@ -63,7 +63,10 @@ def test_bundled_model_transcribes_synthetic_speech(tmp_path: Path, voice: str) 
         path = tmp_path / f"p{i}.wav"
         sf.write(path, np.clip(audio, -1, 1), 8000, subtype="PCM_16")
         paths.append(str(path))
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "transcribe", "--format", "tsv", *paths],
+    # The checkpoint's own finals (CTC): this guards the acoustic model; the default second pass has its own
+    # tests (tests/test_final_pass.py) and is worse than the CTC on these espeak voices (docs/model.md).
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "transcribe", "--format", "tsv", "--final-pass",
+                           "none", *paths],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split("\t", 1) for line in proc.stdout.splitlines())

@@ -87,7 +87,7 @@ def test_defaults() -> None:
         event_loop="uvloop",
         quantize="none",
         rel_attention="auto",
-        final_pass="none",
+        final_pass="whisper",
         final_pass_max_wait_s=0.15,
         runner="process",
         model_step_timeout_s=1.0,

@@ -204,7 +204,7 @@ def test_a_close_that_waited_too_long_keeps_its_ctc_final(bundled: LoadedModel,
     assert [f.hypothesis.text for f in finals][:1] == [FIRST]
     assert len(finals) == 2 and slow.calls == 1  # the second close never reached Whisper
     assert final_pass_counts(engine) == {"second_pass": 1.0, "shed_wait": 1.0, "shed_pending": 0.0,
-                                         "too_long": 0.0, "no_words": 0.0, "failed": 0.0}
+                                         "too_long": 0.0, "no_words": 0.0, "failed": 0.0, "unbacked": 0.0}
     seqs = [e.seq for e in events if isinstance(e, ResultEvent)]
     assert seqs == sorted(seqs)
 
@@ -371,3 +371,43 @@ def test_transcribe_takes_finals_from_the_second_pass(bundled: LoadedModel, two_
     name, text = line.split("\t")
     assert name == str(path)
     assert jiwer.wer(f"{FIRST} {SECOND}", text) <= 0.1, text
+
+
+@pytest.mark.parametrize(("whisper", "ctc", "backed"), [
+    ("thank you", "hut", False),  # measured over hold music (asterisk-moh-opsound-wav)
+    ("i'm so sorry", "eeh", False),
+    ("i'm gonna go back to the end of the video", "a", False),
+    ("thank you", "i", False),
+    ("this is a little flight into", "is the he win to", True),  # measured over dev-set speech
+    ("what will you keep the powerful eye then", "wlet you you ce te mo fo i en", True),
+    ("yes", "ye", True),
+    ("bye", "anm", True),
+])
+def test_second_pass_text_must_be_backed_by_the_ctc(whisper: str, ctc: str, backed: bool) -> None:
+    from gateway.final_pass import backed_by_ctc
+
+    assert backed_by_ctc(whisper, ctc) is backed
+
+
+def test_hold_music_keeps_the_ctc_text_where_whisper_hallucinates(bundled: LoadedModel) -> None:
+    """Over music the CTC hears a letter here and there and Whisper writes fluent sentences ("i'm gonna go
+    back to the end of the video"): those finals keep the CTC text and are counted as unbacked."""
+    import soundfile as sf
+
+    music, rate_hz = sf.read("/usr/share/asterisk/moh/macroform-cold_day.wav", dtype="int16")
+    assert rate_hz == RATE_HZ
+    engine, _ = make_engine(bundled)
+
+    async def body() -> list[StreamEvent]:
+        (stream,) = engine.open_streams(1, StreamSettings(), protocol="local")
+        reader = asyncio.create_task(all_events(stream))
+        await feed(stream, music)  # 244 s
+        await stream.stop()
+        return await reader
+
+    finals = finals_of(asyncio.run(run_with(engine, body())))
+    counts = final_pass_counts(engine)
+    print("finals over music:", [f.hypothesis.text for f in finals], counts)
+    assert counts["unbacked"] >= 1
+    for final in finals:
+        assert len(final.hypothesis.text.replace(" ", "")) <= 20, final.hypothesis.text

@@ -60,8 +60,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def _transcribe(capsys: pytest.CaptureFixture[str], files: dict[str, str], *names: str,
                 extra: tuple[str, ...] = ()) -> tuple[int, list[str], str]:
+    # A random model: the CTC's finals (Whisper's second pass over its gibberish means nothing here).
     rc = main(["transcribe", *(files[n] for n in names), "--model", files["model"], "--max-parallel", "4",
-               *extra])
+               "--final-pass", "none", *extra])
     out, err = capsys.readouterr()
     return rc, out.splitlines(), err
 

@@ -29,9 +29,11 @@ def settings_for(model: str, *extra: str) -> ServeSettings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     # gRPC and MRCP off (--sip-port 0): these tests are about the WebSocket path and bind no fixed port.
+    # Finals from the CTC decoder: these tests are about the protocols (most use a random model); the
+    # default Whisper second pass is tested through the server in tests/test_final_pass.py.
     args = parser.parse_args(["--model", model, "--ws-port", "0", "--metrics-port", str(free_port()),
                               "--grpc-port", "0", "--sip-port", "0", "--event-loop", "asyncio", "--runner", "thread",
-                              *extra])
+                              "--final-pass", "none", *extra])
     return resolve_serve_settings(args, {})
 
 
