@@ -419,13 +419,13 @@ class ServeSettings:
         "Text of finals: a second pass of Whisper tiny.en's decoder over each utterance ('whisper', the "
         "default: far better words on real voices, aligned to the CTC posteriors for timings and "
         "confidences; ~0.1-0.3 s of CPU per final on a lower-priority worker, shed to the CTC text under "
-        "load, see final_pass_max_wait_ms) or the streaming CTC decoder's own ('none': no extra CPU).",
+        "load, see final_pass_budget_ms) or the streaming CTC decoder's own ('none': no extra CPU).",
         _MODEL, choices=_values(FinalPass), closed_set=FinalPass))
-    final_pass_max_wait_s: float = field(metadata=_option(
-        Kind.DURATION_MS, 150,
-        "With final_pass whisper: longest a closed utterance waits for the second pass's worker; one that "
-        "waited longer keeps its CTC final (overload sheds the second pass, never final latency; counted in "
-        "xlgate_final_pass_total).", _MODEL, min_value=0, max_value=10_000))
+    final_pass_budget_s: float = field(metadata=_option(
+        Kind.DURATION_MS, 300,
+        "With final_pass whisper: how long after an utterance closes its final may wait for the second pass "
+        "(queue and run); past it the final goes out with its CTC text, so overload sheds the second pass, "
+        "never final latency (counted in xlgate_final_pass_total).", _MODEL, min_value=0, max_value=10_000))
     runner: RunnerKind = field(metadata=_option(
         Kind.STR, RunnerKind.PROCESS.value,
         "Where the model runs: a child process (no GIL contention with the event loop) or a thread.",

@@ -15,8 +15,9 @@ before sending a partial: while a stream has a final not yet handed out, its par
 next utterance) are held back (dropped: a later partial carries the whole utterance so far).
 
 Bounds and fallbacks (overload sheds quality, never latency): at most ``max_pending`` second passes are
-queued or running, and a queued one that has waited more than ``max_wait_s`` when the worker reaches it is
-not run. Either way the utterance keeps its CTC final (in its place in the stream's FIFO), as does an
+queued or running, and each close has ``budget_s`` from its submission for its second pass: the worker does
+not start one that cannot finish within what is left (by the recent run times), and a final whose second
+pass is still running when its budget is spent goes out with its CTC text (the run's result is dropped). Either way the utterance keeps its CTC final (in its place in the stream's FIFO), as does an
 utterance longer than Whisper's 30 s window, an utterance whose second pass fails, and one whose second
 pass finds no words; each final says where its text came from (:class:`FinalSource`). Finals of a stream
 that was aborted are still handed out (the runner does not know streams, only slots); the engine drops them.
@@ -54,6 +55,8 @@ __all__ = ["FinalJob", "FinalSource", "LateFinal", "SecondPassFinals"]
 
 # CPU priority of the second pass's threads (Linux niceness, 0 .. 19): below the model step's.
 SECOND_PASS_NICE = 10
+INITIAL_RUN_S = 0.15  # a second pass's expected wall time before any was measured
+RUN_S_SMOOTHING = 0.2  # weight of the newest run in the moving average
 # Whisper's text must be backed by the CTC's: at least MIN_CTC_LETTERS CTC letters, and at most
 # max(CTC letters + LETTER_SLACK, MAX_LETTER_RATIO x CTC letters) Whisper letters. Over hold music the CTC
 # hears a letter or three and Whisper writes "thank you", "i'm so sorry" or "i'm gonna go back to the end of
@@ -77,7 +80,8 @@ class FinalSource(StrEnum):
 
     SECOND_PASS = "second_pass"  # Whisper's text, aligned to the CTC posteriors
     SHED_PENDING = "shed_pending"  # CTC text: max_pending second passes were already queued or running
-    SHED_WAIT = "shed_wait"  # CTC text: it waited past max_wait_s for the worker
+    SHED_WAIT = "shed_wait"  # CTC text: too little of its budget was left when the worker reached it
+    SHED_LATE = "shed_late"  # CTC text: its budget ran out while the second pass ran
     TOO_LONG = "too_long"  # CTC text: the utterance outgrew Whisper's 30 s window
     NO_WORDS = "no_words"  # CTC text: the second pass found no words
     UNBACKED = "unbacked"  # CTC text: Whisper's text is far longer than what the CTC heard (a hallucination)
@@ -119,6 +123,7 @@ class _Entry:
     job: FinalJob
     future: concurrent.futures.Future[tuple[Hypothesis, FinalSource]] | None  # None: the CTC final stands
     source: FinalSource  # why the CTC final stands, when future is None
+    submitted_s: float  # time.monotonic() at submission: the budget counts from here
 
 
 class SecondPassFinals:
@@ -128,7 +133,7 @@ class SecondPassFinals:
     """
 
     def __init__(self, *, frame_s: float, calibration: ConfidenceCalibration, max_pending: int,
-                 max_wait_s: float, tokenizer: CharTokenizer | None = None,
+                 budget_s: float, tokenizer: CharTokenizer | None = None,
                  second_pass: WhisperSecondPass | None = None, nice: int = SECOND_PASS_NICE) -> None:
         """Start the worker and load Whisper on it (unless ``second_pass`` is given).
 
@@ -136,7 +141,8 @@ class SecondPassFinals:
             frame_s: seconds per CTC frame.
             calibration: the runner's confidence map of CTC finals.
             max_pending: second passes queued or running at once; more closes keep their CTC finals.
-            max_wait_s: longest a close may wait for the worker; one that waited longer keeps its CTC final.
+            budget_s: how long after its close a final may wait for its second pass (queue and run); then it
+                keeps its CTC text.
             tokenizer: the CTC vocabulary (default :class:`CharTokenizer`).
             second_pass: the decoder (default: tiny.en int8 on one thread, loaded on the worker so that
                 ctranslate2's threads inherit its priority).
@@ -144,12 +150,14 @@ class SecondPassFinals:
         """
         if max_pending < 1:
             raise ValueError(f"max_pending: expected >= 1, got {max_pending}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s: expected >= 0, got {max_wait_s}")
+        if budget_s < 0:
+            raise ValueError(f"budget_s: expected >= 0, got {budget_s}")
         self.frame_s = frame_s
         self.calibration = calibration
         self.max_pending = max_pending
-        self.max_wait_s = max_wait_s
+        self.budget_s = budget_s
+        self.run_s = INITIAL_RUN_S  # moving average of a second pass's wall time (written by the worker)
+        self._abandoned: list[concurrent.futures.Future[tuple[Hypothesis, FinalSource]]] = []
         self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="xlgate-final", initializer=_lower_priority, initargs=(nice,))
@@ -168,8 +176,10 @@ class SecondPassFinals:
         """Queue a closed utterance; never blocks (over ``max_pending``, its CTC final stands)."""
         future = None
         source = FinalSource.TOO_LONG
+        now_s = time.monotonic()
+        self._reap_abandoned()
         if job.use_second_pass and self._running < self.max_pending:
-            future = self._executor.submit(self._transcribe, job, time.monotonic())
+            future = self._executor.submit(self._transcribe, job, now_s)
             self._running += 1
         elif job.use_second_pass:
             source = FinalSource.SHED_PENDING
@@ -177,7 +187,7 @@ class SecondPassFinals:
             if self.overflows % 100 == 1:
                 log.warning("second pass overloaded (%d pending): %d finals so far keep their CTC text",
                             self._running, self.overflows)
-        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future, source))
+        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future, source, now_s))
 
     def collect(self, wait_s: float = 0.0) -> list[LateFinal]:
         """The finals ready to go out, each stream's in order; waits up to ``wait_s`` for a first one when
@@ -186,17 +196,34 @@ class SecondPassFinals:
         if wait_s > 0 and heads and len(heads) == len(self._streams) and not any(f.done() for f in heads):
             concurrent.futures.wait(heads, timeout=wait_s, return_when=concurrent.futures.FIRST_COMPLETED)
         out: list[LateFinal] = []
+        now_s = time.monotonic()
         for stream_id in list(self._streams):
             queue = self._streams[stream_id]
-            while queue and (queue[0].future is None or queue[0].future.done()):
+            while queue and (queue[0].future is None or queue[0].future.done()
+                             or now_s - queue[0].submitted_s > self.budget_s):
                 out.append(self._late(queue.popleft()))
             if not queue:
                 del self._streams[stream_id]
+        self._reap_abandoned()
         return out
+
+    def _reap_abandoned(self) -> None:
+        """Forget abandoned second passes that have finished (they count as running until then)."""
+        done = [f for f in self._abandoned if f.done()]
+        if done:
+            self._abandoned = [f for f in self._abandoned if not f.done()]
+            self._running -= len(done)
 
     def _late(self, entry: _Entry) -> LateFinal:
         job, final, source = entry.job, entry.job.ctc_final, entry.source
-        if entry.future is not None:
+        if entry.future is not None and not entry.future.done():
+            # its budget is spent: the CTC final goes out now, the run's result will be dropped
+            if not entry.future.cancel():
+                self._abandoned.append(entry.future)
+            else:
+                self._running -= 1
+            source = FinalSource.SHED_LATE
+        elif entry.future is not None:
             self._running -= 1
             try:
                 final, source = entry.future.result()
@@ -208,13 +235,15 @@ class SecondPassFinals:
                          source=source)
 
     def _transcribe(self, job: FinalJob, submitted_s: float) -> tuple[Hypothesis, FinalSource]:
-        """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when it waited too
-        long, Whisper finds no words, or its text is not backed by the CTC's: :func:`backed_by_ctc`). The
+        """The worker's part: Whisper's text, aligned to the CTC log-probs (the CTC final when too little of
+        its budget is left to run, Whisper finds no words, or its text is not backed by the CTC's: :func:`backed_by_ctc`). The
         final keeps the CTC final's phrase scores (closed-set grammars are scored on the CTC posteriors,
         whatever the text)."""
-        if time.monotonic() - submitted_s > self.max_wait_s:
+        started_s = time.monotonic()
+        if started_s - submitted_s + self.run_s > self.budget_s:
             return job.ctc_final, FinalSource.SHED_WAIT
         text = self.second_pass.transcribe(job.mels, hotwords=job.hotwords).text
+        self.run_s += RUN_S_SMOOTHING * (time.monotonic() - started_s - self.run_s)
         if not text.strip():
             return job.ctc_final, FinalSource.NO_WORDS
         if not backed_by_ctc(text, job.ctc_final.text):

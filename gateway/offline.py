@@ -283,7 +283,7 @@ async def run_transcription(loaded: LoadedModel, paths: Sequence[str], *, settin
 
     runner = ThreadRunner(ModelRunner(loaded, max_streams=max_parallel, device=device, num_threads=num_threads,
                                       quantize=quantize, lm=lm, final_pass=final_pass,
-                                      final_pass_max_wait_s=math.inf,
+                                      final_pass_budget_s=math.inf,
                                       final_pass_max_pending=OFFLINE_MAX_PENDING_SECOND_PASSES))
     engine = Engine(runner, metrics=Metrics(), max_streams=max_parallel, max_batch_size=max_parallel,
                     max_wait_s=OFFLINE_MAX_WAIT_S, max_pending_chunks=OFFLINE_MAX_PENDING_CHUNKS)

@@ -124,7 +124,7 @@ MAX_SCORED_PHRASES = 256  # closed-set phrases scored per final (CTC forward, a 
 MAX_LEADING_CHUNKS = 16  # steps of an utterance kept while no speech has been heard
 MAX_SECOND_PASS_MEL_FRAMES = 3000  # Whisper's 30 s window at 10 ms
 # Second passes queued or running at once; a close beyond them keeps its CTC final (overload sheds quality,
-# not latency; the wait bound, final_pass_max_wait, sheds the rest)
+# not latency; the time budget, final_pass_budget, sheds the rest)
 MAX_PENDING_SECOND_PASSES = 8
 
 
@@ -239,7 +239,7 @@ class ModelRunner:
                  quantize: Quantization | str = Quantization.NONE, lm: LanguageModel | None = None,
                  decoder_factory: DecoderFactory | None = None,
                  rel_attention: RelAttention | str = RelAttention.AUTO,
-                 final_pass: FinalPass | str = FinalPass.NONE, final_pass_max_wait_s: float = 0.15,
+                 final_pass: FinalPass | str = FinalPass.NONE, final_pass_budget_s: float = 0.3,
                  final_pass_max_pending: int = MAX_PENDING_SECOND_PASSES) -> None:
         self.loaded = loaded
         self.config = loaded.model.config
@@ -277,7 +277,7 @@ class ModelRunner:
                                  f"{type(tokenizer).__name__} (serve it with final_pass none)")
             self.finals = SecondPassFinals(frame_s=self.frame_s, calibration=self.calibration,
                                            max_pending=final_pass_max_pending,
-                                           max_wait_s=final_pass_max_wait_s, tokenizer=tokenizer)
+                                           budget_s=final_pass_budget_s, tokenizer=tokenizer)
 
     def _whisper_frontend(self, features: FbankConfig) -> Fbank | None:
         """The Fbank that turns a step's windows into Whisper log-mels (None: the model's features are)."""
@@ -642,7 +642,7 @@ class RunnerSpec:
     lm: str = "bundled"
     rel_attention: RelAttention = RelAttention.AUTO
     final_pass: FinalPass = FinalPass.NONE
-    final_pass_max_wait_s: float = 0.15
+    final_pass_budget_s: float = 0.3
     warmup_batch_size: int = 0  # warm up batch sizes 1 .. this before saying ready (0: no warm-up)
     warmup_timeout_s: float = 0.0
 
@@ -665,7 +665,7 @@ def _child_main(conn: Connection, spec: RunnerSpec) -> None:
         runner = ModelRunner(load_model(spec.model, spec.device, warn=False), max_streams=spec.max_streams,
                              device=spec.device, num_threads=spec.num_threads, quantize=spec.quantize,
                              lm=LanguageModel.load(spec.lm), rel_attention=spec.rel_attention,
-                             final_pass=spec.final_pass, final_pass_max_wait_s=spec.final_pass_max_wait_s)
+                             final_pass=spec.final_pass, final_pass_budget_s=spec.final_pass_budget_s)
         if spec.warmup_batch_size:
             runner.warm_up(spec.warmup_batch_size, timeout_s=spec.warmup_timeout_s)
             freeze_heap()

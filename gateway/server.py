@@ -313,7 +313,7 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                                           quantize=settings.quantize, lm=settings.lm,
                                           rel_attention=settings.rel_attention,
                                           final_pass=settings.final_pass,
-                                          final_pass_max_wait_s=settings.final_pass_max_wait_s,
+                                          final_pass_budget_s=settings.final_pass_budget_s,
                                           warmup_batch_size=warmup_batch_size,
                                           warmup_timeout_s=settings.warmup_timeout_s))
         await runner.start()
@@ -325,7 +325,7 @@ async def start_runner(settings: ServeSettings, threads: int) -> AsyncRunner:
                            max_streams=settings.max_streams, device=settings.device, num_threads=threads,
                            quantize=settings.quantize, lm=LanguageModel.load(settings.lm),
                            rel_attention=settings.rel_attention, final_pass=settings.final_pass,
-                           final_pass_max_wait_s=settings.final_pass_max_wait_s)
+                           final_pass_budget_s=settings.final_pass_budget_s)
 
     thread_runner = ThreadRunner(build(), rebuild=build)
     if warmup_batch_size:
