@@ -241,6 +241,8 @@ class SecondPassFinals:
         whatever the text)."""
         started_s = time.monotonic()
         if started_s - submitted_s + self.run_s > self.budget_s:
+            # decay towards the start value, so that after a slow spell a pass is tried again (and measured)
+            self.run_s += RUN_S_SMOOTHING * (INITIAL_RUN_S - self.run_s)
             return job.ctc_final, FinalSource.SHED_WAIT
         text = self.second_pass.transcribe(job.mels, hotwords=job.hotwords).text
         self.run_s += RUN_S_SMOOTHING * (time.monotonic() - started_s - self.run_s)
