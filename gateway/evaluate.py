@@ -880,7 +880,8 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--lm-weight", type=float, default=None, help="override the LM weight")
     common.add_argument("--word-bonus", type=float, default=None, help="override the word insertion bonus")
     common.add_argument("--chunk-frames", type=positive_int, default=None, metavar="L",
-                        help="encoder frames (40 ms) per streaming step, instead of the checkpoint's")
+                        help="encoder frames per streaming step (20 ms each for the bundled student), instead "
+                             "of the checkpoint's")
     common.add_argument("--mem-frames", type=_non_negative_int, default=None, metavar="M",
                         help="encoder frames of attention memory, instead of the checkpoint's")
     common.add_argument("--right-frames", type=_non_negative_int, default=None, metavar="R",
