@@ -495,6 +495,8 @@ def run_faults(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("sigterm stops the server: it can only be the last fault")
     clips = load_clips(args.audio_dir, max_files=args.max_files)
     extra = [
+        "--log-format",
+        "json",
         "--max-streams",
         str(args.max_streams),
         "--model-step-timeout-ms",

@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model,
             ports=Ports.pick(),
             log_path=args.server_log,
-            extra=("--max-streams", str(max_streams), *args.server_arg),
+            extra=("--log-format", "json", "--max-streams", str(max_streams), *args.server_arg),
         )
         with srv:
             ready_s = srv.start()
