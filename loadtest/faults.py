@@ -43,6 +43,7 @@ import numpy as np
 
 from loadtest.audio import list_audio_files, read_audio
 from loadtest.probes import machine_info
+from loadtest.report import write_json
 from loadtest.serverproc import Ports, ServerProcess, value
 from loadtest.sessions import (
     PROTOCOLS,
@@ -659,8 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest.faults: {exc}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     print(format_report(report))
     print(f"wrote {args.out}")
     return 0 if report["passed"] else 1
