@@ -43,6 +43,7 @@ import numpy as np
 
 from loadtest.audio import list_audio_files, read_audio
 from loadtest.probes import machine_info
+from loadtest.report import write_json
 from loadtest.serverproc import Ports, ServerProcess, value
 from loadtest.sessions import (
     PROTOCOLS,
@@ -113,6 +114,22 @@ async def poll(check: Callable[[], bool], timeout_s: float) -> float | None:
             return loop.time() - start
         await asyncio.sleep(POLL_S)
     return None
+
+
+async def live_sessions(
+    ports: Ports, clips: Sequence[Clip], *, per_protocol: int, call_s: float, timeout_s: float, live_s: float
+) -> list[asyncio.Task[SessionResult]]:
+    """Start ``per_protocol`` sessions of each protocol, each sending about ``call_s`` of
+    :func:`call_audio` (MRCP's without pauses, so its RECOGNIZE stays live), and return their tasks after
+    ``live_s``, when every one is streaming: the moment a fault is injected."""
+    audio, talk = call_audio(clips, call_s), call_audio(clips, call_s, gap_s=0.0)
+    tasks = [
+        asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=timeout_s))
+        for p in PROTOCOLS
+        for _ in range(per_protocol)
+    ]
+    await asyncio.sleep(live_s)
+    return tasks
 
 
 def idle_figures(srv: ServerProcess) -> dict[str, float]:
@@ -329,13 +346,10 @@ async def fault_model(
 ) -> dict[str, Any]:
     ports = srv.ports
     before = srv.metrics()
-    audio, talk = call_audio(clips, 20.0), call_audio(clips, 20.0, gap_s=0.0)
-    tasks = [
-        asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=60))
-        for p in PROTOCOLS
-        for _ in range(per_protocol)
-    ]
-    await asyncio.sleep(live_s)  # every session is streaming and has had steps
+    # after live_s every session is streaming and has had steps
+    tasks = await live_sessions(
+        ports, clips, per_protocol=per_protocol, call_s=20.0, timeout_s=60, live_s=live_s
+    )
     model_pid = srv.model_pid()
     injected_at = time.monotonic()
     os.kill(model_pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
@@ -391,13 +405,9 @@ async def fault_sigterm(
     srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int, drain_s: float, live_s: float
 ) -> dict[str, Any]:
     ports = srv.ports
-    audio, talk = call_audio(clips, 40.0), call_audio(clips, 40.0, gap_s=0.0)
-    tasks = [
-        asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=90))
-        for p in PROTOCOLS
-        for _ in range(per_protocol)
-    ]
-    await asyncio.sleep(live_s)
+    tasks = await live_sessions(
+        ports, clips, per_protocol=per_protocol, call_s=40.0, timeout_s=90, live_s=live_s
+    )
     term_at = time.monotonic()
     srv.signal(signal.SIGTERM)
     results = await asyncio.gather(*tasks)
@@ -436,18 +446,15 @@ async def fault_sigkill(
     srv: ServerProcess, clips: Sequence[Clip], *, per_protocol: int, live_s: float, check_call_s: float
 ) -> dict[str, Any]:
     ports = srv.ports
-    audio, talk = call_audio(clips, 30.0), call_audio(clips, 30.0, gap_s=0.0)
-    tasks = [
-        asyncio.create_task(session(p, ports, talk if p == "mrcp" else audio, timeout_s=30))
-        for p in PROTOCOLS
-        for _ in range(per_protocol)
-    ]
-    await asyncio.sleep(live_s)
+    tasks = await live_sessions(
+        ports, clips, per_protocol=per_protocol, call_s=30.0, timeout_s=30, live_s=live_s
+    )
     killed_at = time.monotonic()
     srv.kill()
     results = await asyncio.gather(*tasks)
     # While the server is down a caller is refused at once, not left hanging.
-    refused = await asyncio.gather(*(session(p, ports, audio[:8000], timeout_s=10) for p in PROTOCOLS))
+    one_second = call_audio(clips, 1.0)[:SAMPLE_RATE_HZ]
+    refused = await asyncio.gather(*(session(p, ports, one_second, timeout_s=10) for p in PROTOCOLS))
     restart_s = await asyncio.to_thread(srv.start)
     fresh = await asyncio.gather(
         *(session(p, ports, call_audio(clips, check_call_s, offset=1), timeout_s=60) for p in PROTOCOLS)
@@ -495,6 +502,8 @@ def run_faults(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("sigterm stops the server: it can only be the last fault")
     clips = load_clips(args.audio_dir, max_files=args.max_files)
     extra = [
+        "--log-format",
+        "json",
         "--max-streams",
         str(args.max_streams),
         "--model-step-timeout-ms",
@@ -657,8 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest.faults: {exc}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     print(format_report(report))
     print(f"wrote {args.out}")
     return 0 if report["passed"] else 1

@@ -1,6 +1,6 @@
 """Overload: ``python -m loadtest.overload --audio-dir DIR --capacity N --out FILE.json``.
 
-Starts a fresh ``xlgate serve`` (``loadtest.serve``) with ``--max-streams N`` and WebSocket, gRPC and
+Starts a fresh ``xlgate serve`` (``loadtest.serverproc``) with ``--max-streams N`` and WebSocket, gRPC and
 SIP/MRCP on, then runs three phases of real-time load spread over the protocols:
 
 1. ``before``: a normal load (``--normal-streams``, three quarters of N by default);
@@ -51,7 +51,7 @@ from loadtest.mrcp import report as mrcp_report
 from loadtest.probes import machine_info
 from loadtest.report import write_json
 from loadtest.runner import RunOptions, RunResult, run_load
-from loadtest.serve import ServeFailed, ServeProcess
+from loadtest.serverproc import Ports, ServerFailed, ServerProcess
 from loadtest.stats import summarize_ms
 
 SCHEMA = "xlgate.loadtest.overload/1"
@@ -133,7 +133,7 @@ def _labelled_totals(body: str, pattern: re.Pattern[str]) -> dict[str, float]:
 
 def run_phase(
     name: str,
-    server: ServeProcess,
+    server: ServerProcess,
     utts: list[Utterance],
     clips: list[tuple[str, np.ndarray]],
     shares: dict[str, int],
@@ -160,15 +160,15 @@ def run_phase(
     def sip_load(sessions: int) -> list[Recognition]:
         time.sleep(sip_delay_s)
         return asyncio.run(
-            run_sessions(server.sip_uri, clips, sessions=sessions, rounds=SIP_ROUNDS, deadline=deadline)
+            run_sessions(server.ports.sip_uri, clips, sessions=sessions, rounds=SIP_ROUNDS, deadline=deadline)
         )
 
     with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix=f"overload-{name}") as pool:
         stream_futures: dict[str, Future[RunResult]] = {}
         if "ws" in shares:
-            stream_futures["ws"] = pool.submit(stream_load, server.ws_url, shares["ws"])
+            stream_futures["ws"] = pool.submit(stream_load, server.ports.ws_url, shares["ws"])
         if "grpc" in shares:
-            stream_futures["grpc"] = pool.submit(stream_load, server.grpc_url, shares["grpc"])
+            stream_futures["grpc"] = pool.submit(stream_load, server.ports.grpc_url, shares["grpc"])
         sip_future = pool.submit(sip_load, shares["sip"]) if "sip" in shares else None
         outcomes = {p: f.result() for p, f in stream_futures.items()}
         calls = sip_future.result() if sip_future is not None else None
@@ -233,12 +233,20 @@ def find_capacity(opts: OverloadOptions, utts: list[Utterance]) -> tuple[int, li
     """The largest WebSocket stream count with partial p99 <= ``p99_ms`` (no errors, no refusals), on a
     fresh gateway with a high stream limit."""
     log_path = opts.out.with_name(f"{opts.out.stem}-find-server.log")
-    with ServeProcess.start(["--max-streams", "256", *opts.serve_args], log_path=log_path) as server:
+    server = ServerProcess(
+        ports=Ports.pick(grpc=False, sip=False),
+        extra=("--max-streams", "256", *opts.serve_args),
+        log_path=log_path,
+        fresh_log=True,
+        ready_timeout_s=180.0,
+    )
+    server.start()
+    try:
         run = RunOptions(
-            url=server.ws_url,
+            url=server.ports.ws_url,
             audio_dir=opts.audio_dir,
             duration_s=opts.find_duration_s,
-            metrics_url=f"{server.metrics_url}/metrics",
+            metrics_url=f"{server.ports.metrics_url}/metrics",
             max_files=opts.max_files,
         )
         answer, trials, _ = find_max(
@@ -251,6 +259,8 @@ def find_capacity(opts: OverloadOptions, utts: list[Utterance]) -> tuple[int, li
             max_trials=10,
             tolerance=0.1,
         )
+    finally:
+        server.stop()
     return answer, trials
 
 
@@ -259,7 +269,7 @@ def overload(opts: OverloadOptions) -> dict[str, Any]:
 
     Raises:
         ValueError: bad options, or no capacity could be found.
-        ServeFailed: the gateway did not start.
+        ServerFailed: the gateway did not start.
     """
     opts.validate()
     utts = load_utterances(
@@ -279,12 +289,14 @@ def overload(opts: OverloadOptions) -> dict[str, Any]:
     normal = opts.normal_streams or max(1, capacity * 3 // 4)
     offered = max(capacity + 1, round(capacity * opts.factor))
     log_path = opts.out.with_name(f"{opts.out.stem}-server.log")
-    server = ServeProcess.start(
-        ["--max-streams", str(capacity), "--max-batch-size", str(min(capacity, 32)), *opts.serve_args],
+    server = ServerProcess(
+        ports=Ports.pick(grpc="grpc" in opts.protocols, sip="sip" in opts.protocols),
+        extra=("--max-streams", str(capacity), "--max-batch-size", str(min(capacity, 32)), *opts.serve_args),
         log_path=log_path,
-        grpc="grpc" in opts.protocols,
-        sip="sip" in opts.protocols,
+        fresh_log=True,
+        ready_timeout_s=180.0,
     )
+    ready_s = server.start()
     phases: list[dict[str, Any]] = []
     crash_reasons: list[str] = []
     try:
@@ -309,7 +321,7 @@ def overload(opts: OverloadOptions) -> dict[str, Any]:
                 crash_reasons.append(f"the gateway died during the {name} phase")
                 break
             time.sleep(SETTLE_S)
-        metrics = _scrape(f"{server.metrics_url}/metrics") if server.alive() else ""
+        metrics = _scrape(f"{server.ports.metrics_url}/metrics") if server.alive() else ""
     finally:
         exit_code = server.stop()
     errors = _labelled_totals(metrics, _ERRORS_LINE)
@@ -342,7 +354,7 @@ def overload(opts: OverloadOptions) -> dict[str, Any]:
         "phases": phases,
         "server": {
             "exit_code": exit_code,
-            "ready_s": round(server.ready_s, 3),
+            "ready_s": round(ready_s, 3),
             "log": str(log_path),
             "errors_total": errors,
             "streams_rejected_total": rejected,
@@ -397,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         report = overload(opts)
-    except (ValueError, FileNotFoundError, ServeFailed) as exc:
+    except (ValueError, FileNotFoundError, ServerFailed) as exc:
         print(f"loadtest.overload: {exc}", file=sys.stderr)
         return 2
     for reason in report["reasons"]:

@@ -1,13 +1,21 @@
-"""A real ``xlgate serve`` process on loopback for the fault and soak commands, and its metrics.
+"""A real ``xlgate serve`` child process on loopback for the load-test commands, and its metrics.
 
-:class:`ServerProcess` starts the server with every protocol on (WebSocket, gRPC, MRCPv2) on ports chosen
-once, so a restart binds the same ones; it waits for ``/readyz``, signals it (SIGTERM, SIGKILL), and finds
-its model process. :func:`scrape` reads ``/metrics`` into a flat dict keyed ``name{label="value",...}``.
+:class:`ServerProcess` runs ``python -m gateway.cli serve`` on ports chosen once by :meth:`Ports.pick`
+(WebSocket and metrics always; gRPC and SIP+MRCP unless turned off), so a restart binds the same ones. It
+waits for ``/readyz`` (which the server answers only once every listener is bound), stops the server
+gracefully (:meth:`~ServerProcess.stop`: SIGTERM, a drain) or at once (:meth:`~ServerProcess.kill`:
+SIGKILL, its model process too), signals it, and finds its model process. :func:`scrape` reads
+``/metrics`` into a flat dict keyed ``name{label="value",...}``.
+
+Users: ``loadtest.faults`` and ``loadtest.soak`` (every protocol, JSON log appended, restarts) and
+``loadtest.warmstart`` and ``loadtest.overload`` (a fresh server whose start-up is measured, its log
+started afresh).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,14 +23,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 120.0
+READY_POLL_S = 0.05
+HTTP_TIMEOUT_S = 2.0
+STOP_TIMEOUT_S = 30.0
 RTP_PORTS_PER_SERVER = 200
+LOG_TAIL_CHARS = 3000
+
+
+class ServerFailed(RuntimeError):
+    """The server exited during start-up or was not ready in time (it is killed then); the message names
+    its log and carries the log's end."""
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -47,8 +66,6 @@ def free_port_pair() -> int:
 
 def free_rtp_range(count: int = RTP_PORTS_PER_SERVER) -> str:
     """``LOW-HIGH`` of ``count`` UDP ports free now, starting at a random even port above 30000."""
-    import random
-
     for _ in range(50):
         low = random.randrange(30000, 60000 - count) & ~1
         try:
@@ -63,23 +80,36 @@ def free_rtp_range(count: int = RTP_PORTS_PER_SERVER) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Ports:
+    """The ports one server listens on (``grpc`` or ``sip`` 0: that protocol is off; ``mrcp`` and ``rtp``
+    only matter with SIP)."""
+
     ws: int
-    grpc: int
-    sip: int
-    mrcp: int
     metrics: int
-    rtp: str
+    grpc: int = 0
+    sip: int = 0
+    mrcp: int = 0
+    rtp: str = ""
 
     @classmethod
-    def pick(cls) -> Ports:
+    def pick(cls, *, grpc: bool = True, sip: bool = True) -> Ports:
+        """Ports free now for WebSocket and metrics and, unless turned off, gRPC and SIP+MRCP (with a range
+        of :data:`RTP_PORTS_PER_SERVER` RTP ports)."""
         return cls(
             ws=free_port(),
-            grpc=free_port(),
-            sip=free_port_pair(),
-            mrcp=free_port(),
             metrics=free_port(),
-            rtp=free_rtp_range(),
+            grpc=free_port() if grpc else 0,
+            sip=free_port_pair() if sip else 0,
+            mrcp=free_port() if sip else 0,
+            rtp=free_rtp_range() if sip else "",
         )
+
+    def arguments(self) -> list[str]:
+        """The ``xlgate serve`` flags that bind these ports on 127.0.0.1 (and turn off what is 0)."""
+        args = ["--host", "127.0.0.1", "--ws-port", str(self.ws), "--metrics-port", str(self.metrics)]
+        args += ["--grpc-port", str(self.grpc), "--sip-port", str(self.sip)]
+        if self.sip:
+            args += ["--mrcp-port", str(self.mrcp), "--rtp-ports", self.rtp]
+        return args
 
     @property
     def ws_url(self) -> str:
@@ -88,6 +118,11 @@ class Ports:
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC target as a URL (what :func:`loadtest.runner.run_load` takes)."""
+        return f"grpc://{self.grpc_target}"
 
     @property
     def sip_uri(self) -> str:
@@ -99,94 +134,94 @@ class Ports:
 
 
 class ServerProcess:
-    """One ``python -m gateway.cli serve`` child (see the module docstring)."""
+    """One ``python -m gateway.cli serve`` child (see the module docstring).
+
+    Use :meth:`start`; end it with :meth:`stop` or :meth:`kill`, or use it as a context manager (which
+    kills it on the way out if it still runs).
+    """
 
     def __init__(
         self,
         *,
-        model: str,
         ports: Ports,
-        extra: tuple[str, ...] = (),
+        model: str | None = None,
+        extra: Sequence[str] = (),
         log_path: Path | None = None,
+        fresh_log: bool = False,
         env: dict[str, str] | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
-        self.model = model
+        """Args:
+        ports: where it listens (:meth:`Ports.pick`).
+        model: its ``--model`` (None: the server's default).
+        extra: more ``xlgate serve`` arguments, after the port flags.
+        log_path: its stdout and stderr are appended there (None: discarded); the folder is created.
+        fresh_log: empty the log at the first :meth:`start` (restarts still append).
+        env: extra environment variables for it.
+        ready_timeout_s: how long a start (model load and warm-up included) may take.
+        """
         self.ports = ports
-        self.extra = extra
+        self.model = model
+        self.extra = tuple(extra)
         self.log_path = log_path
         self.env = env or {}
+        self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        self._log: IO[bytes] | None = None
+        self._truncate_log = fresh_log
 
     def command(self) -> list[str]:
-        p = self.ports
-        return [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--model",
-            self.model,
-            "--host",
-            "127.0.0.1",
-            "--ws-port",
-            str(p.ws),
-            "--grpc-port",
-            str(p.grpc),
-            "--sip-port",
-            str(p.sip),
-            "--mrcp-port",
-            str(p.mrcp),
-            "--rtp-ports",
-            p.rtp,
-            "--metrics-port",
-            str(p.metrics),
-            "--log-format",
-            "json",
-            *self.extra,
-        ]
+        model = ["--model", self.model] if self.model is not None else []
+        return [sys.executable, "-m", "gateway.cli", "serve", *model, *self.ports.arguments(), *self.extra]
 
     def start(self) -> float:
-        """Start the server and wait until ``/readyz`` says ready; returns the seconds that took.
+        """Start the server and wait until ``/readyz`` answers 200; returns the seconds that took.
 
         Raises:
-            RuntimeError: the server exited or was not ready within READY_TIMEOUT_S.
+            ServerFailed: the server exited, or was not ready within ``ready_timeout_s`` (it is killed).
         """
         started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        log = open(self.log_path, "ab") if self.log_path is not None else subprocess.DEVNULL
-        self._log = log
-        self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log, cwd=ROOT)
-        while time.monotonic() - started < READY_TIMEOUT_S:
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath, **self.env}
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("wb" if self._truncate_log else "ab")
+            self._truncate_log = False
+        out = self._log if self._log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT)
+        while time.monotonic() - started < self.ready_timeout_s:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"xlgate serve exited with {self.proc.returncode} during start-up"
-                    + (f" (log: {self.log_path})" if self.log_path else "")
-                )
-            # /readyz can answer before the listeners are bound: wait for those too.
-            if self.http_status("/readyz") == 200 and self._listening():
+                code = self.proc.returncode
+                self.kill()
+                raise ServerFailed(f"xlgate serve exited with {code} during start-up{self._log_end()}")
+            if self.http_status("/readyz") == 200:
                 return time.monotonic() - started
-            time.sleep(0.05)
+            time.sleep(READY_POLL_S)
         self.kill()
-        raise RuntimeError(f"xlgate serve was not ready within {READY_TIMEOUT_S:g} s")
+        raise ServerFailed(f"xlgate serve was not ready within {self.ready_timeout_s:g} s{self._log_end()}")
 
-    def _listening(self) -> bool:
-        for port in (self.ports.ws, self.ports.grpc, self.ports.sip, self.ports.mrcp):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return False
-        return True
+    def _log_end(self) -> str:
+        """`` (log PATH): its last lines`` for an error message (empty without a log)."""
+        if self.log_path is None:
+            return ""
+        try:
+            tail = self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError:
+            tail = ""
+        return f" (log {self.log_path}): {tail}"
 
     @property
     def pid(self) -> int:
         assert self.proc is not None, "start() first"
         return self.proc.pid
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def http_status(self, path: str) -> int | None:
         """The status of GET ``path`` on the metrics port (None: no answer)."""
         try:
-            with urllib.request.urlopen(self.ports.metrics_url + path, timeout=2) as r:
+            with urllib.request.urlopen(self.ports.metrics_url + path, timeout=HTTP_TIMEOUT_S) as r:
                 return int(r.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
@@ -223,6 +258,15 @@ class ServerProcess:
             self.kill()
             return -9
 
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM (a graceful drain), wait up to ``timeout_s``, then :meth:`kill`; returns the exit status."""
+        assert self.proc is not None, "start() first"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.wait(timeout_s)
+        self._close_log()
+        return code
+
     def kill(self) -> None:
         """SIGKILL the server and, with it, its model process (which would otherwise linger until it reads
         the closed pipe)."""
@@ -245,8 +289,8 @@ class ServerProcess:
         self._close_log()
 
     def _close_log(self) -> None:
-        if self._log is not None and self._log is not subprocess.DEVNULL:
-            self._log.close()  # type: ignore[attr-defined]
+        if self._log is not None:
+            self._log.close()
         self._log = None
 
     def __enter__(self) -> ServerProcess:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import math
 import random
 import statistics
@@ -33,6 +32,7 @@ from typing import Any
 
 from loadtest.faults import Clip, call_audio, idle_figures, load_clips, session, settle
 from loadtest.probes import machine_info
+from loadtest.report import write_json
 from loadtest.serverproc import Ports, ServerProcess, value
 from loadtest.sessions import PROTOCOLS, SessionResult
 
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model,
             ports=Ports.pick(),
             log_path=args.server_log,
-            extra=("--max-streams", str(max_streams), *args.server_arg),
+            extra=("--log-format", "json", "--max-streams", str(max_streams), *args.server_arg),
         )
         with srv:
             ready_s = srv.start()
@@ -249,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **report,
     }
     report["passed"] = all(report["checks"].values())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.out)
     print(format_report(report))
     print(f"wrote {args.out}")
     return 0 if report["passed"] else 1

@@ -1,6 +1,6 @@
 """Warm start: ``python -m loadtest.warmstart --audio-dir DIR --streams N --out FILE.json``.
 
-Starts a fresh ``xlgate serve`` (``loadtest.serve``), waits for ``/readyz``, and runs the same real-time
+Starts a fresh ``xlgate serve`` (``loadtest.serverproc``), waits for ``/readyz``, and runs the same real-time
 load twice on it: the first session after start, then a second one on the now-warm server (the reference).
 Both are ordinary :func:`loadtest.runner.run_load` runs. ``--restarts K`` repeats the whole thing on K fresh
 servers, so one noisy run on a shared machine does not decide. Prints each session's partial-latency
@@ -31,7 +31,7 @@ from loadtest.audio import Utterance, load_utterances
 from loadtest.probes import machine_info
 from loadtest.report import write_json
 from loadtest.runner import RunOptions, run_load
-from loadtest.serve import ServeFailed, ServeProcess
+from loadtest.serverproc import Ports, ServerFailed, ServerProcess
 
 SCHEMA = "xlgate.loadtest.warmstart/1"
 MAX_RESTARTS = 20
@@ -131,16 +131,23 @@ def server_warmup(metrics_url: str) -> dict[str, float]:
 def run_start(opts: WarmStartOptions, utts: list[Utterance], index: int) -> dict[str, Any]:
     """One fresh server: start it, run the first and the warm session, stop it."""
     log_path = opts.out.with_name(f"{opts.out.stem}-server{index}.log")
-    server = ServeProcess.start(list(opts.serve_args), log_path=log_path)
+    server = ServerProcess(
+        ports=Ports.pick(grpc=False, sip=False),
+        extra=opts.serve_args,
+        log_path=log_path,
+        fresh_log=True,
+        ready_timeout_s=180.0,
+    )
+    ready_s = server.start()
     try:
-        warmup = server_warmup(server.metrics_url)
+        warmup = server_warmup(server.ports.metrics_url)
         run = RunOptions(
-            url=server.ws_url,
+            url=server.ports.ws_url,
             audio_dir=opts.audio_dir,
             streams=opts.streams,
             duration_s=opts.duration_s,
-            metrics_url=f"{server.metrics_url}/metrics",
-            server_pid=server.proc.pid,
+            metrics_url=f"{server.ports.metrics_url}/metrics",
+            server_pid=server.pid,
             max_files=opts.max_files,
         )
         first = session_record(run_load(run, utterances=utts).report)
@@ -154,7 +161,7 @@ def run_start(opts: WarmStartOptions, utts: list[Utterance], index: int) -> dict
     p_first, p_warm = first["latency_ms"]["partial"]["p99_ms"], warm["latency_ms"]["partial"]["p99_ms"]
     return {
         "start": index,
-        "ready_s": round(server.ready_s, 3),
+        "ready_s": round(ready_s, 3),
         "warmup": warmup,
         "server_exit_code": exit_code,
         "first": first,
@@ -259,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         report = warm_start(opts)
-    except (ValueError, FileNotFoundError, ServeFailed) as exc:
+    except (ValueError, FileNotFoundError, ServerFailed) as exc:
         print(f"loadtest.warmstart: {exc}", file=sys.stderr)
         return 2
     s = report["summary"]
