@@ -41,7 +41,8 @@ def _message_length(buffer: bytes | bytearray, max_message_bytes: int) -> int | 
     prefix = bytes(buffer[: len(VERSION) + 1])
     expected = VERSION + b" "
     if not expected.startswith(prefix[: len(expected)]):
-        if prefix[:5] == b"MRCP/" and b" " in prefix:
+        # Decided on the first bytes that differ, so any split of the stream into reads gives one answer.
+        if prefix[:5] == b"MRCP/":
             raise UnsupportedVersion(f"expected MRCP/2.0, got {prefix.split(b' ')[0]!r}")
         raise MalformedMessage(f"expected a start line beginning 'MRCP/2.0 ', got {prefix!r}")
     if len(prefix) < len(expected):

@@ -36,6 +36,7 @@ All timing is on the ``now`` the caller passes; ``get_timer()`` is the earliest 
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +70,10 @@ T1_S = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
 T2_S = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE requests and INVITE responses
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 _MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+# ASCII digits only: str.isdigit() also accepts digits such as "²" that int() refuses.
+_CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")
+_EXPIRES = re.compile(r"[0-9]{1,9}")
+_URI = re.compile(r"[^\s<>\"]+")  # a remote target we can write into a request line (RFC 3261 §25.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,11 +384,16 @@ class SipServerCore:
         cseq = (request.header("CSeq") or "").split()
         if (
             len(cseq) != 2
-            or not cseq[0].isdigit()
-            or len(cseq[0]) > 10
+            or not _CSEQ_NUMBER.fullmatch(cseq[0])
             or cseq[1].upper() != request.method.upper()
         ):
             raise BadRequest(f"CSeq {request.header('CSeq')!r} does not match {request.method}")
+        if request.method.upper() in {"INVITE", "UPDATE"}:
+            # checked here, so a malformed value is answered 400 and never fails accept() later
+            self._requested_expires(request)
+        if request.method.upper() == "INVITE" and not _URI.fullmatch(_remote_target(request)):
+            # our BYE and UPDATE are sent to this target: it must fit a request line
+            raise BadRequest(f"Contact is not a usable URI: {request.header('Contact')!r:.80}")
 
     def _branch(self, request: SipRequest) -> str:
         via = parse_via(request.values("Via")[0])
@@ -588,7 +598,7 @@ class SipServerCore:
         if value is None:
             return None
         number = value.split(";", 1)[0].strip()
-        if not number.isdigit() or len(number) > 9:
+        if not _EXPIRES.fullmatch(number):
             raise BadRequest(f"Session-Expires is not a number: {value[:30]!r}")
         return int(number)
 
@@ -756,10 +766,7 @@ class SipServerCore:
         dialog.local_cseq = max(dialog.local_cseq, 0) + 1
         branch = _MAGIC_COOKIE + self._new_tag()
         invite = dialog.invite
-        contact = invite.header("Contact") or invite.header("From") or ""
-        target = (
-            contact[contact.find("<") + 1 : contact.find(">")] if "<" in contact else contact.split(";")[0]
-        )
+        target = _remote_target(invite)
         transport = dialog.flow.transport.value
         local = invite.header("To") or ""
         if name_addr_tag(local) is None:
@@ -782,7 +789,7 @@ class SipServerCore:
                 ("Session-Expires", f"{dialog.session_expires_s};refresher=uas"),
                 ("Supported", "timer"),
             ]
-        data = serialize(SipRequest(method, target or invite.uri, tuple(headers)))
+        data = serialize(SipRequest(method, target, tuple(headers)))
         self._out.append(Outgoing(dialog.flow, data))
         reliable = dialog.flow.transport.reliable
         self._client_txs[branch] = _ClientTx(
@@ -830,3 +837,11 @@ class SipServerCore:
             self._invite_txs.pop(tx.branch, None)
         del self._dialogs[dialog_id]
         self._by_call.pop((dialog.call_id, dialog.local_tag), None)
+
+
+def _remote_target(invite: SipRequest) -> str:
+    """Where in-dialog requests go: the INVITE's Contact URI, else its From URI (RFC 3261 §12.1.1)."""
+    contact = invite.header("Contact") or invite.header("From") or ""
+    if "<" in contact:
+        return contact[contact.find("<") + 1 : contact.find(">")] if ">" in contact else ""
+    return contact.split(";")[0].strip()
