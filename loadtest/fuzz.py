@@ -73,7 +73,7 @@ def _libfuzzer_stats(log: str) -> dict[str, Any]:
         if line.startswith("stat::"):
             name, _, value = line[len("stat::") :].partition(":")
             stats[name.strip()] = int(value.strip()) if value.strip().isdigit() else value.strip()
-        elif " DONE " in line and "cov:" in line:
+        elif "DONE" in line.split() and "cov:" in line.split():  # "#300\tDONE   cov: 412 ft: 903 ..."
             fields = line.split()
             for key in ("cov:", "ft:"):
                 if key in fields:

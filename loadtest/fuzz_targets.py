@@ -40,7 +40,7 @@ from protocols.mrcp.codec import parse_message as parse_mrcp
 from protocols.mrcp.codec import serialize as serialize_mrcp
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import MrcpError, MrcpRemoteError
-from protocols.mrcp.events import MrcpMessage, ProtocolViolation, RequestReceived
+from protocols.mrcp.events import MrcpMessage, MrcpResponse, ProtocolViolation, RequestReceived, RequestState
 from protocols.mrcp.grammar import builtin_grammar, define_grammar, match_dtmf
 from protocols.mrcp.recognizer import RecognizerChannel
 from protocols.rtp.codec import (
@@ -306,12 +306,11 @@ def _run_sip(data: bytes, cuts: Sequence[int] | None) -> None:
             now += 0.1
             tcp.receive_message(item, _TCP, now)
             _drive_sip_core(tcp, now)
-            core.receive_datagram(serialize(item), _UDP, now)
-            _drive_sip_core(core, now)
-    for later in (now + 0.6, now + 40.0, now + 4000.0):
-        for c in (core, tcp):
-            c.handle_timer(later)
-            _drive_sip_core(c, later)
+    for later in (now + 40.0, now + 4000.0):  # retransmissions, ACK timeouts, session expiry
+        core.handle_timer(later)
+        _drive_sip_core(core, later)
+        tcp.handle_timer(later)
+        _drive_sip_core(tcp, later)
     tcp.connection_lost(1, now + 5000.0)
     _drive_sip_core(tcp, now + 5000.0)
 
@@ -565,7 +564,11 @@ _MRCP_SEEDS = (
         "Content-Type: text/uri-list\r\n",
         b"builtin:dtmf/digits?minlength=3;maxlength=5\nbuiltin:speech/transcribe\n",
     ),
-    b"MRCP/2.0 112 1 200 COMPLETE\r\nChannel-Identifier: c1@speechrecog\r\nCompletion-Cause: 000 success\r\n\r\n",
+    serialize_mrcp(
+        MrcpResponse(
+            1, 200, RequestState.COMPLETE, (("Channel-Identifier", "c1@speechrecog"), ("Completion-Cause", "000 success"))
+        )
+    ),
 )
 _MRCP_TOKENS = (
     b"MRCP/2.0 ", b"\r\n", b"\r\n\r\n", b"\n\n", b": ", b"Channel-Identifier: ", b"@speechrecog", b"Content-Length: ",

@@ -75,7 +75,7 @@ def _parse_headers(block: str) -> Headers:
             continue
         if line[0] in " \t" and headers:  # obsolete line folding (RFC 6787 §6, as in RFC 5322)
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            headers[-1] = (name, f"{value} {line.strip()}".strip())  # an empty first line adds no space
             continue
         name, sep, value = line.partition(":")
         name = name.strip()

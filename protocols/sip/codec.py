@@ -222,7 +222,7 @@ def parse_message(
             continue
         if line[0] in " \t" and headers:  # line folding (RFC 3261 §7.3.1)
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            headers[-1] = (name, f"{value} {line.strip()}".strip())  # an empty first line adds no space
             continue
         name, sep, value = line.partition(":")
         name = name.strip()
