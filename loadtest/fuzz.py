@@ -34,16 +34,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``fuzz`` subcommand's options."""
     p.add_argument("--parser", default="all", help=f"comma-separated, or all: {', '.join(PARSERS)}")
     p.add_argument("--inputs", type=int, default=100_000, help="inputs per parser")
-    p.add_argument("--engine", choices=("auto", "atheris", "mutate"), default="auto",
-                   help="atheris (coverage-guided libFuzzer) when installed, else our seeded mutation fuzzer")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "atheris", "mutate"),
+        default="auto",
+        help="atheris (coverage-guided libFuzzer) when installed, else our seeded mutation fuzzer",
+    )
     p.add_argument("--jobs", type=int, default=1, help="parsers fuzzed at once (one process each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hang-s", type=float, default=1.0, help="an input slower than this counts as a hang")
     p.add_argument("--timeout-s", type=int, default=10, help="an input is stopped after this long")
-    p.add_argument("--max-rss-growth-mb", type=float, default=64.0,
-                   help="fail a parser whose RSS grew more than this after its warm-up")
-    p.add_argument("--work-dir", type=Path, default=Path("fuzz-results"),
-                   help="per-parser figures, findings, slowest inputs (and atheris corpora)")
+    p.add_argument(
+        "--max-rss-growth-mb",
+        type=float,
+        default=64.0,
+        help="fail a parser whose RSS grew more than this after its warm-up",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("fuzz-results"),
+        help="per-parser figures, findings, slowest inputs (and atheris corpora)",
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON report path")
 
 
@@ -81,7 +93,9 @@ def _libfuzzer_stats(log: str) -> dict[str, Any]:
     return stats
 
 
-def _start(parser: str, a: argparse.Namespace, engine: str, index: int) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(
+    parser: str, a: argparse.Namespace, engine: str, index: int
+) -> tuple[subprocess.Popen[bytes], Path]:
     log = a.work_dir / f"{parser}.log"
     command = [
         sys.executable, "-m", "loadtest.fuzz_worker", "--parser", parser, "--inputs", str(a.inputs),
@@ -108,8 +122,10 @@ def run(a: argparse.Namespace) -> int:
     waiting = list(enumerate(parsers))
     running: dict[str, tuple[subprocess.Popen[bytes], Path, float]] = {}
     results: dict[str, dict[str, Any]] = {}
-    print(f"fuzz: engine={engine} inputs={a.inputs} per parser, parsers={','.join(parsers)}, jobs={a.jobs}",
-          flush=True)
+    print(
+        f"fuzz: engine={engine} inputs={a.inputs} per parser, parsers={','.join(parsers)}, jobs={a.jobs}",
+        flush=True,
+    )
     while waiting or running:
         while waiting and len(running) < a.jobs:
             index, parser = waiting.pop(0)
@@ -127,8 +143,15 @@ def run(a: argparse.Namespace) -> int:
         "started_at": started_at,
         "elapsed_s": round(time.perf_counter() - started, 1),
         "engine": engine,
-        "config": {"inputs_per_parser": a.inputs, "seed": a.seed, "hang_s": a.hang_s, "timeout_s": a.timeout_s,
-                   "max_rss_growth_mb": a.max_rss_growth_mb, "jobs": a.jobs, "nice": os.nice(0)},
+        "config": {
+            "inputs_per_parser": a.inputs,
+            "seed": a.seed,
+            "hang_s": a.hang_s,
+            "timeout_s": a.timeout_s,
+            "max_rss_growth_mb": a.max_rss_growth_mb,
+            "jobs": a.jobs,
+            "nice": os.nice(0),
+        },
         "machine": machine_info(),
         "parsers": [results[p] for p in parsers],
         "passed": all(not results[p]["problems"] for p in parsers),
@@ -138,7 +161,9 @@ def run(a: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-def _collect(parser: str, a: argparse.Namespace, engine: str, rc: int, log: Path, wall_s: float) -> dict[str, Any]:
+def _collect(
+    parser: str, a: argparse.Namespace, engine: str, rc: int, log: Path, wall_s: float
+) -> dict[str, Any]:
     path = a.work_dir / f"{parser}.json"
     part: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"parser": parser, "inputs": 0}
     part["process_rc"] = rc

@@ -18,6 +18,7 @@ shrunk Hypothesis example and a long-run finding are the same kind of value.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import struct
 import zlib
@@ -41,7 +42,7 @@ from protocols.mrcp.codec import serialize as serialize_mrcp
 from protocols.mrcp.connection import MrcpServerConnection
 from protocols.mrcp.errors import MrcpError, MrcpRemoteError
 from protocols.mrcp.events import MrcpMessage, MrcpResponse, ProtocolViolation, RequestReceived, RequestState
-from protocols.mrcp.grammar import builtin_grammar, define_grammar, match_dtmf
+from protocols.mrcp.grammar import Grammar, builtin_grammar, define_grammar, match_dtmf
 from protocols.mrcp.recognizer import RecognizerChannel
 from protocols.rtp.codec import (
     RtpPacket,
@@ -61,8 +62,8 @@ from protocols.sip.codec import parse_message as parse_sip
 from protocols.sip.connection import SipServerConfig, SipServerCore
 from protocols.sip.errors import SipError
 from protocols.sip.events import Flow, InviteReceived, ReinviteReceived, SipTransport
-from protocols.websocket import Connection, ProtocolViolation as WsViolation
-from protocols.websocket import StreamStartRequested, decode_server_message
+from protocols.websocket import Connection, StreamStartRequested, decode_server_message
+from protocols.websocket import ProtocolViolation as WsViolation
 from protocols.websocket.events import ErrorReply
 
 __all__ = [
@@ -133,7 +134,9 @@ def mutate(data: bytes, mutations: Sequence[Mutation]) -> bytes:
     return bytes(out)
 
 
-def random_mutations(rng: random.Random, tokens: Sequence[bytes], *, max_mutations: int = 8) -> list[Mutation]:
+def random_mutations(
+    rng: random.Random, tokens: Sequence[bytes], *, max_mutations: int = 8
+) -> list[Mutation]:
     """A random list of mutations for the long run (Hypothesis draws its own in the tests)."""
     out: list[Mutation] = []
     for _ in range(rng.randint(1, max_mutations)):
@@ -161,8 +164,8 @@ def cuts_for(data: bytes) -> tuple[int, ...]:
 
 def chunks(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """``data`` cut at ``cuts`` (positions outside the data are ignored; empty pieces dropped)."""
-    points = [0] + sorted({c for c in cuts if 0 < c < len(data)}) + [len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    points = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -337,6 +340,7 @@ def _sip_stream(reads: list[bytes]) -> list[object]:
             out.append(type(exc))
             return out
     return out
+
 
 _SIP_INVITE = (
     b"INVITE sip:127.0.0.1:5070 SIP/2.0\r\n"
@@ -566,7 +570,10 @@ _MRCP_SEEDS = (
     ),
     serialize_mrcp(
         MrcpResponse(
-            1, 200, RequestState.COMPLETE, (("Channel-Identifier", "c1@speechrecog"), ("Completion-Cause", "000 success"))
+            1,
+            200,
+            RequestState.COMPLETE,
+            (("Channel-Identifier", "c1@speechrecog"), ("Completion-Cause", "000 success")),
         )
     ),
 )
@@ -588,7 +595,7 @@ def _run_grammar(data: bytes, cuts: Sequence[int] | None) -> None:
     builtin (``builtin:dtmf/digits?...``) and ``session:`` URIs, and each line as a URI. Typed refusals:
     ``MrcpRemoteError`` (grammar-compilation-failure 005, grammar-load-failure 004, uri-failure 009,
     unsupported entity 408). A grammar that compiles then matches a few digit strings."""
-    known = {}
+    known: dict[str, Grammar] = {}
     for content_type in ("application/srgs+xml", "text/uri-list"):
         try:
             grammar = define_grammar(content_type, data, content_id="g", session_grammars=known)
@@ -610,7 +617,7 @@ _GRAMMAR_SEEDS = (
     _DTMF_GRAMMAR,
     b'<grammar xmlns="http://www.w3.org/2001/06/grammar" version="1.0" root="r" xml:lang="en-US">'
     b'<rule id="r" scope="public"><token>yes</token><item repeat="0-1">please</item>'
-    b'<ruleref special="GARBAGE"/><one-of><item>a<tag>out.x=\'1\';out.y=2</tag></item>'
+    b"<ruleref special=\"GARBAGE\"/><one-of><item>a<tag>out.x='1';out.y=2</tag></item>"
     b'<item><ruleref special="NULL"/></item><item><ruleref special="VOID"/></item></one-of>'
     b'<item repeat="1-">b</item><example>yes please</example></rule></grammar>',
     b"builtin:dtmf/digits?length=4\nsession:g\n# comment\nbuiltin:grammar/boolean\n",
@@ -813,4 +820,3 @@ TARGETS: dict[str, Target] = {
                "decode_chunk, decode_recording", _run_grpc, _GRPC_SEEDS, _GRPC_TOKENS),
     )
 }  # fmt: skip
-

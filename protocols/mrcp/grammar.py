@@ -170,7 +170,9 @@ class _Expander:
     def _spend(self, work: int) -> None:
         self._work += work
         if self._work > _MAX_EXPANSION_WORK:
-            raise GrammarCompilationFailure("grammar is too complex to expand (too many tokens or references)")
+            raise GrammarCompilationFailure(
+                "grammar is too complex to expand (too many tokens or references)"
+            )
 
     def _cap(self, paths: list[_Path]) -> list[_Path]:
         if len(paths) > self._max:

@@ -382,11 +382,7 @@ class SipServerCore:
             raise BadRequest("empty Via")
         parse_via(vias[0])
         cseq = (request.header("CSeq") or "").split()
-        if (
-            len(cseq) != 2
-            or not _CSEQ_NUMBER.fullmatch(cseq[0])
-            or cseq[1].upper() != request.method.upper()
-        ):
+        if len(cseq) != 2 or not _CSEQ_NUMBER.fullmatch(cseq[0]) or cseq[1].upper() != request.method.upper():
             raise BadRequest(f"CSeq {request.header('CSeq')!r} does not match {request.method}")
         if request.method.upper() in {"INVITE", "UPDATE"}:
             # checked here, so a malformed value is answered 400 and never fails accept() later
