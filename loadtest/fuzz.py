@@ -42,8 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--jobs", type=int, default=1, help="parsers fuzzed at once (one process each)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hang-s", type=float, default=1.0, help="an input slower than this counts as a hang")
-    p.add_argument("--timeout-s", type=int, default=10, help="an input is stopped after this long")
+    p.add_argument("--hang-s", type=float, default=1.0, help="an input using more CPU time counts as a hang")
+    p.add_argument(
+        "--timeout-s", type=int, default=10, help="an input is stopped after this long (wall time)"
+    )
     p.add_argument(
         "--max-rss-growth-mb",
         type=float,
@@ -185,7 +187,8 @@ def _line(part: dict[str, Any]) -> str:
     cov = part.get("libfuzzer", {}).get("cov")
     return (
         f"{part['parser']:<12} inputs={part.get('inputs', 0):>8} exec/s={part.get('exec_per_s')} "
-        f"crashes={part.get('crashes')} hangs={part.get('hangs')} slowest={part.get('slowest_s')} s "
+        f"crashes={part.get('crashes')} hangs={part.get('hangs')} slowest={part.get('slowest_cpu_s')} s CPU "
+        f"({part.get('slowest_s')} s wall) "
         f"rss={memory.get('rss_after_warmup_mb')}->{memory.get('rss_end_mb')} MB peak={memory.get('peak_rss_mb')} MB"
         + (f" cov={cov}" if cov is not None else "")
         + (f"  PROBLEMS: {'; '.join(part['problems'])}" if part["problems"] else "")

@@ -68,7 +68,7 @@ def _inputs(name: str) -> st.SearchStrategy[bytes]:
 
 
 _CUTS = st.none() | st.lists(st.integers(1, 4096), max_size=8)
-_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------------------------- the parsers, fuzzed
@@ -318,23 +318,32 @@ def test_mrcp_version_error_does_not_depend_on_reads() -> None:
 
 class _Crashy:
     name = "crashy"
-    about = "raises on inputs starting with x"
+    about = "raises on inputs starting with x, spins on inputs starting with s"
 
     @staticmethod
     def run(data: bytes, cuts: object) -> None:
         if data.startswith(b"x"):
             raise ValueError("boom")
+        if data.startswith(b"s"):
+            end = time.process_time() + 0.2
+            while time.process_time() < end:
+                pass
 
 
 def test_recorder_keeps_each_finding_with_its_input(tmp_path: Path) -> None:
-    recorder = Recorder(_Crashy(), inputs=4, out_dir=tmp_path, hang_s=1.0, engine="mutate")
-    for data in (b"a", b"x1", b"x2", b"b"):
+    recorder = Recorder(_Crashy(), inputs=5, out_dir=tmp_path, hang_s=0.1, engine="mutate")
+    for data in (b"a", b"x1", b"x2", b"spin", b"b"):
         recorder(data)
     report = json.loads((tmp_path / "crashy.json").read_text())
-    assert report["complete"] and report["inputs"] == 4 and report["crashes"] == 2 and report["hangs"] == 0
-    (finding,) = report["findings"].values()
-    assert finding["count"] == 2 and Path(finding["input"]).read_bytes() == b"x1"
-    assert "ValueError: boom" in Path(finding["input"]).with_suffix(".txt").read_text()
+    assert report["complete"] and report["inputs"] == 5 and report["crashes"] == 2 and report["hangs"] == 1
+    assert report["slowest_cpu_s"] >= 0.2 and Path(report["slowest_input"]).read_bytes() == b"spin"
+    (crash_key,) = [
+        key for key in report["findings"] if key.startswith("ValueError at test_fuzz_parsers.py:")
+    ]
+    crash, hang = report["findings"][crash_key], report["findings"]["hang"]
+    assert crash["count"] == 2 and Path(crash["input"]).read_bytes() == b"x1"
+    assert "ValueError: boom" in Path(crash["input"]).with_suffix(".txt").read_text()
+    assert hang["count"] == 1 and Path(hang["input"]).read_bytes() == b"spin"
 
 
 @pytest.mark.parametrize("engine", ["mutate", "atheris"])
