@@ -1,4 +1,4 @@
-"""Command line: ``python -m loadtest {run,single,find-max,compare,make-audio}``."""
+"""Command line: ``python -m loadtest {run,single,find-max,compare,make-audio,fuzz}``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from loadtest import fuzz
 from loadtest.audio import ENCODINGS, load_utterances
 from loadtest.compare import PROTOCOLS, compare, format_table, parse_protocols, summary_rows
 from loadtest.findmax import Criteria, find_max
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     mk = sub.add_parser("make-audio", help="espeak-ng contact-center sentences + refs.tsv")
     mk.add_argument("--out", type=Path, required=True)
+
+    fz = sub.add_parser("fuzz", help="fuzz every parser a peer can reach: crashes, hangs, memory (JSON)")
+    fuzz.add_arguments(fz)
     return parser
 
 
@@ -266,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_find_max(a)
         if a.command == "compare":
             return _cmd_compare(a)
+        if a.command == "fuzz":
+            return fuzz.run(a)
         return _cmd_make_audio(a)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)

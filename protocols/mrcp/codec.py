@@ -43,7 +43,8 @@ def _message_length(buffer: bytes | bytearray, max_message_bytes: int) -> int | 
     prefix = bytes(buffer[: len(VERSION) + 1])
     expected = VERSION + b" "
     if not expected.startswith(prefix[: len(expected)]):
-        if prefix[:5] == b"MRCP/" and b" " in prefix:
+        # Decided on the first bytes that differ, so any split of the stream into reads gives one answer.
+        if prefix[:5] == b"MRCP/":
             raise UnsupportedVersion(f"expected MRCP/2.0, got {prefix.split(b' ')[0]!r}")
         raise MalformedMessage(f"expected a start line beginning 'MRCP/2.0 ', got {prefix!r}")
     if len(prefix) < len(expected):
@@ -76,7 +77,7 @@ def _parse_headers(block: str, max_headers: int) -> Headers:
             continue
         if line[0] in " \t" and headers:  # obsolete line folding (RFC 6787 §6, as in RFC 5322)
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            headers[-1] = (name, f"{value} {line.strip()}".strip())  # an empty first line adds no space
             continue
         name, sep, value = line.partition(":")
         name = name.strip()

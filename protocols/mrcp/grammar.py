@@ -53,6 +53,13 @@ __all__ = [
 
 DEFAULT_MAX_PHRASES = 2000  # bound on an SRGS grammar's expansion (a hostile repeat="0-" is cut here)
 _MAX_RULE_DEPTH = 16
+_MAX_REPEAT = 255  # the largest repeat count of an <item> (a phrase repeating more is no phrase we score)
+# Bound on the expansion's work (tokens and tags copied, elements visited): the phrase cap alone lets a
+# hostile grammar run for hours (rules that each reference the next many times, long token sequences).
+# Units: one token or tag copied; visiting an element costs _ELEMENT_WORK (about 20k visits at most).
+_MAX_EXPANSION_WORK = 2_000_000
+_ELEMENT_WORK = 100
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 _SRGS_TYPES = {"application/srgs+xml", "application/grammar+xml"}
 _URI_LIST = "text/uri-list"
 
@@ -118,7 +125,7 @@ def _digit_params(query: str, uri: str) -> tuple[int, int | None]:
     params: dict[str, int] = {}
     for part in filter(None, re.split(r"[;&]", query)):
         name, sep, value = part.partition("=")
-        if not sep or not value.isdigit() or name not in {"length", "minlength", "maxlength"}:
+        if not sep or not _DIGITS.fullmatch(value) or name not in {"length", "minlength", "maxlength"}:
             raise GrammarCompilationFailure(f"unsupported parameter {part!r} in {uri!r}")
         params[name] = int(value)
     if "length" in params:
@@ -165,6 +172,14 @@ class _Expander:
     def __init__(self, rules: Mapping[str, ET.Element], max_phrases: int) -> None:
         self._rules = rules
         self._max = max_phrases
+        self._work = 0
+
+    def _spend(self, work: int) -> None:
+        self._work += work
+        if self._work > _MAX_EXPANSION_WORK:
+            raise GrammarCompilationFailure(
+                "grammar is too complex to expand (too many tokens or references)"
+            )
 
     def _cap(self, paths: list[_Path]) -> list[_Path]:
         if len(paths) > self._max:
@@ -174,6 +189,9 @@ class _Expander:
     def _concat(self, left: list[_Path], right: list[_Path]) -> list[_Path]:
         if len(left) * len(right) > self._max:
             raise TooManyPhrases(f"grammar expands to more than {self._max} phrases")
+        left_size = sum(len(a[0]) + len(a[1]) for a in left)
+        right_size = sum(len(b[0]) + len(b[1]) for b in right)
+        self._spend(len(right) * left_size + len(left) * right_size + 1)
         return [(a[0] + b[0], a[1] + b[1]) for a in left for b in right]
 
     def rule(self, rule_id: str, depth: int) -> list[_Path]:
@@ -197,6 +215,7 @@ class _Expander:
         return paths
 
     def element(self, element: ET.Element, depth: int) -> list[_Path]:
+        self._spend(_ELEMENT_WORK)
         name = _local(element.tag) if isinstance(element.tag, str) else ""
         if name == "item":
             return self._repeat(self.sequence(element, depth), element.get("repeat"))
@@ -239,12 +258,16 @@ class _Expander:
         high = low if match.group(2) is None else (int(match.group(3)) if match.group(3) else low + 3)
         if high < low:
             raise GrammarCompilationFailure(f"bad repeat {repeat!r}")
+        if high > _MAX_REPEAT:
+            raise GrammarCompilationFailure(f"repeat {repeat!r} exceeds {_MAX_REPEAT} repetitions")
         result: list[_Path] = []
         current: list[_Path] = [((), ())]
         for count in range(high + 1):
             if count >= low:
                 result.extend(current)
                 self._cap(result)
+            if not current:
+                break  # a VOID item: no further repetition can match either
             if count < high:
                 current = self._concat(current, paths)
         return result

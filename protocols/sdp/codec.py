@@ -15,6 +15,7 @@ __all__ = ["MAX_SDP_BYTES", "MediaDescription", "SessionDescription", "parse_sdp
 
 MAX_SDP_BYTES = 16384  # an MRCPv2 offer is about 500 bytes
 _LINE = re.compile(r"^([a-z])=(.*)$")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def _media(value: str) -> MediaDescription:
     if len(parts) < 4:
         raise SdpSyntaxError(f"m= needs media, port, proto and formats: {value[:80]!r}")
     port_text = parts[1].split("/", 1)[0]
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
         raise SdpSyntaxError(f"m= port is not a port number: {parts[1][:20]!r}")
     return MediaDescription(media=parts[0], port=int(port_text), proto=parts[2], formats=tuple(parts[3:]))
 

@@ -15,6 +15,7 @@ or no usable audio raises :class:`NotAcceptable` (SIP 488).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ class AudioCodec(enum.StrEnum):
 
 
 _STATIC = {"0": (AudioCodec.PCMU, 8000), "8": (AudioCodec.PCMA, 8000)}
+_MAX_PAYLOAD_TYPE = 127  # RTP's payload type is 7 bits (RFC 3550 §5.1)
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ def _rtpmap(media: MediaDescription) -> dict[str, tuple[str, int, str]]:
         pt, _, rest = value.partition(" ")
         name, _, params = rest.partition("/")
         rate_text = params.split("/", 1)[0]
-        if pt.isdigit() and rate_text.isdigit():
+        if _NUMBER.fullmatch(pt) and int(pt) <= _MAX_PAYLOAD_TYPE and _NUMBER.fullmatch(rate_text):
             mapping[pt] = (name.upper(), int(rate_text), rest)
     return mapping
 
@@ -158,7 +161,7 @@ def _answer_audio(
     }
     attributes.append((direction[media.direction], None))
     ptime_text = media.attribute("ptime") or "20"
-    ptime = int(ptime_text) if ptime_text.isdigit() and 0 < int(ptime_text) <= 200 else 20
+    ptime = int(ptime_text) if _NUMBER.fullmatch(ptime_text) and 0 < int(ptime_text) <= 200 else 20
     attributes.append(("ptime", str(ptime)))
     mid = media.attribute("mid")
     if mid is not None:

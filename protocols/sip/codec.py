@@ -37,6 +37,9 @@ _COMPACT = {
 _TOKEN = re.compile(r"^[!%*+\-.`'~_A-Za-z0-9]+$")
 _REQUEST_LINE = re.compile(r"^([!%*+\-.`'~_A-Za-z0-9]+) (\S+) SIP/2\.0$")
 _STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6][0-9]{2}) ?(.*)$")
+# ASCII digits only: str.isdigit() also accepts digits such as "²" that int() refuses.
+_PORT = re.compile(r"[0-9]{1,5}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -169,7 +172,7 @@ def parse_via(value: str) -> Via:
         port_text = port_text.removeprefix(":")
     else:
         host, _, port_text = sent_by.partition(":")
-    if port_text and (not port_text.isdigit() or int(port_text) > 65535):
+    if port_text and (not _PORT.fullmatch(port_text) or int(port_text) > 65535):
         raise BadRequest(f"malformed Via port {port_text[:10]!r}")
     if not host:
         raise BadRequest("Via has no host")
@@ -228,7 +231,7 @@ def parse_message(
             continue
         if line[0] in " \t" and headers:  # line folding (RFC 3261 §7.3.1)
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            headers[-1] = (name, f"{value} {line.strip()}".strip())  # an empty first line adds no space
             continue
         name, sep, value = line.partition(":")
         name = name.strip()
@@ -240,7 +243,7 @@ def parse_message(
     body = data[head_end + 4 :]
     length_text = next((v for k, v in headers if _canonical(k) == "content-length"), None)
     if length_text is not None:
-        if not length_text.isdigit() or len(length_text) > 9:
+        if not _CONTENT_LENGTH.fullmatch(length_text):
             raise BadRequest(f"Content-Length is not a number: {length_text[:20]!r}")
         length = int(length_text)
         if len(body) < length:

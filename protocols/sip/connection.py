@@ -93,6 +93,10 @@ T2_S = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE re
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 _MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
 _CONTENT_LENGTH_LINE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[^\r\n]*\r\n")
+# ASCII digits only: str.isdigit() also accepts digits such as "²" that int() refuses.
+_CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")
+_EXPIRES = re.compile(r"[0-9]{1,9}")
+_URI = re.compile(r"[^\s<>\"]+")  # a remote target we can write into a request line (RFC 3261 §25.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,13 +439,14 @@ class SipServerCore:
             raise BadRequest("empty Via")
         parse_via(vias[0])
         cseq = (request.header("CSeq") or "").split()
-        if (
-            len(cseq) != 2
-            or not cseq[0].isdigit()
-            or len(cseq[0]) > 10
-            or cseq[1].upper() != request.method.upper()
-        ):
+        if len(cseq) != 2 or not _CSEQ_NUMBER.fullmatch(cseq[0]) or cseq[1].upper() != request.method.upper():
             raise BadRequest(f"CSeq {request.header('CSeq')!r} does not match {request.method}")
+        if request.method.upper() in {"INVITE", "UPDATE"}:
+            # checked here, so a malformed value is answered 400 and never fails accept() later
+            self._requested_expires(request)
+        if request.method.upper() == "INVITE" and not _URI.fullmatch(_remote_target(request)):
+            # our BYE and UPDATE are sent to this target: it must fit a request line
+            raise BadRequest(f"Contact is not a usable URI: {request.header('Contact')!r:.80}")
 
     def _branch(self, request: SipRequest) -> str:
         via = parse_via(request.values("Via")[0])
@@ -648,7 +653,7 @@ class SipServerCore:
         if value is None:
             return None
         number = value.split(";", 1)[0].strip()
-        if not number.isdigit() or len(number) > 9:
+        if not _EXPIRES.fullmatch(number):
             raise BadRequest(f"Session-Expires is not a number: {value[:30]!r}")
         return int(number)
 
@@ -857,10 +862,7 @@ class SipServerCore:
         dialog.local_cseq = max(dialog.local_cseq, 0) + 1
         branch = _MAGIC_COOKIE + self._new_tag()
         invite = dialog.invite
-        contact = invite.header("Contact") or invite.header("From") or ""
-        target = (
-            contact[contact.find("<") + 1 : contact.find(">")] if "<" in contact else contact.split(";")[0]
-        )
+        target = _remote_target(invite)
         transport = dialog.flow.transport.value
         port = self.config.tls_port if dialog.flow.transport is SipTransport.TLS else self.config.port
         local = invite.header("To") or ""
@@ -884,7 +886,7 @@ class SipServerCore:
                 ("Session-Expires", f"{dialog.session_expires_s};refresher=uas"),
                 ("Supported", "timer"),
             ]
-        data = serialize(SipRequest(method, target or invite.uri, tuple(headers)))
+        data = serialize(SipRequest(method, target, tuple(headers)))
         self._out.append(Outgoing(dialog.flow, data))
         reliable = dialog.flow.transport.reliable
         self._client_txs[branch] = _ClientTx(
@@ -932,3 +934,11 @@ class SipServerCore:
             self._invite_txs.pop(tx.branch, None)
         del self._dialogs[dialog_id]
         self._by_call.pop((dialog.call_id, dialog.local_tag), None)
+
+
+def _remote_target(invite: SipRequest) -> str:
+    """Where in-dialog requests go: the INVITE's Contact URI, else its From URI (RFC 3261 §12.1.1)."""
+    contact = invite.header("Contact") or invite.header("From") or ""
+    if "<" in contact:
+        return contact[contact.find("<") + 1 : contact.find(">")] if ">" in contact else ""
+    return contact.split(";")[0].strip()
