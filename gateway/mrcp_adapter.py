@@ -5,6 +5,8 @@ Theory of operation
 :class:`MrcpGateway` owns three listeners (SIP on UDP+TCP, MRCP on TCP, one RTP UDP port per call) and is
 the SIP server's :class:`protocols.sip.transport.SessionHandler`:
 
+* OPTIONS (a load balancer's probe): 503 + Retry-After while the engine is not ready (draining, model
+  restarting), 200 otherwise.
 * INVITE: refused with 503 + Retry-After (``OverloadedError``) when the engine is draining or has no slot
   for one more call; otherwise an RTP port is bound from the allocator, the offer answered
   (:func:`protocols.sdp.offer_answer.answer_offer`) and the answer's recognizer channel registered with
@@ -321,8 +323,11 @@ class MrcpGateway:
                                      allowed_networks=settings.allowed_networks, digest=settings.digest)
         if sip_t1_s is not None:
             sip_config = dataclasses.replace(sip_config, t1_s=sip_t1_s)
+        # OPTIONS probes are answered 503 while the engine takes no new stream (drain, model restart), so a
+        # load balancer (deploy/kamailio) takes this gateway out of rotation before any INVITE is refused.
         self.sip = SipServer(sip_config, self, on_limit=self._count_sip_limit,
-                             on_refused=lambda _, reason: self._count_refused("sip", reason))
+                             on_refused=lambda _, reason: self._count_refused("sip", reason),
+                             available=lambda: engine.ready)
         self.addresses = AddressSessions(settings.max_sessions_per_address, metrics=self.metrics,
                                          protocol=PROTOCOL)
         self.waveforms = (None if settings.waveform_dir is None else WaveformStore(
@@ -578,8 +583,10 @@ class MrcpGateway:
 
     def _end(self, call: _Call, ended: RecognitionEnded) -> None:
         self._stop_recording(call)
-        if self.engine.drain_requested.is_set():
-            self.sip.hangup(call.dialog_id)  # its RECOGNITION-COMPLETE is out: the drain ends the call
+        if self.engine.draining or self.engine.drain_requested.is_set():
+            # Its RECOGNITION-COMPLETE is out and the gateway is going away: the drain ends the call (BYE)
+            # now, rather than dropping it silently once no stream is left and the server closes.
+            self.sip.hangup(call.dialog_id)
         recognition = call.recognition
         if recognition is None or ended.keep_stream:
             return

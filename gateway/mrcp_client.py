@@ -11,6 +11,11 @@ UniMRCP client sends: one speechrecog resource, PCMU/PCMA/L16 and telephone-even
 connection; :meth:`request` sends an MRCP request and waits for its response; :meth:`next_event` returns
 the server's events in order; :meth:`send_audio` paces RTP in real time; :meth:`send_dtmf` sends RFC 4733
 digits; :meth:`bye` hangs up. A BYE from the server is answered and sets :attr:`hung_up`.
+
+Through a SIP proxy (a load balancer such as Kamailio in front of several gateways): the ACK and BYE go to
+the dialog's remote target (the 2xx's Contact) with the route set the proxies recorded (the 2xx's
+Record-Route, reversed: RFC 3261 §12.1.2, loose routing) as Route headers; they are still sent to the URI's
+address (the first proxy). Only SIP passes the proxy: the answer's MRCP and RTP addresses are the gateway's.
 """
 
 from __future__ import annotations
@@ -137,7 +142,11 @@ class MrcpClient:
         self.cseq = random.randint(1, 1 << 20)
         self.answer: _Answer | None = None
         self.invite_response: SipResponse | None = None  # the 200 OK, once connected
+        self.remote_target = f"sip:{self.server[0]}:{self.server[1]}"  # the 2xx's Contact, once connected
+        self.route_set: tuple[str, ...] = ()  # the 2xx's Record-Route, reversed (RFC 3261 §12.1.2)
+        self.bye_status: int | None = None  # the final status our BYE got (None: not sent, or no answer)
         self.hung_up = asyncio.Event()
+        self.hung_up_by_server = False  # the server's BYE arrived (and was answered 200)
         self._sip: _SipProtocol | None = None
         self._rtp: asyncio.DatagramTransport | None = None
         self._responses: asyncio.Queue[SipResponse | OSError] = asyncio.Queue(64)
@@ -227,6 +236,7 @@ class MrcpClient:
             headers = [(name, message.header(name) or "") for name in ("Via", "From", "To", "Call-ID", "CSeq")]
             self._send_sip(SipResponse(200, "OK", tuple(headers)))
             if message.method == "BYE":
+                self.hung_up_by_server = True
                 self.hung_up.set()
 
     async def _final_response(self, request: SipRequest) -> SipResponse:
@@ -288,8 +298,12 @@ class MrcpClient:
             raise CallRefused(response.status, response.reason, response.header("Retry-After"))
         self.invite_response = response
         self.to_header = response.header("To") or self.to_header
-        ack = self._headers("ACK", self.cseq, to=self.to_header)
-        self._send_sip(SipRequest("ACK", f"sip:{self.server[0]}:{self.server[1]}", tuple(ack)))
+        self.route_set = tuple(reversed(response.values("Record-Route")))
+        contact = response.header("Contact")
+        if contact:
+            self.remote_target = contact[contact.find("<") + 1:contact.find(">")] if "<" in contact \
+                else contact.split(";")[0].strip()
+        self._send_sip(SipRequest("ACK", self.remote_target, tuple(self._in_dialog_headers("ACK", self.cseq))))
         self.answer = self._parse_answer(response.body, self._mrcp_proto)
         self._reader, self._writer = await asyncio.open_connection(
             self.answer.mrcp_host,
@@ -298,6 +312,10 @@ class MrcpClient:
             server_hostname=self.server[0] if self._ssl is not None else None,
         )
         self._read_task = loop.create_task(self._read_mrcp())
+
+    def _in_dialog_headers(self, method: str, cseq: int) -> list[tuple[str, str]]:
+        """Headers of a request inside the dialog: its To tag and the route set as Route headers."""
+        return [*self._headers(method, cseq, to=self.to_header), *(("Route", route) for route in self.route_set)]
 
     def _ack_failure(self, invite: SipRequest, response: SipResponse) -> None:
         """ACK a non-2xx final answer to ``invite``: same branch, its To (RFC 3261 §17.1.1.3)."""
@@ -345,10 +363,9 @@ class MrcpClient:
         """Hang up (BYE) and close the MRCP connection."""
         if not self.hung_up.is_set() and self._sip is not None and self.answer is not None:
             self.cseq += 1
-            request = SipRequest("BYE", f"sip:{self.server[0]}:{self.server[1]}",
-                                 tuple(self._headers("BYE", self.cseq, to=self.to_header)))
+            request = SipRequest("BYE", self.remote_target, tuple(self._in_dialog_headers("BYE", self.cseq)))
             with contextlib.suppress(TimeoutError, OSError):  # no answer, or no server: the call is over
-                await self._final_response(request)
+                self.bye_status = (await self._final_response(request)).status
             self.hung_up.set()
         await self.close()
 

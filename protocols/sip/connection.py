@@ -16,8 +16,13 @@ the core answers what it can on its own and reports the rest as events (``next_e
   is pending, §14.2); without an offer the last answer is sent again as the offer. UPDATE without a
   body refreshes the session (RFC 4028).
 * OPTIONS: 200 with Allow, Accept and Supported (PBX and load-balancer probes); 503 with Retry-After
-  while not ``accepting``, so a balancer moves new calls elsewhere. Other methods: 405.
+  while not ``accepting`` or while the owner's ``available`` says it would refuse a new session (a
+  draining gateway), so a balancer moves new calls elsewhere. Other methods: 405.
   ``Require`` of anything but ``timer``: 420 with Unsupported.
+* Proxies on the path (RFC 3261 §12.1.1): the INVITE's Record-Route headers are copied into its 2xx, and
+  our own requests in the dialog (BYE, UPDATE) carry them as Route headers, in order, and go to the flow
+  the INVITE came from (the first proxy), so a record-routing proxy (Kamailio) sees them. Loose routing
+  only (``;lr``), as every current proxy does.
 * Session timers (RFC 4028): an INVITE that supports ``timer`` is answered with Session-Expires (its own
   value, or ``session_expires_s``) and the refresher it asked for (uac by default); below Min-SE gets 422.
   With refresher=uac the session ends with BYE if no refresh arrives before
@@ -204,13 +209,22 @@ class _Outbox:
 class SipServerCore:
     """All SIP transactions and dialogs of one server, sans-I/O."""
 
-    def __init__(self, config: SipServerConfig, *, new_tag: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        config: SipServerConfig,
+        *,
+        new_tag: Callable[[], str] | None = None,
+        available: Callable[[], bool] | None = None,
+    ) -> None:
         """Args:
         config: addresses, timers and session-timer policy.
         new_tag: generator of tags and branch suffixes (random by default; tests make it predictable).
+        available: asked at each OPTIONS whether the owner would take a new session now (False: 503, so a
+            load balancer's probe takes this server out while it drains); None: always.
         """
         self.config = config
         self.accepting = True
+        self._available = available or (lambda: True)
         self._new_tag = new_tag or (lambda: secrets.token_hex(6))
         self._dialogs: dict[str, _Dialog] = {}
         self._by_call: dict[tuple[str, str], str] = {}  # (call-id, local tag) -> dialog id
@@ -307,7 +321,7 @@ class SipServerCore:
             self._receive_invite(message, flow, branch, now)
         elif method == "BYE":
             self._receive_bye(message, flow, branch, now)
-        elif method == "OPTIONS" and not self.accepting:
+        elif method == "OPTIONS" and not (self.accepting and self._available()):
             # Load balancers probe with OPTIONS: a draining or full server tells them to go elsewhere.
             extra = (*self._capabilities(), ("Retry-After", str(self.config.retry_after_s)))
             self._answer(
@@ -355,6 +369,7 @@ class SipServerCore:
             ("Accept", "application/sdp"),
         ]
         extra += self._session_timer_headers(dialog, tx.request, now)
+        extra += [("Record-Route", route) for route in tx.request.values("Record-Route")]  # RFC 3261 §12.1.1
         extra += [("Content-Type", "application/sdp"), ("Content-Disposition", "session")]
         response = self._response(tx.request, tx.flow, 200, "OK", dialog.local_tag, tuple(extra), answer_sdp)
         self._send_final(dialog, tx, response, 200, now)
@@ -880,6 +895,9 @@ class SipServerCore:
             ("CSeq", f"{dialog.local_cseq} {method}"),
             ("User-Agent", self.config.user_agent),
         ]
+        # The route set (RFC 3261 §12.1.1, §12.2.1.1): the INVITE's Record-Route, in order; the request goes
+        # to the flow the INVITE came from, which is the first of them.
+        headers += [("Route", route) for route in invite.values("Record-Route")]
         if method == "UPDATE" and dialog.session_expires_s is not None:
             headers += [
                 ("Contact", self._contact(dialog.flow)),

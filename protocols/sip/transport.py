@@ -78,6 +78,7 @@ class SipServer:
         max_tasks: int = 1024,
         on_refused: Callable[[Flow, str], None] | None = None,
         on_limit: Callable[[LimitExceeded], None] | None = None,
+        available: Callable[[], bool] | None = None,
     ) -> None:
         """Args:
         config: the core's configuration (``port`` 0 binds any free port; ``port`` is then updated, and
@@ -86,6 +87,8 @@ class SipServer:
         max_tasks: bound on concurrent handler calls; beyond it INVITEs get 503 (overload policy).
         on_limit: told of every message refused for going over a limit (the owner counts them).
         on_refused: called with the flow and reason of each request or TCP connection refused.
+        available: whether the handler would take a new session now; OPTIONS is answered 503 while it
+            would not (the core's ``available``: a draining owner leaves a load balancer's rotation).
         """
         self.config = config
         self.handler = handler
@@ -101,6 +104,7 @@ class SipServer:
         self._on_limit = on_limit
         self._tls_server: asyncio.Server | None = None
         self._on_refused = on_refused
+        self._available = available
 
     @property
     def port(self) -> int:
@@ -141,7 +145,7 @@ class SipServer:
                 raise
             tls_port: int = self._tls_server.sockets[0].getsockname()[1]
             self.config = dataclasses.replace(self.config, tls_port=tls_port)
-        self.core = SipServerCore(self.config)
+        self.core = SipServerCore(self.config, available=self._available)
 
     @property
     def accepting(self) -> bool:
