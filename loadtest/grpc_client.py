@@ -45,14 +45,15 @@ async def run_grpc_session(utt: Utterance, *, channel: grpc.aio.Channel, cfg: Cl
                                   audio_channel_count=1)
 
     async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
-        yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
-            config=config, interim_results=cfg.interim_results))
-        # Audio only once xlgate has taken the call (it sends its initial metadata at once): a call it
-        # refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its status, not with a write racing
-        # that status, which grpcio's aio client reports as INTERNAL (grpc/grpc#36066).
+        # Nothing, not even the config, until xlgate has taken the call (it sends its initial metadata
+        # before reading anything): a call it refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its
+        # status, not with a write racing that status, which grpcio's aio client reports as INTERNAL
+        # (grpc/grpc#36066).
         await call.initial_metadata()
         if call.done():
             return
+        yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+            config=config, interim_results=cfg.interim_results))
         t_start = time.monotonic()
         for i, frame in enumerate(utt.frames):
             due = t_start + i * cfg.frame_s

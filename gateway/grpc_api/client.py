@@ -56,14 +56,15 @@ async def stream_grpc(target: str, frames: AsyncIterator[tuple[bytes, int, int]]
         hotwords=[pb.Hotword(phrase=h["phrase"], boost=h.get("boost", 0.0)) for h in hotwords])
 
     async def requests() -> AsyncIterator[pb.StreamingRecognizeRequest]:
-        yield pb.StreamingRecognizeRequest(
-            streaming_config=pb.StreamingRecognitionConfig(config=config, interim_results=interim))
-        # Audio only once the gateway has taken the call (it sends its initial metadata at once): a call it
-        # refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its status, not with a write racing
-        # that status, which grpcio's aio client reports as INTERNAL (grpc/grpc#36066).
+        # Nothing, not even the config, until the gateway has taken the call (it sends its initial metadata
+        # before reading anything): a call it refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) then ends with its
+        # status, not with a write racing that status, which grpcio's aio client reports as INTERNAL
+        # (grpc/grpc#36066).
         await call.initial_metadata()
         if call.done():
             return
+        yield pb.StreamingRecognizeRequest(
+            streaming_config=pb.StreamingRecognitionConfig(config=config, interim_results=interim))
         yield pb.StreamingRecognizeRequest(audio_content=first[0])
         async for data, _, _ in frames:
             yield pb.StreamingRecognizeRequest(audio_content=data)
