@@ -655,10 +655,20 @@ class CollectFinals:
 
 
 def _child_main(conn: Connection, spec: RunnerSpec) -> None:
-    """Entry point of the model process: build the runner, then serve steps until told to stop."""
+    """Entry point of the model process: build the runner, then serve steps until told to stop.
+
+    SIGINT and SIGTERM are ignored here: Ctrl-C (or a signal to the whole process group) reaches this
+    process too, and the parent's drain still needs the model to finalise its live streams; the parent ends
+    this process (None on the pipe, or a kill), and a parent that dies closes the pipe, which ends it too.
+    """
+    import signal
+
     import torch
 
     from gateway.models import load_model
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     try:
         torch.set_num_threads(spec.num_threads)
