@@ -41,10 +41,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 import numpy as np
 
+from gateway.session import FinalSource
 from streaming_model.decoding import ConfidenceCalibration, Hypothesis, Word, utterance_confidence
 from streaming_model.second_pass import WhisperSecondPass, align_words
 from streaming_model.tokenizer import CharTokenizer
@@ -60,7 +60,7 @@ RUN_S_SMOOTHING = 0.2  # weight of the newest run in the moving average
 # Whisper's text must be backed by the CTC's: at least MIN_CTC_LETTERS CTC letters, and at most
 # max(CTC letters + LETTER_SLACK, MAX_LETTER_RATIO x CTC letters) Whisper letters. Over hold music the CTC
 # hears a letter or three and Whisper writes "thank you", "i'm so sorry" or "i'm gonna go back to the end of
-# the video"; over dev-set speech the Whisper text had at most ~2x the CTC's letters.
+# the video"; over the first 40 dev utterances the Whisper text had at most ~2x the CTC's letters.
 MIN_CTC_LETTERS = 2
 LETTER_SLACK = 2
 MAX_LETTER_RATIO = 2.5
@@ -73,19 +73,6 @@ def backed_by_ctc(whisper_text: str, ctc_text: str) -> bool:
     whisper_letters = sum(c.isalpha() for c in whisper_text)
     allowed = max(ctc_letters + LETTER_SLACK, MAX_LETTER_RATIO * ctc_letters)
     return ctc_letters >= MIN_CTC_LETTERS and whisper_letters <= allowed
-
-
-class FinalSource(StrEnum):
-    """Where a late final's text came from (the label of ``xlgate_final_pass_total``)."""
-
-    SECOND_PASS = "second_pass"  # Whisper's text, aligned to the CTC posteriors
-    SHED_PENDING = "shed_pending"  # CTC text: max_pending second passes were already queued or running
-    SHED_WAIT = "shed_wait"  # CTC text: too little of its budget was left when the worker reached it
-    SHED_LATE = "shed_late"  # CTC text: its budget ran out while the second pass ran
-    TOO_LONG = "too_long"  # CTC text: the utterance outgrew Whisper's 30 s window
-    NO_WORDS = "no_words"  # CTC text: the second pass found no words
-    UNBACKED = "unbacked"  # CTC text: Whisper's text is far longer than what the CTC heard (a hallucination)
-    FAILED = "failed"  # CTC text: the second pass raised (logged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ __all__ = [
     "DecodingMethod",
     "DecodingSettings",
     "EndpointingSettings",
+    "FinalSource",
     "Hotword",
     "Outcome",
     "ResultEvent",
@@ -165,3 +166,17 @@ class StreamEnded:
 
 
 StreamEvent = ResultEvent | SpeechStarted | SpeechEnded | StreamEnded
+
+
+class FinalSource(enum.StrEnum):
+    """Where a second-pass final's text came from (``final_pass = whisper``; the label of
+    ``xlgate_final_pass_total``)."""
+
+    SECOND_PASS = "second_pass"  # Whisper's text, aligned to the CTC posteriors
+    SHED_PENDING = "shed_pending"  # CTC text: max_pending second passes were already queued or running
+    SHED_WAIT = "shed_wait"  # CTC text: too little of its budget was left when the worker reached it
+    SHED_LATE = "shed_late"  # CTC text: its budget ran out while the second pass ran
+    TOO_LONG = "too_long"  # CTC text: the utterance outgrew Whisper's 30 s window
+    NO_WORDS = "no_words"  # CTC text: the second pass found no words
+    UNBACKED = "unbacked"  # CTC text: Whisper's text is far longer than what the CTC heard (a hallucination)
+    FAILED = "failed"  # CTC text: the second pass raised (logged)
