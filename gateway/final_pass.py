@@ -146,11 +146,17 @@ class SecondPassFinals:
         self.run_s = INITIAL_RUN_S  # moving average of a second pass's wall time (written by the worker)
         self._abandoned: list[concurrent.futures.Future[tuple[Hypothesis, FinalSource]]] = []
         self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="xlgate-final", initializer=_lower_priority, initargs=(nice,))
-        self.second_pass: WhisperSecondPass = (
-            second_pass if second_pass is not None
-            else self._executor.submit(WhisperSecondPass, intra_threads=1).result())
+        # The worker's queue, oldest first: only entries not yet started. A shed entry leaves it at once with
+        # its audio (a pool executor's queue would keep a cancelled job until its worker came to it: under
+        # overload, hundreds of utterances' log-mels, measured as +250 MB in three minutes at 58 streams).
+        self._queue: deque[_Entry] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        loaded: concurrent.futures.Future[WhisperSecondPass] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._work, args=(nice, second_pass, loaded), name="xlgate-final",
+                                        daemon=True)
+        self._thread.start()
+        self.second_pass: WhisperSecondPass = loaded.result()
         self._streams: dict[int, deque[_Entry]] = {}
         self._running = 0  # entries with a future not yet handed out
         self.overflows = 0  # closes that kept their CTC final because max_pending were pending
@@ -161,12 +167,12 @@ class SecondPassFinals:
 
     def submit(self, job: FinalJob) -> None:
         """Queue a closed utterance; never blocks (over ``max_pending``, its CTC final stands)."""
-        future = None
+        future: concurrent.futures.Future[tuple[Hypothesis, FinalSource]] | None = None
         source = FinalSource.TOO_LONG
         now_s = time.monotonic()
         self._reap_abandoned()
         if job.use_second_pass and self._running < self.max_pending:
-            future = self._executor.submit(self._transcribe, job, now_s)
+            future = concurrent.futures.Future()
             self._running += 1
         elif job.use_second_pass:
             source = FinalSource.SHED_PENDING
@@ -174,7 +180,17 @@ class SecondPassFinals:
             if self.overflows % 100 == 1:
                 log.warning("second pass overloaded (%d pending): %d finals so far keep their CTC text",
                             self._running, self.overflows)
-        self._streams.setdefault(job.stream_id, deque()).append(_Entry(job, future, source, now_s))
+        entry = _Entry(job, future, source, now_s)
+        self._streams.setdefault(job.stream_id, deque()).append(entry)
+        if future is not None:
+            with self._cv:
+                self._queue.append(entry)
+                self._cv.notify()
+
+    def queued(self) -> int:
+        """Second passes waiting for the worker (not counting the one it runs)."""
+        with self._cv:
+            return len(self._queue)
 
     def collect(self, wait_s: float = 0.0) -> list[LateFinal]:
         """The finals ready to go out, each stream's in order; waits up to ``wait_s`` for a first one when
@@ -205,10 +221,14 @@ class SecondPassFinals:
         job, final, source = entry.job, entry.job.ctc_final, entry.source
         if entry.future is not None and not entry.future.done():
             # its budget is spent: the CTC final goes out now, the run's result will be dropped
-            if not entry.future.cancel():
-                self._abandoned.append(entry.future)
-            else:
+            with self._cv:
+                cancelled = entry.future.cancel()
+                if cancelled:
+                    self._queue.remove(entry)
+            if cancelled:
                 self._running -= 1
+            else:
+                self._abandoned.append(entry.future)
             source = FinalSource.SHED_LATE
         elif entry.future is not None:
             self._running -= 1
@@ -245,9 +265,43 @@ class SecondPassFinals:
                         confidence=utterance_confidence(words), start_s=words[0].start_s, end_s=words[-1].end_s)
         return final, FinalSource.SECOND_PASS
 
+    def _work(self, nice: int, second_pass: WhisperSecondPass | None,
+              loaded: concurrent.futures.Future[WhisperSecondPass]) -> None:
+        """The worker thread: lower its priority, load Whisper here (ctranslate2's threads inherit the
+        priority), then run the queue's second passes oldest first until :meth:`close`."""
+        _lower_priority(nice)
+        try:
+            loaded.set_result(second_pass if second_pass is not None else WhisperSecondPass(intra_threads=1))
+        except BaseException as exc:  # the constructor re-raises it
+            loaded.set_exception(exc)
+            return
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                entry = self._queue.popleft()
+                future = entry.future
+                assert future is not None
+                if not future.set_running_or_notify_cancel():
+                    continue
+            try:
+                future.set_result(self._transcribe(entry.job, entry.submitted_s))
+            except Exception as exc:
+                future.set_exception(exc)
+
     def close(self) -> None:
-        """Stop the worker; queued second passes are cancelled (their finals are not handed out)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker once its running pass (if any) ends; queued second passes are cancelled (their
+        finals are not handed out)."""
+        with self._cv:
+            self._closed = True
+            for entry in self._queue:
+                assert entry.future is not None
+                entry.future.cancel()
+            self._queue.clear()
+            self._cv.notify()
+        self._thread.join()
         self._streams.clear()
         self._running = 0
 

@@ -53,8 +53,8 @@ from protocols.mrcp.recognizer import RecognizerConfig
 log = logging.getLogger("xlgate.server")
 
 MAX_TEXT_BYTES = 65_536
-FINISH_GRACE_S = 10.0
-GIL_SWITCH_INTERVAL_S = 0.0005  # after asking streams to finish, how long their finals may take
+FINISH_GRACE_S = 10.0  # after asking streams to finish, how long their finals may take
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class _HealthAndMetrics(BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ from typing import Any
 
 from loadtest import fuzz
 from loadtest.audio import ENCODINGS, load_utterances
-from loadtest.compare import PROTOCOLS, compare, format_table, parse_protocols, summary_rows
+from loadtest.compare import PROTOCOLS, compare, compare_at, format_table, parse_protocols, summary_rows
 from loadtest.findmax import Criteria, find_max
 from loadtest.makeaudio import make_audio
 from loadtest.probes import machine_info
@@ -146,8 +146,21 @@ def _cmd_find_max(a: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(text: str) -> list[int]:
+    """``72,80,88`` -> [72, 80, 88].
+
+    Raises:
+        ValueError: not a comma-separated list of integers.
+    """
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--at must be comma-separated stream counts, got {text!r}") from None
+
+
 def _cmd_compare(a: argparse.Namespace) -> int:
     protocols = parse_protocols(a.protocols)
+    counts = _counts(a.at) if a.at else None
     urls = {"websocket": a.url, "grpc": a.grpc_url, "mrcp": a.sip_url}
     base = _options(a, streams=max(a.start, 1), duration_s=a.duration_s)
     opts_by_protocol = {p: replace(base, url=urls[p]) for p in protocols}
@@ -172,9 +185,13 @@ def _cmd_compare(a: argparse.Namespace) -> int:
               f"rejections={t['rejections']['total']} server_cores={t['cpu']['server']['cores_used']}"
               + ("" if t["passed"] else f"  ({'; '.join(t['reasons'])})"), flush=True)
 
-    results = compare(opts_by_protocol, criteria, utterances=utts, baselines=baselines, start=a.start,
-                      max_streams=a.max_streams, max_trials=a.max_trials, tolerance=a.tolerance,
-                      cooldown_s=a.cooldown_s, on_trial=show)
+    if counts is not None:
+        results = compare_at(opts_by_protocol, criteria, utterances=utts, baselines=baselines,
+                             counts=counts, rounds=a.rounds, cooldown_s=a.cooldown_s, on_trial=show)
+    else:
+        results = compare(opts_by_protocol, criteria, utterances=utts, baselines=baselines, start=a.start,
+                          max_streams=a.max_streams, max_trials=a.max_trials, tolerance=a.tolerance,
+                          cooldown_s=a.cooldown_s, on_trial=show)
     rows = summary_rows(results)
     out: dict[str, Any] = {
         "schema": "xlgate.loadtest.compare/1",
@@ -190,7 +207,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
                           "best": None if r["best"] is None else {k: r["best"].report[k] for k in (
                               "latency_ms", "client_send_lag_ms", "counts", "errors", "rejections", "overruns",
                               "cpu", "server_steps", "wer")},
-                          "trials": r["trials"]} for p, r in results.items()},
+                          "passes": r.get("passes"), "trials": r["trials"]} for p, r in results.items()},
     }
     write_json(out, a.out)
     print(format_table(rows, p99_ms=a.p99_ms))
@@ -246,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--max-trials", type=int, default=16, help="per protocol")
     cmp.add_argument("--tolerance", type=float, default=0.05, help="stop when the bracket is within this")
     cmp.add_argument("--cooldown-s", type=float, default=2.0)
+    cmp.add_argument("--at", help="comma-separated stream counts: run each --rounds times instead of searching")
+    cmp.add_argument("--rounds", type=int, default=3, help="with --at: trials per protocol and count")
     cmp.add_argument("--max-wer-delta", type=float, default=0.01,
                      help="fail a trial whose WER exceeds its protocol's single-stream WER by more (needs --refs)")
     cmp.add_argument("--no-baseline", action="store_true", help="skip the single-stream WER passes")

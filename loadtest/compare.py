@@ -14,6 +14,11 @@ the same audio, with the same pacing and stagger, and partial latency has one de
 the receive time of a partial minus the send time of the frame holding the audio instant the partial
 reaches (WebSocket ``audio_end_ms``, gRPC ``audio_processed``, MRCP INTERMEDIATE-RESULT
 ``xlgate.audio-end-ms``).
+
+One trial per stream count is one sample of a noisy figure: near the limit the same N passes in one trial
+and fails in the next. ``--at N1,N2,... --rounds K`` (:func:`compare_at`) therefore runs every protocol at
+fixed counts K times, interleaved the same way (each round goes through the counts in ascending order, the
+protocols rotated), and takes as a protocol's answer the largest count it passed in a majority of rounds.
 """
 
 from __future__ import annotations
@@ -118,6 +123,64 @@ def compare(
             elif n > s.lo:
                 s.lo, s.best = n, result
     return {p: {"max_streams": s.lo, "trials": s.trials, "best": s.best} for p, s in searches.items()}
+
+
+def majority(passes: int, rounds: int) -> bool:
+    """Whether ``passes`` of ``rounds`` trials is a strict majority."""
+    return 2 * passes > rounds
+
+
+def compare_at(
+    opts_by_protocol: Mapping[str, RunOptions],
+    criteria: Criteria,
+    *,
+    utterances: list[Utterance],
+    baselines: Mapping[str, Mapping[str, str] | None],
+    counts: Sequence[int],
+    rounds: int,
+    cooldown_s: float = 2.0,
+    on_trial: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every protocol at each of ``counts`` streams, ``rounds`` times (see the module docstring).
+
+    Returns:
+        Per protocol, as :func:`compare`: ``max_streams`` (the largest count passed in a majority of rounds,
+        0 when none was), ``trials``, ``best`` (its last passing trial at that count) and ``passes`` (count ->
+        trials passed).
+
+    Raises:
+        ValueError: no count, a count below 1, or ``rounds`` below 1.
+    """
+    ordered = sorted(set(counts))
+    if not ordered or ordered[0] < 1 or rounds < 1:
+        raise ValueError(f"--at needs stream counts >= 1 and --rounds >= 1, got {list(counts)} and {rounds}")
+    trials: dict[str, list[dict[str, Any]]] = {p: [] for p in opts_by_protocol}
+    passes: dict[str, dict[int, int]] = {p: dict.fromkeys(ordered, 0) for p in opts_by_protocol}
+    last_pass: dict[tuple[str, int], RunResult] = {}
+    ran_any = False
+    for round_index in range(rounds):
+        for n in ordered:
+            for protocol in round_order(list(opts_by_protocol), round_index):
+                if ran_any:
+                    time.sleep(cooldown_s)
+                ran_any = True
+                result = run_load(replace(opts_by_protocol[protocol], streams=n),
+                                  baseline_hyps=baselines.get(protocol), utterances=utterances)
+                reasons = judge(result.report, criteria)
+                record = {**trial_record(n, result, reasons), "round": round_index}
+                trials[protocol].append(record)
+                if on_trial is not None:
+                    on_trial(protocol, record)
+                if not reasons:
+                    passes[protocol][n] += 1
+                    last_pass[protocol, n] = result
+    out: dict[str, dict[str, Any]] = {}
+    for protocol in opts_by_protocol:
+        held = [n for n in ordered if majority(passes[protocol][n], rounds)]
+        best_n = max(held, default=0)
+        out[protocol] = {"max_streams": best_n, "trials": trials[protocol],
+                         "best": last_pass.get((protocol, best_n)), "passes": passes[protocol]}
+    return out
 
 
 def summary_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -325,7 +325,9 @@ async def mrcp_session(
                 while (event := await client.next_event(timeout_s)) is not None:
                     if event.event_name == "RECOGNITION-COMPLETE":
                         cause = (event.header("Completion-Cause") or "?").split()[0]
-                        if cause in ("000", "001", "002"):  # success, no-match, no-input: all clean ends
+                        # success, no-match, no-input, success-maxtime (Recognition-Timeout reached, the
+                        # result so far returned): all clean ends
+                        if cause in ("000", "001", "002", "008"):
                             result.final(nlsml_text(event.body))
                             result.clean_end = True
                         else:

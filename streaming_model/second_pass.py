@@ -107,6 +107,11 @@ __all__ = [
 ]
 
 WINDOW_S: Final = 30.0  # Whisper's training window
+# Encoder inputs are padded (with silence, after pad_s) up to a whole number of these: ctranslate2's oneDNN
+# keeps a primitive per input shape (up to 1024), and an utterance of every length made the model process
+# grow by ~350 MB over 400 second passes (a soak: +30% in 3 minutes); in whole seconds it stays flat at
+# ~60 MB, for ~7% more encoder time on average.
+ENCODER_BUCKET_S: Final = 1.0
 MEL_FRAME_S: Final = 0.01
 TIMESTAMP_STEP_S: Final = 0.02
 MAX_DECODER_POSITIONS: Final = 448
@@ -383,7 +388,8 @@ class WhisperSecondPass:
             raise ValueError(f"expected log-mels of shape (T, {_CFG.n_mels}), got {frames.shape}")
         window = round(WINDOW_S / MEL_FRAME_S)
         pad = window - len(frames) if self.options.pad_s is None else round(self.options.pad_s / MEL_FRAME_S)
-        total = min(window, len(frames) + max(pad, 0))
+        bucket = round(ENCODER_BUCKET_S / MEL_FRAME_S)
+        total = min(window, -(-(len(frames) + max(pad, 0)) // bucket) * bucket)  # up to a whole bucket
         total += total % 2  # the stride-2 convolution: whole encoder frames
         padded = np.full((total, frames.shape[1]), SILENCE_MEL, dtype=np.float32)  # (T, 80)
         kept = min(len(frames), total)

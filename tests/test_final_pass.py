@@ -243,7 +243,9 @@ def test_the_second_pass_runs_below_the_model_step_priority(bundled: LoadedModel
     runner = ModelRunner(bundled, max_streams=1, final_pass=FinalPass.WHISPER)
     assert runner.finals is not None
     try:
-        worker_nice = runner.finals._executor.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+        worker_tid = runner.finals._thread.native_id
+        assert worker_tid is not None
+        worker_nice = os.getpriority(os.PRIO_PROCESS, worker_tid)
         assert worker_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + SECOND_PASS_NICE)  # Linux caps at 19
         niced = 0
         for task in glob.glob(f"/proc/{os.getpid()}/task/*/stat"):
@@ -414,3 +416,59 @@ def test_hold_music_keeps_the_ctc_text_where_whisper_hallucinates(bundled: Loade
     assert counts["unbacked"] >= 1
     for final in finals:
         assert len(final.hypothesis.text.replace(" ", "")) <= 20, final.hypothesis.text
+
+
+class _BlockingPass:
+    """A second pass that holds the worker until released: the queue behind it can only be shed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.runs = 0
+
+    def transcribe(self, mels: np.ndarray, *, hotwords: tuple[str, ...] = ()) -> object:
+        from types import SimpleNamespace
+
+        self.runs += 1
+        self.release.wait(10)
+        return SimpleNamespace(text="")
+
+
+def test_shed_second_passes_leave_the_queue_with_their_audio() -> None:
+    """Overload: closes arrive while the worker is stuck on one pass. Each one whose budget runs out goes
+    out with its CTC text and leaves the worker's queue at once (a cancelled job kept in a pool executor's
+    queue held its log-mels until the worker came to it: the model process grew by 250 MB in a soak)."""
+    import time
+
+    from gateway.final_pass import FinalJob, FinalSource, SecondPassFinals
+    from streaming_model.decoding import ConfidenceCalibration, Hypothesis
+
+    blocking = _BlockingPass()
+    finals = SecondPassFinals(frame_s=0.04, calibration=ConfidenceCalibration(), max_pending=64, budget_s=0.5,
+                              second_pass=blocking, nice=0)  # type: ignore[arg-type]
+    try:
+        ctc = Hypothesis(text="ctc words", words=(), confidence=0.9, start_s=0.0, end_s=1.0)
+        for i in range(20):
+            finals.submit(FinalJob(stream_id=i, mels=np.zeros((100, 80), np.float32),
+                                   log_probs=np.zeros((25, 30), np.float32), start_s=0.0, hotwords=(),
+                                   ctc_final=ctc, speech_started_s=None, audio_end_s=1.0, arrival_s=0.0))
+        deadline = time.monotonic() + 5
+        while blocking.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert blocking.runs == 1 and finals.queued() == 19
+        time.sleep(0.6)  # every budget is spent
+        out = finals.collect()
+        assert len(out) == 20 and all(f.final.text == "ctc words" for f in out)
+        assert sorted(f.source for f in out) == [FinalSource.SHED_LATE] * 20
+        assert finals.queued() == 0  # the 19 never started are gone, not waiting for the worker
+        assert finals._running == 1  # the stuck pass still counts against max_pending until it ends
+        blocking.release.set()
+        deadline = time.monotonic() + 5
+        while finals._running and time.monotonic() < deadline:
+            finals.collect()
+            time.sleep(0.01)
+        assert finals._running == 0 and blocking.runs == 1
+    finally:
+        blocking.release.set()
+        finals.close()

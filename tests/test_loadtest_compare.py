@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.__main__ import main
-from loadtest.compare import parse_protocols, round_order
+from loadtest.compare import majority, parse_protocols, round_order
 from tests.wsharness import free_port, noise_pcm, running_server, settings_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +116,61 @@ def test_compare_three_protocols_on_one_server(
     assert mrcp["start_of_input"]["count"] > 0 and mrcp["recognition_complete"]["count"] > 0
     assert report["protocols"]["websocket"]["best"]["latency_ms"]["start_of_input"]["count"] == 0
     assert report["summary"][0]["of_websocket"] == 1.0
+
+
+def test_majority() -> None:
+    assert [majority(p, 3) for p in range(4)] == [False, False, True, True]
+    assert [majority(p, 2) for p in range(3)] == [False, False, True]
+
+
+def test_compare_at_fixed_counts_repeats_and_takes_the_majority(
+    chatty_checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--at 1,2 --rounds 2``: each protocol runs at each count in each round (counts ascending, protocols
+    rotated); the answer is the largest count passed in a majority of rounds; an unmeetable goal gives 0."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    with wave.open(str(audio / "utt0.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(noise_pcm(1.2, seed=3).tobytes())
+    grpc_port = free_port()
+    settings = settings_for(chatty_checkpoint, "--grpc-port", str(grpc_port))
+    out, out_fail = tmp_path / "at.json", tmp_path / "at-fail.json"
+
+    def argv(out_path: Path, ws_url: str, metrics_url: str, *extra: str) -> list[str]:
+        return ["compare", "--protocols", "websocket,grpc", "--url", ws_url,
+                "--grpc-url", f"grpc://127.0.0.1:{grpc_port}", "--audio-dir", str(audio), "--processes", "1",
+                "--metrics-url", metrics_url + "/metrics", "--duration-s", "2", "--cooldown-s", "0",
+                "--out", str(out_path), *extra]
+
+    async def run() -> tuple[int, int]:
+        async with running_server(settings) as srv:
+            ok = await asyncio.to_thread(main, argv(out, srv.ws_url, srv.metrics_url, "--at", "2,1",
+                                                   "--rounds", "2", "--p99-ms", "5000"))
+            fail = await asyncio.to_thread(main, argv(out_fail, srv.ws_url, srv.metrics_url, "--at", "1",
+                                                     "--rounds", "1", "--p99-ms", "0.001"))
+            return ok, fail
+
+    assert asyncio.run(run()) == (0, 0)
+    report = json.loads(out.read_text())
+    order = []
+    for protocol, result in report["protocols"].items():
+        assert result["max_streams"] == 2, (protocol, [t["reasons"] for t in result["trials"]])
+        assert result["passes"] == {"1": 2, "2": 2}
+        assert result["best"]["counts"]["sessions_completed"] >= 2
+        order += [(t["round"], t["streams"], protocol) for t in result["trials"]]
+    assert sorted(order) == [(r, n, p) for r in (0, 1) for n in (1, 2) for p in ("grpc", "websocket")]
+    assert report["summary"][1]["of_websocket"] == 1.0
+    failed = json.loads(out_fail.read_text())
+    for protocol, result in failed["protocols"].items():
+        assert result["max_streams"] == 0 and result["best"] is None and result["passes"] == {"1": 0}, protocol
+        assert any("p99" in reason for reason in result["trials"][0]["reasons"]), result["trials"][0]["reasons"]
+    assert "largest N with partial p99 <= 0.001 ms" in capsys.readouterr().out
+
+
+def test_compare_at_refuses_bad_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--at", "72,x", "--audio-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+    assert "--at must be comma-separated stream counts, got '72,x'" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
