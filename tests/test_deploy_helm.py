@@ -143,18 +143,26 @@ def test_grace_period_covers_the_drain_timeout(drain_ms: int) -> None:
         pre_stop_s + math.ceil(drain_ms / 1000) + values["terminationGraceExtraSeconds"])
 
 
-def test_a_service_per_protocol_reaching_named_container_ports() -> None:
-    docs = render(*VALUE_SETS["every-protocol-autoscaled"])
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_every_service_port_reaches_a_named_container_port(name: str) -> None:
+    """Each Service selects the pod and targets a container port by name, with the same protocol and number."""
+    docs = render(*VALUE_SETS[name])
     container = the_container(docs)
     (deployment,) = by_kind(docs, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    ports = {(p["name"], p["protocol"]) for p in container["ports"]}
-    services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(docs, "Service")}
-    assert set(services) == {"websocket", "metrics", "grpc", "sip", "mrcp"}
-    for service in services.values():
+    ports = {(p["name"], p["protocol"]): p["containerPort"] for p in container["ports"]}
+    assert len(ports) == len(container["ports"]), f"duplicate container port names: {container['ports']}"
+    for service in by_kind(docs, "Service"):
         assert service["spec"]["selector"].items() <= pod_labels.items()
         for port in service["spec"]["ports"]:
-            assert (port["targetPort"], port["protocol"]) in ports, port
+            assert isinstance(port["targetPort"], str), port  # by name, so the pod's numbers can change
+            assert ports.get((port["targetPort"], port["protocol"])) == port["port"], port
+
+
+def test_a_service_per_protocol_reaching_named_container_ports() -> None:
+    docs = render(*VALUE_SETS["every-protocol-autoscaled"])
+    services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(docs, "Service")}
+    assert set(services) == {"websocket", "metrics", "grpc", "sip", "mrcp"}
     assert {p["protocol"] for p in services["sip"]["spec"]["ports"]} == {"UDP", "TCP"}
     assert services["sip"]["spec"]["clusterIP"] == "None"
     default = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in by_kind(render(), "Service")}
@@ -230,8 +238,10 @@ def test_mrcp_settings_reach_the_gateway() -> None:
     assert env["XLGATE_RTP_PORTS"] == values["rtp"]["ports"] and parse_port_range(env["XLGATE_RTP_PORTS"])
     assert env["XLGATE_ADVERTISE_ADDRESS"] == "fieldRef:status.podIP"
     services = {s["metadata"]["labels"]["app.kubernetes.io/component"]: s for s in by_kind(docs, "Service")}
-    assert {(p["port"], p["protocol"]) for p in services["sip"]["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
-    assert [(p["port"], p["targetPort"]) for p in services["mrcp"]["spec"]["ports"]] == [(1544, "mrcp")]
+    assert {(p["port"], p["protocol"]) for p in services["sip"]["spec"]["ports"]} == {
+        (5060, "UDP"), (5060, "TCP"), (5061, "TCP")}  # 5061: SIP over TLS, as tls.secretName is set
+    assert [(p["port"], p["targetPort"]) for p in services["mrcp"]["spec"]["ports"]] == [
+        (1544, "mrcp"), (1545, "mrcp-tls")]
 
     moved = env_of(the_container(render("--set", "sip.enabled=true,mrcp.enabled=true,sip.port=5080,"
                                         "mrcp.port=1600,rtp.ports=41000-41199,advertiseAddress=203.0.113.7")))
@@ -249,10 +259,72 @@ def test_sip_and_mrcp_are_enabled_together(args: tuple[str, str]) -> None:
     assert done.returncode != 0 and "go together" in done.stderr
 
 
-@pytest.mark.parametrize("key", ["sip_port", "mrcp_port", "rtp_ports", "advertise_address"])
+@pytest.mark.parametrize("key", ["sip_port", "mrcp_port", "sips_port", "mrcp_tls_port", "rtp_ports",
+                                 "advertise_address"])
 def test_mrcp_network_settings_belong_to_the_chart(key: str) -> None:
     done = helm("template", "rel", str(CHART), "--set", f"config.{key}=1")
-    assert done.returncode != 0 and "set by the chart" in done.stderr
+    assert done.returncode != 0 and f"config.{key} is set by the chart" in done.stderr, done.stderr
+
+
+MRCP_ON = "sip.enabled=true,mrcp.enabled=true"
+
+
+def service_ports(docs: list[dict[str, Any]], component: str) -> list[tuple[str, int, str, str]]:
+    (service,) = [s for s in by_kind(docs, "Service")
+                  if s["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    return [(p["name"], p["port"], p["targetPort"], p["protocol"]) for p in service["spec"]["ports"]]
+
+
+def test_mrcp_tls_ports_are_served_and_exposed_with_the_tls_secret() -> None:
+    """SIP over TLS and TCP/TLS/MRCPv2: the pod is told its ports, declares them, and the Services reach them."""
+    docs = render("--set", f"{MRCP_ON},tls.secretName=xlgate-tls")
+    container = the_container(docs)
+    env = env_of(container)
+    assert (env["XLGATE_SIPS_PORT"], env["XLGATE_MRCP_TLS_PORT"]) == ("5061", "1545")
+    assert {"name": "sips", "containerPort": 5061, "protocol": "TCP"} in container["ports"]
+    assert {"name": "mrcp-tls", "containerPort": 1545, "protocol": "TCP"} in container["ports"]
+    assert service_ports(docs, "sip") == [("sip-udp", 5060, "sip-udp", "UDP"), ("sip-tcp", 5060, "sip-tcp", "TCP"),
+                                          ("sips", 5061, "sips", "TCP")]
+    assert service_ports(docs, "mrcp") == [("mrcp", 1544, "mrcp", "TCP"), ("mrcp-tls", 1545, "mrcp-tls", "TCP")]
+
+    moved = render("--set", f"{MRCP_ON},tls.secretName=xlgate-tls,sip.tlsPort=5071,mrcp.tlsPort=1555")
+    env = env_of(the_container(moved))
+    assert (env["XLGATE_SIPS_PORT"], env["XLGATE_MRCP_TLS_PORT"]) == ("5071", "1555")
+    assert ("sips", 5071, "sips", "TCP") in service_ports(moved, "sip")
+    assert ("mrcp-tls", 1555, "mrcp-tls", "TCP") in service_ports(moved, "mrcp")
+
+
+@pytest.mark.parametrize("values", [MRCP_ON, "tls.secretName=xlgate-tls", ""])
+def test_no_mrcp_tls_ports_without_the_tls_secret_and_mrcp(values: str) -> None:
+    """Without a certificate xlgate serves no TLS listener (and without MRCP no SIP at all): nothing claims them."""
+    docs = render("--set", values) if values else render()
+    container = the_container(docs)
+    env = env_of(container)
+    assert not {"XLGATE_SIPS_PORT", "XLGATE_MRCP_TLS_PORT"} & env.keys()
+    assert not {"sips", "mrcp-tls"} & {p["name"] for p in container["ports"]}
+    assert not {5061, 1545} & {p["containerPort"] for p in container["ports"]}
+    for service in by_kind(docs, "Service"):
+        assert not {5061, 1545} & {p["port"] for p in service["spec"]["ports"]}, service["metadata"]["name"]
+    if values == MRCP_ON:
+        assert "XLGATE_TLS_CERT" not in env and env["XLGATE_SIP_PORT"] == "5060"
+
+
+def test_sip_over_tls_can_be_turned_off() -> None:
+    docs = render("--set", f"{MRCP_ON},tls.secretName=xlgate-tls,sip.tlsPort=0")
+    container = the_container(docs)
+    env = env_of(container)
+    assert (env["XLGATE_SIPS_PORT"], env["XLGATE_MRCP_TLS_PORT"]) == ("0", "1545")  # xlgate: sips_port 0 = off
+    assert "sips" not in {p["name"] for p in container["ports"]}
+    assert [p[0] for p in service_ports(docs, "sip")] == ["sip-udp", "sip-tcp"]
+    assert ("mrcp-tls", 1545, "mrcp-tls", "TCP") in service_ports(docs, "mrcp")
+
+
+def test_mrcp_tls_port_must_be_a_fixed_port() -> None:
+    """xlgate's mrcp_tls_port 0 picks a free port, which no container port or Service could name."""
+    done = helm("template", "rel", str(CHART), "--set", f"{MRCP_ON},tls.secretName=xlgate-tls,mrcp.tlsPort=0")
+    assert done.returncode != 0 and "mrcp.tlsPort must be a port" in done.stderr, done.stderr
+
+
 def test_auth_secret_is_mounted_and_configured() -> None:
     docs = render("--set", "auth.secretName=xlgate-auth,auth.tokensKey=tokens,auth.jwtKeyKey=jwt.pem,"
                   "config.auth_jwt_algorithms=RS256,config.auth_jwt_audience=xlgate")
