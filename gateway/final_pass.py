@@ -147,8 +147,9 @@ class SecondPassFinals:
         self._abandoned: list[concurrent.futures.Future[tuple[Hypothesis, FinalSource]]] = []
         self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
         # The worker's queue, oldest first: only entries not yet started. A shed entry leaves it at once with
-        # its audio (a pool executor's queue would keep a cancelled job until its worker came to it: under
-        # overload, hundreds of utterances' log-mels, measured as +250 MB in three minutes at 58 streams).
+        # its audio (a pool executor's queue would keep a cancelled job, log-mels and all, until its worker came
+        # to it: under overload, every shed utterance's). Not measured apart: the soak's growth was ctranslate2's
+        # oneDNN cache (streaming_model.second_pass.ENCODER_BUCKET_S).
         self._queue: deque[_Entry] = deque()
         self._cv = threading.Condition()
         self._closed = False

@@ -438,7 +438,7 @@ class _BlockingPass:
 def test_shed_second_passes_leave_the_queue_with_their_audio() -> None:
     """Overload: closes arrive while the worker is stuck on one pass. Each one whose budget runs out goes
     out with its CTC text and leaves the worker's queue at once (a cancelled job kept in a pool executor's
-    queue held its log-mels until the worker came to it: the model process grew by 250 MB in a soak)."""
+    queue held its log-mels until the worker came to it)."""
     import time
 
     from gateway.final_pass import FinalJob, FinalSource, SecondPassFinals
